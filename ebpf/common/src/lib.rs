@@ -1,0 +1,159 @@
+//! Types shared by the kernel programs (`mcpwarden-ebpf`) and the agent.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes it into maps
+//! and the ring buffer, user space reads it back byte for byte.
+#![no_std]
+
+/// Bytes of a path carried in an [`Event`] (including the terminating NUL).
+pub const PATH_LEN: usize = 256;
+/// Bytes of a task's `comm` (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+/// Bytes of path data in a [`DenyKey`] after the 4-byte session id.
+pub const DENY_PATH_LEN: usize = 248;
+
+/// Names of the maps, as the kernel object declares them.
+pub mod maps {
+    /// `HashMap<u64 cgroup id, SessionConfig>`: the cgroups mcpwarden manages.
+    pub const SESSIONS: &str = "SESSIONS";
+    /// `LpmTrie<DenyKey, DenyRule>`: denied path prefixes per session.
+    pub const DENY: &str = "DENY";
+    /// `RingBuf` of [`crate::Event`].
+    pub const EVENTS: &str = "EVENTS";
+    /// `PerCpuArray<u64>`, index 0: events dropped on a full ring buffer.
+    pub const DROPPED: &str = "DROPPED";
+}
+
+/// Names of the programs in the kernel object, with the tracepoint each one
+/// attaches to. Kernel program names are cut at 15 bytes; these fit.
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("mcpw_exec", "sched", "sched_process_exec"),
+    ("mcpw_openat", "syscalls", "sys_enter_openat"),
+    ("mcpw_openat2", "syscalls", "sys_enter_openat2"),
+    ("mcpw_open", "syscalls", "sys_enter_open"),
+    ("mcpw_connect", "syscalls", "sys_enter_connect"),
+];
+
+/// What happened, as [`Event::kind`].
+pub mod kind {
+    /// A process of the session called `execve` (successfully).
+    pub const EXEC: u32 = 1;
+    /// A process of the session asked to open a file.
+    pub const OPEN: u32 = 2;
+    /// A process of the session asked to connect a socket.
+    pub const CONNECT: u32 = 3;
+}
+
+/// What the kernel did about it, as [`Event::action`].
+pub mod action {
+    /// Nothing: the event is only reported.
+    pub const ALLOW: u32 = 0;
+    /// A deny rule matched in monitor mode: reported, not stopped.
+    pub const ALERT: u32 = 1;
+    /// A deny rule matched in enforce mode: SIGKILL sent from the kernel.
+    pub const KILLED: u32 = 2;
+}
+
+/// `SessionConfig::flags` bit: deny rules kill instead of alerting.
+pub const SESSION_ENFORCE: u32 = 1;
+
+/// Per managed cgroup settings, the value of the `SESSIONS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Session number, also the first 4 bytes (big endian) of [`DenyKey`].
+    pub session: u32,
+    /// `SESSION_*` bits.
+    pub flags: u32,
+}
+
+/// Key of the `DENY` trie: a session id followed by a path prefix, so one
+/// trie serves every session and a lookup finds the longest denied prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenyKey {
+    /// Session id, big endian so it is the first bits matched.
+    pub session: [u8; 4],
+    /// Path bytes; a lookup key is NUL-terminated.
+    pub path: [u8; DENY_PATH_LEN],
+}
+
+/// Value of the `DENY` trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyRule {
+    /// Index of the rule in the policy's `[files] deny` list.
+    pub rule: u32,
+    /// Index of the path byte that must be NUL or `/` for the rule to apply:
+    /// the prefix length without a trailing slash (0 for `/`). So
+    /// `/etc/secret` denies `/etc/secret` and `/etc/secret/x` but not
+    /// `/etc/secretive`.
+    pub len: u32,
+}
+
+/// `Event::rule` when no rule matched.
+pub const NO_RULE: u32 = u32::MAX;
+
+/// One kernel event, written to the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: `CLOCK_MONOTONIC` in nanoseconds.
+    pub ts_ns: u64,
+    /// cgroup v2 id of the task.
+    pub cgroup_id: u64,
+    /// One of [`kind`].
+    pub kind: u32,
+    /// One of [`action`].
+    pub action: u32,
+    /// Thread group id (the process id user space sees).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Matched deny rule index, or [`NO_RULE`].
+    pub rule: u32,
+    /// `openat` directory fd (`AT_FDCWD` = -100), or the socket fd of a connect.
+    pub fd: i32,
+    /// Open flags for open events.
+    pub flags: u32,
+    /// Address family for connect events.
+    pub family: u16,
+    /// Port (host byte order) for inet connects.
+    pub port: u16,
+    /// IPv4 (first 4 bytes) or IPv6 address for inet connects.
+    pub addr: [u8; 16],
+    /// `comm` of the task, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+    /// Path opened or executed, or the unix socket path; NUL-terminated.
+    pub path: [u8; PATH_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers and byte arrays; every bit pattern
+    // is valid and there is no padding the kernel could leave uninitialised
+    // in a way that matters to a reader of integers.
+    unsafe impl aya::Pod for super::SessionConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DenyKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DenyRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DenyKey, Event, PATH_LEN};
+
+    #[test]
+    fn layouts_match_what_the_kernel_side_assumes() {
+        // The LPM trie data size is capped at 256 bytes by the kernel.
+        assert_eq!(core::mem::size_of::<DenyKey>(), 252);
+        // Event size is what the ring buffer reserves; keep it 8-aligned.
+        assert_eq!(core::mem::size_of::<Event>() % 8, 0);
+        assert_eq!(
+            core::mem::size_of::<Event>(),
+            8 + 8 + 4 * 7 + 2 + 2 + 16 + 16 + PATH_LEN
+        );
+    }
+}

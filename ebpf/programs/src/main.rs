@@ -1,0 +1,261 @@
+//! The session tracer.
+//!
+//! Tracepoints on exec, open and connect. Each program first looks up the
+//! current task's cgroup id in `SESSIONS`: tasks outside a managed cgroup
+//! leave after one hash lookup. For managed tasks the program fills an
+//! [`Event`] in per-CPU scratch memory, checks opened and executed paths
+//! against the session's denied prefixes (`DENY`, an LPM trie keyed by
+//! session id + path), sends SIGKILL to the task in enforce mode, and copies
+//! the event to the `EVENTS` ring buffer.
+#![no_std]
+#![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "BPF-to-BPF calls take at most 5 register arguments and cost verifier states"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macros hand the context over by value"
+)]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+        generated::bpf_send_signal,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::TracePointContext,
+};
+use mcpwarden_common::{
+    DENY_PATH_LEN, DenyKey, DenyRule, Event, NO_RULE, PATH_LEN, SESSION_ENFORCE, SessionConfig,
+    action, kind,
+};
+
+#[map]
+static SESSIONS: HashMap<u64, SessionConfig> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+static DENY: LpmTrie<DenyKey, DenyRule> = LpmTrie::with_max_entries(4096, 0);
+
+/// 4 MiB: about 12,000 events of backlog before the kernel drops any.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Index 0: events dropped because the ring buffer was full.
+#[map]
+static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static SCRATCH_EVENT: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static SCRATCH_KEY: PerCpuArray<Key<DenyKey>> = PerCpuArray::with_max_entries(1, 0);
+
+const SIGKILL: u32 = 9;
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Shared start of every handler: the session of the current task, if any,
+/// and the scratch event with its header filled in.
+#[inline(always)]
+fn begin(event_kind: u32) -> Option<(SessionConfig, &'static mut Event)> {
+    // SAFETY: helper without arguments, valid in tracepoint programs.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is plain data copied out at once.
+    let session = *unsafe { SESSIONS.get(cgroup_id) }?;
+    let event = SCRATCH_EVENT.get_ptr_mut(0)?;
+    // SAFETY: per-CPU map memory, valid for the whole program run and not
+    // shared with any other program run on this CPU meanwhile.
+    let event = unsafe { &mut *event };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helper without arguments.
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    event.cgroup_id = cgroup_id;
+    event.kind = event_kind;
+    event.action = action::ALLOW;
+    event.pid = (pid_tgid >> 32) as u32;
+    event.tid = pid_tgid as u32;
+    event.rule = NO_RULE;
+    event.fd = 0;
+    event.flags = 0;
+    event.family = 0;
+    event.port = 0;
+    event.addr = [0; 16];
+    event.comm = bpf_get_current_comm().unwrap_or_default();
+    event.path[0] = 0;
+    Some((session, event))
+}
+
+/// Looks `event.path` up in the session's denied prefixes and, on a match,
+/// records the rule and kills the task in enforce mode.
+#[inline(always)]
+fn check_deny(session: &SessionConfig, event: &mut Event) {
+    let Some(key) = SCRATCH_KEY.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch memory, exclusive for this program run.
+    let key = unsafe { &mut *key };
+    key.prefix_len = ((4 + DENY_PATH_LEN) * 8) as u32;
+    key.data.session = session.session.to_be_bytes();
+    // The path in the event is NUL-terminated: bytes after the NUL can never
+    // match a stored prefix, since stored prefixes contain no NUL.
+    // SAFETY: both buffers are valid kernel memory of at least
+    // DENY_PATH_LEN bytes.
+    if unsafe { bpf_probe_read_kernel_buf(event.path.as_ptr(), &mut key.data.path) }.is_err() {
+        return;
+    }
+    let Some(rule) = DENY.get(&*key) else {
+        return;
+    };
+    // Require a component boundary right after the prefix.
+    let next = event.path[rule.len as usize & (PATH_LEN - 1)];
+    if next != 0 && next != b'/' {
+        return;
+    }
+    event.rule = rule.rule;
+    if session.flags & SESSION_ENFORCE != 0 {
+        event.action = action::KILLED;
+        // SAFETY: the helper signals the current task; SIGKILL is valid.
+        unsafe { bpf_send_signal(SIGKILL) };
+    } else {
+        event.action = action::ALERT;
+    }
+}
+
+#[inline(always)]
+fn submit(event: &Event) {
+    if EVENTS.output::<Event>(event, 0).is_err()
+        && let Some(dropped) = DROPPED.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU counter, no concurrent writer on this CPU.
+        unsafe { *dropped += 1 };
+    }
+}
+
+#[inline(always)]
+fn on_open(
+    ctx: &TracePointContext,
+    fd_offset: Option<usize>,
+    name_offset: usize,
+    flags_offset: Option<usize>,
+) {
+    let Some((session, event)) = begin(kind::OPEN) else {
+        return;
+    };
+    // SAFETY: the offsets come from the tracepoint's format file.
+    let Ok(filename) = (unsafe { ctx.read_at::<*const u8>(name_offset) }) else {
+        return;
+    };
+    event.fd = match fd_offset {
+        // SAFETY: as above; `int` in an 8-byte slot.
+        Some(off) => unsafe { ctx.read_at::<i64>(off) }.unwrap_or(0) as i32,
+        None => -100, // AT_FDCWD: open(2) resolves relative to the cwd.
+    };
+    if let Some(off) = flags_offset {
+        // SAFETY: as above.
+        event.flags = unsafe { ctx.read_at::<i64>(off) }.unwrap_or(0) as u32;
+    }
+    // SAFETY: user pointer read through the fault-tolerant helper.
+    if unsafe { bpf_probe_read_user_str_bytes(filename, &mut event.path) }.is_err() {
+        event.path[0] = 0;
+    }
+    check_deny(&session, event);
+    submit(event);
+}
+
+#[tracepoint]
+pub fn mcpw_openat(ctx: TracePointContext) -> u32 {
+    on_open(&ctx, Some(16), 24, Some(32));
+    0
+}
+
+#[tracepoint]
+pub fn mcpw_openat2(ctx: TracePointContext) -> u32 {
+    on_open(&ctx, Some(16), 24, None);
+    0
+}
+
+#[tracepoint]
+pub fn mcpw_open(ctx: TracePointContext) -> u32 {
+    on_open(&ctx, None, 16, Some(24));
+    0
+}
+
+#[tracepoint]
+pub fn mcpw_exec(ctx: TracePointContext) -> u32 {
+    let Some((session, event)) = begin(kind::EXEC) else {
+        return 0;
+    };
+    // `__data_loc char[] filename` at offset 8: low 16 bits are the offset of
+    // the string from the start of the record.
+    // SAFETY: offset from the tracepoint's format file.
+    if let Ok(loc) = unsafe { ctx.read_at::<u32>(8) } {
+        let offset = (loc & 0xffff) as usize;
+        // SAFETY: the string lives inside the tracepoint record.
+        let src = unsafe { ctx.as_ptr().cast::<u8>().add(offset) };
+        // SAFETY: kernel pointer read through the fault-tolerant helper.
+        if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut event.path) }.is_err() {
+            event.path[0] = 0;
+        }
+    }
+    check_deny(&session, event);
+    submit(event);
+    0
+}
+
+#[tracepoint]
+pub fn mcpw_connect(ctx: TracePointContext) -> u32 {
+    let Some((_, event)) = begin(kind::CONNECT) else {
+        return 0;
+    };
+    // SAFETY: offsets from the tracepoint's format file.
+    event.fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1) as i32;
+    // SAFETY: as above.
+    let Ok(addr) = (unsafe { ctx.read_at::<*const u8>(24) }) else {
+        return 0;
+    };
+    // sockaddr: a native-endian u16 family, then for inet a big-endian port.
+    // SAFETY: user pointer read through the fault-tolerant helper.
+    let Ok(head) = (unsafe { bpf_probe_read_user(addr.cast::<[u8; 4]>()) }) else {
+        submit(event);
+        return 0;
+    };
+    event.family = u16::from_ne_bytes([head[0], head[1]]);
+    // SAFETY: user pointers read through fault-tolerant helpers; a failed
+    // read leaves the zeroed address in place.
+    unsafe {
+        match event.family {
+            AF_INET => {
+                event.port = u16::from_be_bytes([head[2], head[3]]);
+                let _ = bpf_probe_read_user_buf(addr.add(4), &mut event.addr[..4]);
+            }
+            AF_INET6 => {
+                event.port = u16::from_be_bytes([head[2], head[3]]);
+                let _ = bpf_probe_read_user_buf(addr.add(8), &mut event.addr);
+            }
+            AF_UNIX => {
+                // An abstract socket starts with a NUL byte and reads as "".
+                let _ = bpf_probe_read_user_str_bytes(addr.add(2), &mut event.path[..108]);
+            }
+            _ => {}
+        }
+    }
+    submit(event);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL-compatible: `bpf_probe_read_*` and `bpf_send_signal` are GPL-only.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

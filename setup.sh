@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything mcpwarden needs to build and test on a bare machine
+# (Debian 12, root). Idempotent: every step checks before it acts, so a
+# second run takes seconds. See ../shared/TOOLCHAIN.md for why each pin.
+set -euo pipefail
+
+BPF_LINKER_VERSION=0.13.0
+LLVM_MAJOR=22
+MCP_SDK_VERSION=2.3.0
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need_apt=()
+for pkg in "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" python3-venv; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+        || need_apt+=("$pkg")
+done
+if ((${#need_apt[@]})); then
+    log "apt: installing ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Kernel programs are built with nightly's -Z build-std=core.
+if ! rustup toolchain list | grep -q '^nightly'; then
+    log "rustup: installing nightly"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+    log "rustup: adding rust-src to nightly"
+    rustup component add rust-src --toolchain nightly
+fi
+
+# bpf-linker must link against LLVM 22 (nightly's LLVM), not Debian's default.
+if ! command -v bpf-linker >/dev/null || ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+    log "cargo: building bpf-linker $BPF_LINKER_VERSION against LLVM $LLVM_MAJOR (a few minutes)"
+    LLVM_PREFIX="/usr/lib/llvm-${LLVM_MAJOR}" CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" \
+        cargo install bpf-linker --version "$BPF_LINKER_VERSION" --locked \
+        --no-default-features --features "llvm-${LLVM_MAJOR}"
+fi
+
+# aya attaches tracepoints through tracefs; some hosts do not mount it.
+if [ ! -e /sys/kernel/tracing/events ]; then
+    log "mounting tracefs at /sys/kernel/tracing"
+    mount -t tracefs tracefs /sys/kernel/tracing
+fi
+
+# The end-to-end tests and the demo use the official Python MCP SDK, in a
+# venv of the project's own so the system Python is left alone.
+VENV="$HERE/target/venv"
+if ! "$VENV/bin/python" -c "import mcp, sys; sys.exit(0)" 2>/dev/null; then
+    log "python: creating $VENV with mcp==$MCP_SDK_VERSION"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "mcp==$MCP_SDK_VERSION"
+fi
+
+log "ready"
