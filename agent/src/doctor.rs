@@ -1,0 +1,321 @@
+//! `mcpwarden doctor`: what this kernel really offers, found by loading a
+//! tiny program of each kind (and attaching where that is cheap), not by
+//! reading version numbers.
+use std::{
+    fmt::Write as _,
+    fs,
+    os::fd::AsFd as _,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Btf, Ebpf,
+    maps::RingBuf,
+    programs::{CgroupAttachMode, CgroupSockAddr, FEntry, Lsm, TracePoint},
+};
+use mcpwarden_sandbox::{Hierarchy, SessionCgroup};
+use serde::Serialize;
+
+use crate::kernel::{PROBES_OBJECT, ensure_tracefs};
+
+/// One finding.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Check {
+    /// Feature name.
+    pub name: &'static str,
+    /// Whether mcpwarden needs it.
+    pub required: bool,
+    /// Whether it works here.
+    pub available: bool,
+    /// What was seen (version, path, error).
+    pub detail: String,
+}
+
+/// The full report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// Names of required features that are missing.
+    #[must_use]
+    pub fn missing(&self) -> Vec<&'static str> {
+        self.checks
+            .iter()
+            .filter(|c| c.required && !c.available)
+            .map(|c| c.name)
+            .collect()
+    }
+
+    /// Human-readable table.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for c in &self.checks {
+            let mark = if c.available {
+                "ok"
+            } else if c.required {
+                "MISSING"
+            } else {
+                "no"
+            };
+            let need = if c.required { "" } else { " (optional)" };
+            let _ = writeln!(out, "{mark:>8}  {:<24} {}{need}", c.name, c.detail);
+        }
+        match self.missing().as_slice() {
+            [] => out.push_str("mcpwarden can protect tool servers on this host.\n"),
+            missing => {
+                let _ = writeln!(out, "missing required features: {}", missing.join(", "));
+            }
+        }
+        out
+    }
+}
+
+fn check(name: &'static str, required: bool, result: Result<String, String>) -> Check {
+    match result {
+        Ok(detail) => Check {
+            name,
+            required,
+            available: true,
+            detail,
+        },
+        Err(detail) => Check {
+            name,
+            required,
+            available: false,
+            detail,
+        },
+    }
+}
+
+/// Runs every probe.
+#[must_use]
+pub fn probe() -> Report {
+    let mut checks = Vec::new();
+    let root = nix::unistd::geteuid().is_root();
+    checks.push(check(
+        "root",
+        true,
+        if root {
+            Ok("euid 0".into())
+        } else {
+            Err("not root: eBPF and cgroups need it".into())
+        },
+    ));
+
+    let hierarchy = Hierarchy::discover();
+    checks.push(check(
+        "cgroup v2",
+        true,
+        hierarchy
+            .as_ref()
+            .map(|h| h.root().display().to_string())
+            .map_err(ToString::to_string),
+    ));
+    let scratch = hierarchy
+        .as_ref()
+        .map_err(ToString::to_string)
+        .and_then(|h| {
+            SessionCgroup::create(h, &format!("doctor-{}", std::process::id()))
+                .map_err(|e| e.to_string())
+        });
+    checks.push(check(
+        "cgroup.kill",
+        true,
+        scratch.as_ref().map_err(Clone::clone).and_then(|cg| {
+            if cg.path().join("cgroup.kill").exists() {
+                Ok("kills a whole tree at once".into())
+            } else {
+                Err("missing (Linux < 5.14)".into())
+            }
+        }),
+    ));
+
+    checks.extend(probe_bpf(scratch.as_ref().ok()));
+    checks.push(check(
+        "landlock",
+        true,
+        landlock_abi().map(|abi| format!("ABI {abi}")),
+    ));
+    checks.push(check("seccomp", true, seccomp()));
+    if let Ok(cg) = scratch
+        && let Err(e) = cg.remove(Duration::from_secs(2))
+    {
+        tracing::warn!("cannot remove the doctor's scratch cgroup: {e}");
+    }
+    Report { checks }
+}
+
+const BPF_CHECKS: [(&str, bool); 6] = [
+    ("tracepoints", true),
+    ("ring buffer", true),
+    ("bpf_send_signal", true),
+    ("cgroup sock_addr", true),
+    ("BPF-LSM", false),
+    ("fentry", false),
+];
+
+fn probe_bpf(cgroup: Option<&SessionCgroup>) -> Vec<Check> {
+    let loaded = ensure_tracefs()
+        .map_err(|e| e.to_string())
+        .and_then(|()| Ebpf::load(PROBES_OBJECT).map_err(|e| e.to_string()));
+    let mut ebpf = match loaded {
+        Ok(ebpf) => ebpf,
+        Err(e) => {
+            return BPF_CHECKS
+                .into_iter()
+                .map(|(name, required)| {
+                    check(name, required, Err(format!("cannot load probes: {e}")))
+                })
+                .collect();
+        }
+    };
+    let (tracepoints, ring) = probe_tracepoint_and_ring(&mut ebpf);
+    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"));
+    let results = [
+        tracepoints,
+        ring,
+        probe_signal(&mut ebpf),
+        probe_sock_addr(&mut ebpf, cgroup),
+        btf.clone().and_then(|btf| probe_lsm(&mut ebpf, &btf)),
+        btf.and_then(|btf| probe_fentry(&mut ebpf, &btf)),
+    ];
+    BPF_CHECKS
+        .into_iter()
+        .zip(results)
+        .map(|((name, required), result)| check(name, required, result))
+        .collect()
+}
+
+/// The probe program `name`, as program type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("probe object has no {name}"))?
+        .try_into()
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+/// Tracepoint + ring buffer, end to end: attach to getppid, call it, and
+/// read our own pid back.
+fn probe_tracepoint_and_ring(ebpf: &mut Ebpf) -> (Result<String, String>, Result<String, String>) {
+    let attached = program::<TracePoint>(ebpf, "probe_ringbuf").and_then(|tp| {
+        tp.load().map_err(|e| format!("load: {e}"))?;
+        tp.attach("syscalls", "sys_enter_getppid")
+            .map_err(|e| format!("attach: {e}"))
+    });
+    if let Err(e) = attached {
+        return (Err(e.clone()), Err(e));
+    }
+    let ring = (|| {
+        let map = ebpf.take_map("PROBE_RING").ok_or("no PROBE_RING")?;
+        let mut ring = RingBuf::try_from(map).map_err(|e| e.to_string())?;
+        let me = std::process::id();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            let _ = nix::unistd::getppid();
+            while let Some(item) = ring.next() {
+                if item.len() >= 4 && u32::from_ne_bytes([item[0], item[1], item[2], item[3]]) == me
+                {
+                    return Ok("event read back from the kernel".to_owned());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err("no event arrived within 1 s".to_owned())
+    })();
+    (Ok("attached to syscalls/sys_enter_getppid".into()), ring)
+}
+
+fn probe_signal(ebpf: &mut Ebpf) -> Result<String, String> {
+    let tp = program::<TracePoint>(ebpf, "probe_signal")?;
+    tp.load().map_err(|e| format!("load: {e}"))?;
+    Ok("accepted by the verifier in tracepoints".into())
+}
+
+fn probe_sock_addr(ebpf: &mut Ebpf, cgroup: Option<&SessionCgroup>) -> Result<String, String> {
+    let prog = program::<CgroupSockAddr>(ebpf, "probe_connect4")?;
+    prog.load().map_err(|e| format!("load: {e}"))?;
+    let cg = cgroup.ok_or("no scratch cgroup to attach to")?;
+    let dir =
+        fs::File::open(cg.path()).map_err(|e| format!("open {}: {e}", cg.path().display()))?;
+    let link = prog
+        .attach(dir.as_fd(), CgroupAttachMode::Single)
+        .map_err(|e| format!("attach: {e}"))?;
+    prog.detach(link).map_err(|e| format!("detach: {e}"))?;
+    Ok("connect4 attached to a cgroup".into())
+}
+
+fn probe_lsm(ebpf: &mut Ebpf, btf: &Btf) -> Result<String, String> {
+    let active = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    let active = active.trim();
+    let prog = program::<Lsm>(ebpf, "probe_lsm")?;
+    prog.load("file_open", btf)
+        .map_err(|e| format!("load: {e} (active LSMs: {active})"))?;
+    let link = prog
+        .attach()
+        .map_err(|e| format!("attach: {e} (active LSMs: {active})"))?;
+    prog.detach(link).map_err(|e| format!("detach: {e}"))?;
+    Ok(format!("active LSMs: {active}"))
+}
+
+fn probe_fentry(ebpf: &mut Ebpf, btf: &Btf) -> Result<String, String> {
+    let prog = program::<FEntry>(ebpf, "probe_fentry")?;
+    prog.load("do_unlinkat", btf)
+        .map_err(|e| format!("load: {e}"))?;
+    let link = prog.attach().map_err(|e| format!("attach: {e}"))?;
+    prog.detach(link).map_err(|e| format!("detach: {e}"))?;
+    Ok("attached to do_unlinkat".into())
+}
+
+/// The landlock ABI version the kernel offers.
+fn landlock_abi() -> Result<i64, String> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a NULL attr and size 0 and the VERSION flag the syscall
+    // only returns the ABI version; it reads and writes no memory.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if abi < 1 {
+        return Err(format!(
+            "not available: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(abi)
+}
+
+/// Whether seccomp filters that kill the process are available.
+fn seccomp() -> Result<String, String> {
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
+    const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+    let action = SECCOMP_RET_KILL_PROCESS;
+    // SAFETY: the kernel reads one u32 through the pointer, which points at a
+    // live local for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_ACTION_AVAIL,
+            0u32,
+            &raw const action,
+        )
+    };
+    if r == 0 {
+        Ok("filters with SECCOMP_RET_KILL_PROCESS".into())
+    } else {
+        Err(format!(
+            "not available: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}

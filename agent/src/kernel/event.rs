@@ -1,0 +1,205 @@
+//! Decoding the kernel's [`Event`] records.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use mcpwarden_common::{Event, NO_RULE, action, kind};
+
+/// What a process did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// Executed a program.
+    Exec,
+    /// Opened a file.
+    Open,
+    /// Connected a socket.
+    Connect,
+}
+
+impl EventKind {
+    /// The name used in event logs.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Open => "open",
+            Self::Connect => "connect",
+        }
+    }
+}
+
+/// A decoded kernel event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelEvent {
+    /// `CLOCK_MONOTONIC` ns.
+    pub ts_ns: u64,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// One of [`mcpwarden_common::action`].
+    pub action: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Task name.
+    pub comm: String,
+    /// Path opened or executed, or unix socket path.
+    pub path: Option<String>,
+    /// `ip:port` of an inet connect.
+    pub addr: Option<String>,
+    /// Address family of a connect.
+    pub family: u16,
+    /// Directory fd of an open, or socket fd of a connect.
+    pub fd: i32,
+    /// Open flags.
+    pub flags: u32,
+    /// Matched deny rule.
+    pub rule: Option<u32>,
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+impl KernelEvent {
+    /// Decodes one ring buffer record; `None` if it is too short or of an
+    /// unknown kind.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: the length was checked; `Event` is plain old data for which
+        // every bit pattern is valid; the read tolerates any alignment.
+        let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+        Self::from_raw(&raw)
+    }
+
+    /// Converts a raw record.
+    #[must_use]
+    pub fn from_raw(raw: &Event) -> Option<Self> {
+        let kind = match raw.kind {
+            kind::EXEC => EventKind::Exec,
+            kind::OPEN => EventKind::Open,
+            kind::CONNECT => EventKind::Connect,
+            _ => return None,
+        };
+        let path = c_string(&raw.path);
+        let addr = (kind == EventKind::Connect)
+            .then(|| {
+                let ip = match raw.family {
+                    2 => IpAddr::V4(Ipv4Addr::new(
+                        raw.addr[0],
+                        raw.addr[1],
+                        raw.addr[2],
+                        raw.addr[3],
+                    )),
+                    10 => IpAddr::V6(Ipv6Addr::from(raw.addr)),
+                    _ => return None,
+                };
+                Some(match ip {
+                    IpAddr::V4(v4) => format!("{v4}:{}", raw.port),
+                    IpAddr::V6(v6) => format!("[{v6}]:{}", raw.port),
+                })
+            })
+            .flatten();
+        Some(Self {
+            ts_ns: raw.ts_ns,
+            cgroup_id: raw.cgroup_id,
+            kind,
+            action: raw.action,
+            pid: raw.pid,
+            tid: raw.tid,
+            comm: c_string(&raw.comm),
+            path: (!path.is_empty() || kind != EventKind::Connect).then_some(path),
+            addr,
+            family: raw.family,
+            fd: raw.fd,
+            flags: raw.flags,
+            rule: (raw.rule != NO_RULE).then_some(raw.rule),
+        })
+    }
+
+    /// The action's name in event logs.
+    #[must_use]
+    pub fn action_name(&self) -> &'static str {
+        match self.action {
+            action::KILLED => "killed",
+            action::ALERT => "alert",
+            _ => "allow",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mcpwarden_common::{COMM_LEN, PATH_LEN};
+
+    use super::*;
+
+    fn raw(kind: u32) -> Event {
+        Event {
+            ts_ns: 5,
+            cgroup_id: 9,
+            kind,
+            action: action::ALLOW,
+            pid: 10,
+            tid: 11,
+            rule: NO_RULE,
+            fd: -100,
+            flags: 0,
+            family: 0,
+            port: 0,
+            addr: [0; 16],
+            comm: [0; COMM_LEN],
+            path: [0; PATH_LEN],
+        }
+    }
+
+    fn bytes(e: &Event) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain-data struct with no padding.
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(e).cast::<u8>(), size_of::<Event>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_an_open_with_a_deny_hit() {
+        let mut e = raw(kind::OPEN);
+        e.comm[..6].copy_from_slice(b"python");
+        e.path[..11].copy_from_slice(b"/etc/secret");
+        e.rule = 2;
+        e.action = action::KILLED;
+        let d = KernelEvent::decode(&bytes(&e)).expect("decodes");
+        assert_eq!(d.kind, EventKind::Open);
+        assert_eq!(d.comm, "python");
+        assert_eq!(d.path.as_deref(), Some("/etc/secret"));
+        assert_eq!(d.rule, Some(2));
+        assert_eq!(d.action_name(), "killed");
+        assert_eq!(d.addr, None);
+    }
+
+    #[test]
+    fn decodes_inet_connects() {
+        let mut e = raw(kind::CONNECT);
+        e.family = 2;
+        e.port = 8080;
+        e.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let d = KernelEvent::decode(&bytes(&e)).expect("decodes");
+        assert_eq!(d.addr.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(d.path, None);
+        e.family = 10;
+        e.addr = Ipv6Addr::LOCALHOST.octets();
+        let d = KernelEvent::decode(&bytes(&e)).expect("decodes");
+        assert_eq!(d.addr.as_deref(), Some("[::1]:8080"));
+    }
+
+    #[test]
+    fn rejects_short_records_and_unknown_kinds() {
+        let e = raw(kind::EXEC);
+        assert!(KernelEvent::decode(&bytes(&e)[..10]).is_none());
+        assert!(KernelEvent::decode(&bytes(&raw(99))).is_none());
+    }
+}

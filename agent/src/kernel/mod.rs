@@ -1,0 +1,252 @@
+//! Loading the session tracer into the kernel and talking to its maps.
+//!
+//! Dropping a [`Tracer`] detaches and unloads every program and frees every
+//! map: nothing stays in the kernel after a session (nothing is pinned).
+pub mod event;
+
+use std::{
+    io,
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+};
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{ProgramError, TracePoint},
+};
+use mcpwarden_common::{
+    DENY_PATH_LEN, DenyKey, DenyRule, SESSION_ENFORCE, SessionConfig, TRACEPOINTS, maps,
+};
+
+pub use self::event::{EventKind, KernelEvent};
+
+/// The session tracer object, built by build.rs from `ebpf/programs`.
+static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcpwarden"));
+/// The feature probes, for `mcpwarden doctor`.
+pub(crate) static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcpwarden-probes"));
+
+/// Errors of loading and driving kernel programs.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The object could not be loaded (maps created, relocations applied).
+    #[error("cannot load the kernel programs: {0} (is this root on a kernel with eBPF?)")]
+    Load(#[from] EbpfError),
+    /// A program the object should have is missing.
+    #[error("kernel object has no program {0}")]
+    MissingProgram(&'static str),
+    /// A map the object should have is missing.
+    #[error("kernel object has no map {0}")]
+    MissingMap(&'static str),
+    /// Loading or attaching a program failed.
+    #[error("program {name} ({what}): {source}")]
+    Program {
+        /// The program.
+        name: &'static str,
+        /// What was attempted.
+        what: String,
+        /// Why it failed.
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// Why it failed.
+        source: MapError,
+    },
+    /// tracefs is not mounted and could not be mounted.
+    #[error(
+        "tracefs is needed to attach tracepoints and could not be mounted at /sys/kernel/tracing: {0}"
+    )]
+    Tracefs(io::Error),
+    /// A deny prefix does not fit the kernel's key.
+    #[error("deny prefix {0:?} is too long for the kernel's {DENY_PATH_LEN}-byte key")]
+    PrefixTooLong(String),
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
+    move |source| KernelError::Map { name, source }
+}
+
+/// Makes sure tracefs is mounted: aya finds tracepoint ids there.
+pub fn ensure_tracefs() -> Result<(), KernelError> {
+    let tracing = Path::new("/sys/kernel/tracing");
+    if tracing.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("tracefs"),
+        tracing,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| KernelError::Tracefs(e.into()))
+}
+
+/// The loaded and attached session tracer.
+pub struct Tracer {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer")
+            .field("ebpf", &self.ebpf)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tracer {
+    /// Loads the tracer and attaches its tracepoints. Until a session is
+    /// added, every program returns after one map lookup.
+    pub fn load() -> Result<Self, KernelError> {
+        ensure_tracefs()?;
+        let mut ebpf = Ebpf::load(TRACER_OBJECT)?;
+        for &(name, category, tracepoint) in TRACEPOINTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| KernelError::Program {
+                    name,
+                    what: "type".into(),
+                    source,
+                })?;
+            program.load().map_err(|source| KernelError::Program {
+                name,
+                what: "load".into(),
+                source,
+            })?;
+            program
+                .attach(category, tracepoint)
+                .map_err(|source| KernelError::Program {
+                    name,
+                    what: format!("attach to {category}/{tracepoint}"),
+                    source,
+                })?;
+        }
+        let ring = ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(KernelError::MissingMap(maps::EVENTS))?;
+        let ring = RingBuf::try_from(ring).map_err(map_err(maps::EVENTS))?;
+        Ok(Self { ebpf, ring })
+    }
+
+    /// Starts tracing the cgroup `cgroup_id` as session `session`, with the
+    /// policy's denied prefixes. The deny rules go in first so there is no
+    /// moment where the session is traced but not yet protected.
+    pub fn add_session(
+        &mut self,
+        cgroup_id: u64,
+        session: u32,
+        enforce: bool,
+        deny: &[String],
+    ) -> Result<(), KernelError> {
+        {
+            let map = self
+                .ebpf
+                .map_mut(maps::DENY)
+                .ok_or(KernelError::MissingMap(maps::DENY))?;
+            let mut trie: LpmTrie<_, DenyKey, DenyRule> =
+                LpmTrie::try_from(map).map_err(map_err(maps::DENY))?;
+            for (i, prefix) in deny.iter().enumerate() {
+                let (key, rule) = deny_entry(session, i, prefix)?;
+                trie.insert(&key, rule, 0).map_err(map_err(maps::DENY))?;
+            }
+        }
+        let map = self
+            .ebpf
+            .map_mut(maps::SESSIONS)
+            .ok_or(KernelError::MissingMap(maps::SESSIONS))?;
+        let mut sessions: HashMap<_, u64, SessionConfig> =
+            HashMap::try_from(map).map_err(map_err(maps::SESSIONS))?;
+        let config = SessionConfig {
+            session,
+            flags: if enforce { SESSION_ENFORCE } else { 0 },
+        };
+        sessions
+            .insert(cgroup_id, config, 0)
+            .map_err(map_err(maps::SESSIONS))
+    }
+
+    /// A second descriptor of the ring buffer, to wait on with epoll.
+    pub fn ring_fd(&self) -> io::Result<OwnedFd> {
+        self.ring.as_fd().try_clone_to_owned()
+    }
+
+    /// Hands every event waiting in the ring buffer to `f`, oldest first.
+    pub fn drain(&mut self, mut f: impl FnMut(KernelEvent)) {
+        while let Some(item) = self.ring.next() {
+            if let Some(event) = KernelEvent::decode(&item) {
+                f(event);
+            } else {
+                tracing::warn!(
+                    len = item.len(),
+                    "undecodable record in the event ring buffer"
+                );
+            }
+        }
+    }
+
+    /// Events the kernel dropped because the ring buffer was full.
+    pub fn dropped(&self) -> Result<u64, KernelError> {
+        let map = self
+            .ebpf
+            .map(maps::DROPPED)
+            .ok_or(KernelError::MissingMap(maps::DROPPED))?;
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(map_err(maps::DROPPED))?;
+        let per_cpu = counters.get(&0, 0).map_err(map_err(maps::DROPPED))?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+/// The trie key and value for deny rule `index` = `prefix` of `session`.
+fn deny_entry(
+    session: u32,
+    index: usize,
+    prefix: &str,
+) -> Result<(Key<DenyKey>, DenyRule), KernelError> {
+    let bytes = prefix.as_bytes();
+    if bytes.len() >= DENY_PATH_LEN {
+        return Err(KernelError::PrefixTooLong(prefix.to_owned()));
+    }
+    let mut data = DenyKey {
+        session: session.to_be_bytes(),
+        path: [0; DENY_PATH_LEN],
+    };
+    data.path[..bytes.len()].copy_from_slice(bytes);
+    let bits = 8 * (4 + bytes.len()) as u32;
+    // `/` denies every absolute path: the byte at index 0 is always `/`.
+    let len = if prefix == "/" { 0 } else { bytes.len() as u32 };
+    Ok((
+        Key::new(bits, data),
+        DenyRule {
+            rule: index as u32,
+            len,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_entries_prefix_the_session_and_count_bits() {
+        let (key, rule) = deny_entry(0x0102_0304, 3, "/etc").expect("fits");
+        let data = key.data();
+        assert_eq!(data.session, [1, 2, 3, 4]);
+        assert_eq!(&data.path[..5], b"/etc\0");
+        assert_eq!(key.prefix_len(), 8 * (4 + 4));
+        assert_eq!(rule, DenyRule { rule: 3, len: 4 });
+        let (_, root) = deny_entry(1, 0, "/").expect("fits");
+        assert_eq!(root.len, 0);
+        assert!(deny_entry(1, 0, &"/x".repeat(200)).is_err());
+    }
+}

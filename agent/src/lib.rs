@@ -1,0 +1,25 @@
+//! mcpwarden: a host-level defence for AI agents' MCP tool servers.
+//!
+//! The walking skeleton wires one path through the whole product: the stdio
+//! proxy ([`proxy`]) relays MCP between a client and a tool server started in
+//! a cgroup of its own ([`mcpwarden_sandbox`]); kernel programs ([`kernel`])
+//! report what that server's process tree does; each kernel event is tied to
+//! the request in flight ([`session`]) and checked against the policy
+//! ([`policy`]), and a denied open kills the tree.
+pub mod doctor;
+pub mod kernel;
+pub mod policy;
+pub mod proxy;
+pub mod session;
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`, so
+/// kernel event times and proxy times compare directly.
+///
+/// # Panics
+/// Never on Linux, where `CLOCK_MONOTONIC` always exists.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available on Linux");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}

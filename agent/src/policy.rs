@@ -1,0 +1,283 @@
+//! Policy files (TOML). The skeleton's schema:
+//!
+//! ```toml
+//! mode = "enforce"            # or "monitor"
+//! [files]
+//! deny = ["/etc/shadow", "/root"]
+//! ```
+//!
+//! A deny entry is an absolute path prefix matched at component boundaries:
+//! `/root` denies `/root` and `/root/x`, not `/rootfs`.
+use std::{fmt, path::Path};
+
+use mcpwarden_common::DENY_PATH_LEN;
+use serde::Deserialize;
+
+/// What a policy violation does.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Kill the tool server's process tree and fail the call.
+    #[default]
+    Enforce,
+    /// Record the violation only.
+    Monitor,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Enforce => "enforce",
+            Self::Monitor => "monitor",
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    files: RawFiles,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+/// Errors of loading a policy; each names the file and the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("policy {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("policy {path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The key, e.g. `files.deny[2]`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Where it came from (for messages).
+    pub source: String,
+    /// Enforce or monitor.
+    pub mode: Mode,
+    /// Denied path prefixes, normalised: absolute, no `.`/`..`/`//`, no
+    /// trailing slash except for `/` itself.
+    pub deny: Vec<String>,
+}
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates policy text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Self, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Parse {
+            path: source.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let mut deny = Vec::with_capacity(raw.files.deny.len());
+        for (i, entry) in raw.files.deny.iter().enumerate() {
+            let invalid = |message: &str| PolicyError::Invalid {
+                path: source.to_owned(),
+                key: format!("files.deny[{i}]"),
+                message: format!("{entry:?}: {message}"),
+            };
+            if !entry.starts_with('/') {
+                return Err(invalid("must be an absolute path"));
+            }
+            if entry.contains('\0') {
+                return Err(invalid("must not contain NUL"));
+            }
+            let normal = normalize(entry);
+            if normal.len() >= DENY_PATH_LEN {
+                return Err(invalid(&format!(
+                    "longer than the {} bytes the kernel matches",
+                    DENY_PATH_LEN - 1
+                )));
+            }
+            deny.push(normal);
+        }
+        Ok(Self {
+            source: source.to_owned(),
+            mode: raw.mode,
+            deny,
+        })
+    }
+
+    /// The longest deny rule that `path` falls under, as its index.
+    /// Same semantics as the kernel's trie lookup.
+    #[must_use]
+    pub fn deny_match(&self, path: &str) -> Option<usize> {
+        self.deny
+            .iter()
+            .enumerate()
+            .filter(|(_, prefix)| under(path, prefix))
+            .max_by_key(|(_, prefix)| prefix.len())
+            .map(|(i, _)| i)
+    }
+
+    /// Human name of rule `i`, as error messages and events show it.
+    #[must_use]
+    pub fn rule_name(&self, i: usize) -> String {
+        match self.deny.get(i) {
+            Some(prefix) => format!("files.deny[{i}] {prefix:?}"),
+            None => format!("files.deny[{i}]"),
+        }
+    }
+}
+
+/// Whether `path` is `prefix` or below it.
+fn under(path: &str, prefix: &str) -> bool {
+    if prefix == "/" {
+        return path.starts_with('/');
+    }
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Lexical normalisation of an absolute path: collapses `//`, drops `.`,
+/// resolves `..` (never above `/`), strips a trailing slash.
+#[must_use]
+pub fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for p in &parts {
+        out.push('/');
+        out.push_str(p);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_schema() {
+        let p = Policy::parse(
+            "mode = \"monitor\"\n[files]\ndeny = [\"/etc/shadow\", \"/srv/secret/\"]\n",
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(p.mode, Mode::Monitor);
+        assert_eq!(p.deny, vec!["/etc/shadow", "/srv/secret"]);
+    }
+
+    #[test]
+    fn defaults_are_enforce_and_nothing_denied() {
+        let p = Policy::parse("", "t").expect("empty policy is valid");
+        assert_eq!(p.mode, Mode::Enforce);
+        assert!(p.deny.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err =
+            Policy::parse("[files]\ndeny = [\"/ok\", \"relative/x\"]\n", "p.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "policy p.toml: files.deny[1]: \"relative/x\": must be an absolute path"
+        );
+        let err = Policy::parse("mode = \"loud\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1"), "{err}");
+        assert!(err.contains("enforce"), "{err}");
+        let err = Policy::parse("[file]\ndeny = []\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `file`"), "{err}");
+        let long = format!("[files]\ndeny = [\"/{}\"]\n", "a".repeat(300));
+        let err = Policy::parse(&long, "p.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("files.deny[0]") && err.contains("247 bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn deny_matches_at_component_boundaries_and_prefers_the_longest() {
+        let p = Policy::parse(
+            "[files]\ndeny = [\"/srv\", \"/srv/secret\", \"/etc/shadow\"]\n",
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(p.deny_match("/srv/secret/key"), Some(1));
+        assert_eq!(p.deny_match("/srv/other"), Some(0));
+        assert_eq!(p.deny_match("/srv"), Some(0));
+        assert_eq!(p.deny_match("/srvx"), None);
+        assert_eq!(p.deny_match("/etc/shadow"), Some(2));
+        assert_eq!(p.deny_match("/etc/shadow-"), None);
+        assert_eq!(p.rule_name(2), "files.deny[2] \"/etc/shadow\"");
+        let root = Policy::parse("[files]\ndeny = [\"/\"]\n", "t").expect("valid");
+        assert_eq!(root.deny_match("/anything"), Some(0));
+    }
+
+    #[test]
+    fn every_shipped_policy_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("policies/ exists") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let p = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!p.deny.is_empty(), "{} denies nothing", path.display());
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no policy found in {}", dir.display());
+    }
+
+    #[test]
+    fn normalize_resolves_dots_and_slashes() {
+        assert_eq!(normalize("/a//b/./c/../d/"), "/a/b/d");
+        assert_eq!(normalize("/../../etc"), "/etc");
+        assert_eq!(normalize("/"), "/");
+        assert_eq!(normalize("//"), "/");
+    }
+}

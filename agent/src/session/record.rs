@@ -1,0 +1,299 @@
+//! Judging a kernel event against the policy and writing it as a JSON line.
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+
+use crate::{
+    kernel::{EventKind, KernelEvent},
+    policy::{Mode, Policy, normalize},
+    proxy::tracker::Request,
+};
+
+/// What mcpwarden did about an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing to do.
+    Allow,
+    /// A deny rule matched in monitor mode.
+    Alert,
+    /// A deny rule matched in enforce mode: the tree is killed.
+    Killed,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Alert => "alert",
+            Self::Killed => "killed",
+        }
+    }
+}
+
+/// The outcome of [`judge`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// What to do.
+    pub action: Action,
+    /// The deny rule that matched.
+    pub rule: Option<usize>,
+    /// Who caught it: `kernel` (the tracepoint, before the syscall ran) or
+    /// `agent` (user space, after resolving a relative or `..` path).
+    pub by: Option<&'static str>,
+    /// The path as resolved by user space (absolute, normalised), when it
+    /// could be resolved.
+    pub path: Option<String>,
+}
+
+impl Verdict {
+    /// One sentence for logs and error messages.
+    #[must_use]
+    pub fn describe(&self, event: &KernelEvent, policy: &Policy) -> String {
+        let path = self
+            .path
+            .as_deref()
+            .or(event.path.as_deref())
+            .unwrap_or("?");
+        let verb = match event.kind {
+            EventKind::Open => "opened",
+            EventKind::Exec => "executed",
+            EventKind::Connect => "connected to",
+        };
+        let rule = self
+            .rule
+            .map_or_else(|| "a deny rule".to_owned(), |r| policy.rule_name(r));
+        format!(
+            "the tool server ({} pid {}) {verb} {path:?}, denied by {rule} (policy {}, {} mode)",
+            event.comm, event.pid, policy.source, policy.mode
+        )
+    }
+}
+
+/// Decides what an event means under `policy`. The kernel has matched the
+/// raw path already; user space looks again at the resolved path, which
+/// catches relative paths and `..` tricks the raw match cannot see.
+#[must_use]
+pub fn judge(event: &KernelEvent, policy: &Policy) -> Verdict {
+    let path = match event.kind {
+        EventKind::Open | EventKind::Exec => event.path.as_deref().and_then(|p| resolve(p, event)),
+        EventKind::Connect => None,
+    };
+    if let Some(rule) = event.rule {
+        let action = if event.action == mcpwarden_common::action::KILLED {
+            Action::Killed
+        } else {
+            Action::Alert
+        };
+        return Verdict {
+            action,
+            rule: Some(rule as usize),
+            by: Some("kernel"),
+            path,
+        };
+    }
+    if let Some(rule) = path.as_deref().and_then(|p| policy.deny_match(p)) {
+        let action = match policy.mode {
+            Mode::Enforce => Action::Killed,
+            Mode::Monitor => Action::Alert,
+        };
+        return Verdict {
+            action,
+            rule: Some(rule),
+            by: Some("agent"),
+            path,
+        };
+    }
+    Verdict {
+        action: Action::Allow,
+        rule: None,
+        by: None,
+        path,
+    }
+}
+
+/// The absolute, normalised form of an event's path, using the process's
+/// cwd or directory fd for relative paths (if the process still exists).
+fn resolve(path: &str, event: &KernelEvent) -> Option<String> {
+    const AT_FDCWD: i32 = -100;
+    if path.starts_with('/') {
+        return Some(normalize(path));
+    }
+    if path.is_empty() {
+        return None;
+    }
+    let base = if event.kind == EventKind::Exec || event.fd == AT_FDCWD {
+        format!("/proc/{}/cwd", event.pid)
+    } else {
+        format!("/proc/{}/fd/{}", event.pid, event.fd)
+    };
+    let base = std::fs::read_link(Path::new(&base)).ok()?;
+    Some(normalize(&format!("{}/{path}", base.to_string_lossy())))
+}
+
+/// One event as a JSON line for the events file.
+#[must_use]
+pub fn event_line(
+    event: &KernelEvent,
+    verdict: &Verdict,
+    requests: &[&Request],
+    policy: &Policy,
+    session: &str,
+    realtime_offset_ns: i128,
+) -> String {
+    let primary = requests.first();
+    let mut o = Map::new();
+    o.insert("ts".into(), json!(event.ts_ns));
+    o.insert(
+        "unix_ns".into(),
+        json!((i128::from(event.ts_ns) + realtime_offset_ns) as i64),
+    );
+    o.insert("session".into(), json!(session));
+    o.insert(
+        "request_id".into(),
+        primary.map_or(Value::Null, |r| r.id.value.clone()),
+    );
+    o.insert(
+        "method".into(),
+        primary.map_or(Value::Null, |r| json!(r.method)),
+    );
+    o.insert(
+        "tool".into(),
+        primary
+            .and_then(|r| r.tool.as_ref())
+            .map_or(Value::Null, |t| json!(t)),
+    );
+    if requests.len() > 1 {
+        // Concurrent requests: the event cannot be pinned to one of them.
+        o.insert(
+            "in_flight".into(),
+            Value::Array(requests.iter().map(|r| r.id.value.clone()).collect()),
+        );
+    }
+    o.insert("kind".into(), json!(event.kind.as_str()));
+    o.insert("pid".into(), json!(event.pid));
+    o.insert("tid".into(), json!(event.tid));
+    o.insert("comm".into(), json!(event.comm));
+    if let Some(path) = &event.path {
+        o.insert("path".into(), json!(path));
+    }
+    if let Some(resolved) = &verdict.path
+        && event.path.as_deref() != Some(resolved.as_str())
+    {
+        o.insert("resolved_path".into(), json!(resolved));
+    }
+    if let Some(addr) = &event.addr {
+        o.insert("addr".into(), json!(addr));
+    }
+    if event.kind == EventKind::Open {
+        o.insert("flags".into(), json!(event.flags));
+    }
+    if event.kind == EventKind::Connect {
+        o.insert("family".into(), json!(event.family));
+    }
+    o.insert("action".into(), json!(verdict.action.as_str()));
+    o.insert(
+        "rule".into(),
+        verdict
+            .rule
+            .map_or(Value::Null, |r| json!(policy.rule_name(r))),
+    );
+    if let Some(by) = verdict.by {
+        o.insert("detected_by".into(), json!(by));
+    }
+    Value::Object(o).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use mcpwarden_common::action;
+    use serde_json::json;
+
+    use super::*;
+    use crate::proxy::{message, tracker::Tracker};
+
+    fn event(kind: EventKind, path: &str) -> KernelEvent {
+        KernelEvent {
+            ts_ns: 150,
+            cgroup_id: 1,
+            kind,
+            action: action::ALLOW,
+            pid: u32::MAX, // no such process: relative paths stay unresolved
+            tid: 1,
+            comm: "python3".into(),
+            path: Some(path.into()),
+            addr: None,
+            family: 0,
+            fd: -100,
+            flags: 0,
+            rule: None,
+        }
+    }
+
+    fn policy(mode: &str) -> Policy {
+        Policy::parse(
+            &format!("mode = \"{mode}\"\n[files]\ndeny = [\"/srv/secret\"]\n"),
+            "p.toml",
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn kernel_verdicts_are_kept() {
+        let mut e = event(EventKind::Open, "/srv/secret/k");
+        e.rule = Some(0);
+        e.action = action::KILLED;
+        let v = judge(&e, &policy("enforce"));
+        assert_eq!(
+            (v.action, v.rule, v.by),
+            (Action::Killed, Some(0), Some("kernel"))
+        );
+    }
+
+    #[test]
+    fn user_space_catches_dot_dot_paths_the_kernel_cannot() {
+        let e = event(EventKind::Open, "/tmp/../srv/secret/k");
+        let v = judge(&e, &policy("enforce"));
+        assert_eq!(
+            (v.action, v.rule, v.by),
+            (Action::Killed, Some(0), Some("agent"))
+        );
+        assert_eq!(v.path.as_deref(), Some("/srv/secret/k"));
+        let v = judge(&e, &policy("monitor"));
+        assert_eq!(v.action, Action::Alert);
+        let v = judge(
+            &event(EventKind::Open, "/srv/secretive"),
+            &policy("enforce"),
+        );
+        assert_eq!(v.action, Action::Allow);
+        let v = judge(&event(EventKind::Open, "relative"), &policy("enforce"));
+        assert_eq!((v.action, v.path), (Action::Allow, None));
+    }
+
+    #[test]
+    fn event_lines_carry_the_request_in_flight() {
+        let mut t = Tracker::new();
+        let Ok(message::Message::Request { id, method, tool }) = message::parse(
+            br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"read_file"}}"#,
+        ) else {
+            panic!("request")
+        };
+        t.open(id, method, tool, 100).expect("open");
+        let p = policy("enforce");
+        let e = event(EventKind::Open, "/data/a.txt");
+        let v = judge(&e, &p);
+        let line = event_line(&e, &v, &t.at(e.ts_ns), &p, "s1", 1000);
+        let got: Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(got["request_id"], json!(3));
+        assert_eq!(got["method"], json!("tools/call"));
+        assert_eq!(got["tool"], json!("read_file"));
+        assert_eq!(got["kind"], json!("open"));
+        assert_eq!(got["path"], json!("/data/a.txt"));
+        assert_eq!(got["action"], json!("allow"));
+        assert_eq!(got["rule"], Value::Null);
+        assert_eq!(got["unix_ns"], json!(1150));
+        assert!(got.get("in_flight").is_none());
+        let idle = event_line(&e, &v, &[], &p, "s1", 0);
+        let got: Value = serde_json::from_str(&idle).expect("json");
+        assert_eq!(got["request_id"], Value::Null);
+    }
+}
