@@ -1,0 +1,96 @@
+"""Drives an MCP stdio server with the official Python SDK client.
+
+    client.py SCENARIO_JSON -- CMD [ARGS...]
+
+The scenario is a list of steps: {"call": TOOL, "args": {...}} or
+{"list_tools": true} or {"check_gone": true}. The client always initializes
+first. It prints one JSON document: the initialize result, every step's
+outcome (result or JSON-RPC error), and every request it sent (id, method,
+params), so a test can match kernel events to the exact request ids.
+"""
+
+import json
+import os
+import sys
+import time
+
+import anyio
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
+
+
+class RecordingStream:
+    """Wraps the client's write stream to record each request it sends."""
+
+    def __init__(self, inner, sent):
+        self._inner = inner
+        self._sent = sent
+
+    async def send(self, item):
+        msg = item.message
+        dumped = msg.model_dump(by_alias=True, exclude_none=True) if hasattr(msg, "model_dump") else msg
+        if isinstance(dumped, dict) and "method" in dumped:
+            self._sent.append({k: dumped.get(k) for k in ("id", "method", "params")})
+        await self._inner.send(item)
+
+    async def __aenter__(self):
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        return await self._inner.__aexit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def pids_alive(pids):
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        if state not in ("Z", "X"):
+            alive.append(pid)
+    return alive
+
+
+def dump(model):
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+async def main(scenario, command):
+    params = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
+    out = {"steps": [], "sent": []}
+    watched = []  # pids whose death check_gone verifies
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, RecordingStream(write, out["sent"]), read_timeout_seconds=20) as session:
+            out["initialize"] = dump(await session.initialize())
+            for step in scenario:
+                if step.get("list_tools"):
+                    out["steps"].append({"list_tools": dump(await session.list_tools())})
+                elif step.get("check_gone"):
+                    deadline = time.monotonic() + 5
+                    while pids_alive(watched) and time.monotonic() < deadline:
+                        await anyio.sleep(0.05)
+                    out["steps"].append({"watched": watched, "alive": pids_alive(watched)})
+                else:
+                    try:
+                        result = await session.call_tool(step["call"], step.get("args", {}))
+                        rec = {"call": step["call"], "result": dump(result)}
+                        if step["call"] == "whoami":
+                            watched.append(json.loads(result.content[0].text)["pid"])
+                        if step["call"] == "spawn_sleeper" and result.structured_content:
+                            watched.append(result.structured_content["result"])
+                    except MCPError as e:
+                        rec = {"call": step["call"], "error": {"code": e.error.code, "message": e.error.message}}
+                    out["steps"].append(rec)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    sep = sys.argv.index("--")
+    anyio.run(main, json.loads(sys.argv[1]), sys.argv[sep + 1 :])

@@ -1,0 +1,57 @@
+"""A small MCP tool server for mcpwarden's end-to-end tests and demo.
+
+Written with the official Python SDK (``mcp``), run over stdio. Its tools do
+what a real file or shell server does on behalf of an agent: read files,
+start programs, open network connections. Those are the actions mcpwarden
+must see in the kernel and tie to the call that caused them.
+"""
+
+import os
+import socket
+import subprocess
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("mcpwarden-test-server", version="0.1.0")
+
+
+@server.tool()
+def read_file(path: str) -> str:
+    """Read a text file and return its contents."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+@server.tool()
+def whoami() -> dict:
+    """Report this server's process id and cgroup."""
+    with open("/proc/self/cgroup", encoding="ascii") as f:
+        return {"pid": os.getpid(), "cgroup": f.read()}
+
+
+@server.tool()
+def run(argv: list[str]) -> str:
+    """Run a program and return what it printed."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    return done.stdout
+
+
+@server.tool()
+def spawn_sleeper(seconds: int = 300) -> int:
+    """Start a background child process and return its pid."""
+    child = subprocess.Popen(["sleep", str(seconds)], start_new_session=True)
+    return child.pid
+
+
+@server.tool()
+def connect(host: str, port: int) -> str:
+    """Open a TCP connection and report whether it succeeded."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return "connected"
+    except OSError as e:
+        return f"failed: {e}"
+
+
+if __name__ == "__main__":
+    server.run()

@@ -1,0 +1,338 @@
+//! Helpers for the end-to-end tests.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One kernel-touching test at a time: they check that the kernel holds no
+/// program of ours afterwards, which a concurrent test would break.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_owned()
+}
+
+fn python() -> PathBuf {
+    let py = repo().join("target/venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run ./setup.sh first",
+        py.display()
+    );
+    py
+}
+
+fn server_cmd() -> Vec<String> {
+    vec![
+        python().display().to_string(),
+        repo().join("tests/e2e/server.py").display().to_string(),
+    ]
+}
+
+/// The mcpwarden binary under test.
+pub fn mcpwarden() -> Command {
+    assert!(
+        nix_is_root(),
+        "the end-to-end tests load kernel programs: run them as root"
+    );
+    Command::new(env!("CARGO_BIN_EXE_mcpwarden"))
+}
+
+fn nix_is_root() -> bool {
+    // Effective uid, the third field of `Uid:`.
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    })
+}
+
+/// A temporary directory with a policy, an allowed file and a secret.
+pub struct Fixture {
+    dir: tempfile::TempDir,
+    pub policy: PathBuf,
+    pub events: PathBuf,
+}
+
+impl Fixture {
+    pub fn new(mode: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("mcpw-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir(root.join("secret")).expect("mkdir");
+        std::fs::create_dir(root.join("public")).expect("mkdir");
+        std::fs::write(root.join("secret/key"), "the secret\n").expect("write");
+        std::fs::write(root.join("allowed.txt"), "the allowed file\n").expect("write");
+        let policy = root.join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "mode = \"{mode}\"\n[files]\ndeny = [\"{}\"]\n",
+                root.join("secret").display()
+            ),
+        )
+        .expect("write policy");
+        let events = root.join("events.jsonl");
+        Self {
+            dir,
+            policy,
+            events,
+        }
+    }
+
+    pub fn allowed(&self) -> String {
+        self.dir.path().join("allowed.txt").display().to_string()
+    }
+
+    pub fn secret(&self) -> String {
+        self.dir.path().join("secret/key").display().to_string()
+    }
+
+    /// The secret, named through `..` so it does not start with the denied
+    /// prefix (the file is readable under this name).
+    pub fn sneaky_secret(&self) -> String {
+        self.dir
+            .path()
+            .join("public/../secret/key")
+            .display()
+            .to_string()
+    }
+}
+
+/// The outcome of one client run (see tests/e2e/client.py).
+pub struct Run {
+    pub out: Value,
+    pub raw: String,
+    pub sent: Vec<Value>,
+}
+
+impl Run {
+    fn client(scenario: &Value, command: Vec<String>) -> Self {
+        let mut cmd = Command::new(python());
+        cmd.arg(repo().join("tests/e2e/client.py"))
+            .arg(scenario.to_string())
+            .arg("--")
+            .args(command);
+        let out = cmd
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run the Python MCP client");
+        let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "client failed ({}): {raw}",
+            out.status
+        );
+        let out: Value = serde_json::from_str(&raw)
+            .unwrap_or_else(|e| panic!("client printed no JSON ({e}): {raw}"));
+        let sent = out["sent"].as_array().expect("sent").clone();
+        Self { out, raw, sent }
+    }
+
+    /// The SDK client talking to the server directly.
+    pub fn direct(scenario: &Value) -> Self {
+        Self::client(scenario, server_cmd())
+    }
+
+    /// The SDK client talking to the server through `mcpwarden run`.
+    pub fn through_mcpwarden(fx: &Fixture, scenario: &Value) -> Self {
+        let mut command = vec![
+            env!("CARGO_BIN_EXE_mcpwarden").to_owned(),
+            "run".into(),
+            "--policy".into(),
+            fx.policy.display().to_string(),
+            "--events".into(),
+            fx.events.display().to_string(),
+            "--".into(),
+        ];
+        command.extend(server_cmd());
+        assert!(
+            nix_is_root(),
+            "the end-to-end tests load kernel programs: run them as root"
+        );
+        Self::client(scenario, command)
+    }
+
+    pub fn step(&self, i: usize) -> &Value {
+        &self.out["steps"][i]
+    }
+
+    /// The text of step `i`'s successful tool result.
+    pub fn text(&self, i: usize) -> String {
+        let step = self.step(i);
+        assert!(step.get("error").is_none(), "step {i} failed: {step}");
+        step["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no text in {step}"))
+            .to_owned()
+    }
+
+    /// The JSON-RPC id the client used for `tools/call name {path}`.
+    pub fn request_id(&self, tool: &str, path: &str) -> Value {
+        self.sent
+            .iter()
+            .find(|m| {
+                m["method"] == "tools/call"
+                    && m["params"]["name"] == tool
+                    && m["params"]["arguments"]["path"] == path
+            })
+            .unwrap_or_else(|| panic!("no {tool} call for {path} in {:?}", self.sent))["id"]
+            .clone()
+    }
+
+    /// The `whoami` result at step `i`: the server's pid and cgroups.
+    pub fn whoami(&self, i: usize) -> Value {
+        serde_json::from_str(&self.text(i)).expect("whoami returns JSON")
+    }
+
+    /// The session cgroup directory, from a `whoami` result at step `i`.
+    pub fn session_cgroup(&self, i: usize) -> PathBuf {
+        let cgroups = self.whoami(i)["cgroup"]
+            .as_str()
+            .expect("cgroup")
+            .to_owned();
+        let v2 = cgroups
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("a cgroup v2 line");
+        assert!(
+            v2.starts_with("/mcpwarden/session-"),
+            "server not in a session cgroup: {v2}"
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let root = mounts
+            .lines()
+            .find(|l| {
+                l.split(" - ")
+                    .nth(1)
+                    .is_some_and(|r| r.starts_with("cgroup2 "))
+            })
+            .and_then(|l| l.split_whitespace().nth(4))
+            .expect("cgroup2 mount");
+        Path::new(root).join(v2.trim_start_matches('/'))
+    }
+}
+
+/// The events file, one JSON value per line.
+pub fn events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .expect("events file")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line ({e}): {l}")))
+        .collect()
+}
+
+/// Asks the kernel (not mcpwarden) whether anything of a session remains:
+/// the cgroup directory, and any loaded program with one of our names.
+pub fn assert_nothing_left_behind(cgroup: Option<&Path>) {
+    if let Some(cg) = cgroup {
+        assert!(
+            !cg.exists(),
+            "session cgroup {} was left behind",
+            cg.display()
+        );
+    }
+    let ours: Vec<&str> = mcpwarden_common::TRACEPOINTS
+        .iter()
+        .map(|(name, _, _)| *name)
+        .collect();
+    let probes = [
+        "probe_ringbuf",
+        "probe_signal",
+        "probe_connect4",
+        "probe_lsm",
+        "probe_fentry",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left: Vec<String> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter_map(|p| p.name_as_str().map(str::to_owned))
+            .filter(|n| ours.contains(&n.as_str()) || probes.contains(&n.as_str()))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        // The kernel frees programs asynchronously (RCU) after the last fd.
+        assert!(
+            Instant::now() < deadline,
+            "kernel programs left behind: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends raw lines to the server (directly, or through mcpwarden with the
+/// extra lines appended) and returns every line it wrote, once the replies
+/// to all requests are in.
+pub fn raw_exchange(fx: Option<&Fixture>, lines: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut cmd = match fx {
+        None => {
+            let s = server_cmd();
+            let mut c = Command::new(&s[0]);
+            c.args(&s[1..]);
+            c
+        }
+        Some(fx) => {
+            let mut c = mcpwarden();
+            c.args(["run", "--policy"])
+                .arg(&fx.policy)
+                .arg("--")
+                .args(server_cmd());
+            c
+        }
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut got = Vec::new();
+    let requests = |l: &str| {
+        serde_json::from_str::<Value>(l)
+            .ok()
+            .is_some_and(|v| v.get("id").is_some())
+    };
+    let expected = lines.iter().filter(|l| requests(l)).count();
+    // Send one request at a time and wait for its answer, so the server's
+    // output order is deterministic.
+    for line in lines {
+        writeln!(stdin, "{line}").expect("write");
+        stdin.flush().expect("flush");
+        if requests(line) {
+            let mut l = String::new();
+            stdout.read_line(&mut l).expect("read");
+            got.push(l.trim_end_matches('\n').to_owned());
+        }
+    }
+    assert_eq!(got.len(), expected);
+    for line in extra {
+        writeln!(stdin, "{line}").expect("write");
+        stdin.flush().expect("flush");
+        let mut l = String::new();
+        stdout.read_line(&mut l).expect("read");
+        got.push(l.trim_end_matches('\n').to_owned());
+    }
+    drop(stdin);
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    got
+}
