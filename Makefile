@@ -1,0 +1,25 @@
+# The two commands a newcomer runs (as root): `make demo` and `make test`.
+# Both run the idempotent set-up first.
+CARGO_BUILD_JOBS ?= 2
+export CARGO_BUILD_JOBS
+
+.PHONY: setup build demo test lint
+
+setup:
+	./setup.sh
+
+build: setup
+	cargo build
+
+demo: build
+	target/venv/bin/python tests/demo/demo.py
+
+test: setup
+	cargo test
+
+# What CI checks besides the tests.
+lint: setup
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo +nightly clippy -p mcpwarden-ebpf --target bpfel-unknown-none \
+		-Z build-std=core --target-dir target/ebpf-clippy -- -D warnings
