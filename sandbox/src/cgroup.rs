@@ -105,6 +105,52 @@ impl Hierarchy {
     }
 }
 
+/// The pid of the process that owns a session cgroup, from its name
+/// `session-<pid>-<nonce>`.
+#[must_use]
+pub fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix("session-")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Hierarchy {
+    /// Kills and removes session cgroups whose owning mcpwarden process is
+    /// gone (it was killed before it could tear down). `alive` answers
+    /// whether a pid still runs. Returns the cgroups removed.
+    pub fn reap_stale(&self, alive: impl Fn(u32) -> bool) -> Result<Vec<PathBuf>, CgroupError> {
+        let dir = self.sessions_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("read", &dir)(e)),
+        };
+        let mut reaped = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("read", &dir))?;
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(owner_pid) else {
+                continue;
+            };
+            if alive(pid) || !entry.path().is_dir() {
+                continue;
+            }
+            let path = entry.path();
+            let id = fs::metadata(&path).map_err(io_err("stat", &path))?.ino();
+            SessionCgroup {
+                path: path.clone(),
+                id,
+                removed: true,
+            }
+            .teardown(Duration::from_secs(5))?;
+            reaped.push(path);
+        }
+        Ok(reaped)
+    }
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape_octal(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -318,6 +364,31 @@ mod tests {
         let line = "30 29 0:27 / /mnt/my\\040cgroups rw - cgroup2 cgroup2 rw\n";
         let h = Hierarchy::from_mountinfo(line).expect("cgroup2 present");
         assert_eq!(h.root(), Path::new("/mnt/my cgroups"));
+    }
+
+    #[test]
+    fn session_names_carry_their_owner() {
+        assert_eq!(owner_pid("session-1234-00ab00cd"), Some(1234));
+        assert_eq!(owner_pid("doctor-1234"), None);
+        assert_eq!(owner_pid("session-x-1"), None);
+    }
+
+    #[test]
+    fn reaping_a_hierarchy_without_sessions_is_a_no_op() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = Hierarchy {
+            root: dir.path().to_owned(),
+        };
+        assert_eq!(
+            h.reap_stale(|_| false).expect("no sessions dir"),
+            Vec::<PathBuf>::new()
+        );
+        fs::create_dir(h.sessions_dir()).expect("mkdir");
+        fs::create_dir(h.sessions_dir().join("not-a-session")).expect("mkdir");
+        assert_eq!(
+            h.reap_stale(|_| false).expect("nothing stale"),
+            Vec::<PathBuf>::new()
+        );
     }
 
     #[test]

@@ -325,3 +325,38 @@ fn raw_stdio_is_relayed_byte_for_byte_and_bad_lines_get_json_rpc_errors() {
     );
     assert_nothing_left_behind(None);
 }
+
+#[test]
+fn sessions_left_by_a_killed_mcpwarden_are_reaped_at_the_next_start() {
+    let _guard = serial();
+    // A session cgroup owned by a pid that no longer exists, with a live
+    // process inside, as a SIGKILLed mcpwarden would leave it.
+    let mut gone = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let dead_pid = gone.id();
+    gone.wait().expect("wait");
+    let stale = support::cgroup_root().join(format!("mcpwarden/session-{dead_pid}-deadbeef"));
+    std::fs::create_dir_all(&stale).expect("create the stale cgroup");
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .expect("spawn sleep");
+    std::fs::write(stale.join("cgroup.procs"), orphan.id().to_string()).expect("move sleep in");
+
+    let fx = Fixture::new("enforce");
+    let run = Run::through_mcpwarden(&fx, &json!([{"call": "whoami"}]));
+    let cgroup = run.session_cgroup(0);
+    assert!(
+        !stale.exists(),
+        "stale session {} was not reaped",
+        stale.display()
+    );
+    let status = orphan.wait().expect("wait for the orphan");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status}"
+    );
+    assert_nothing_left_behind(Some(&cgroup));
+}
