@@ -214,17 +214,7 @@ impl Run {
             v2.starts_with("/mcpwarden/session-"),
             "server not in a session cgroup: {v2}"
         );
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let root = mounts
-            .lines()
-            .find(|l| {
-                l.split(" - ")
-                    .nth(1)
-                    .is_some_and(|r| r.starts_with("cgroup2 "))
-            })
-            .and_then(|l| l.split_whitespace().nth(4))
-            .expect("cgroup2 mount");
-        Path::new(root).join(v2.trim_start_matches('/'))
+        cgroup_root().join(v2.trim_start_matches('/'))
     }
 }
 
