@@ -12,7 +12,7 @@ build: setup
 	cargo build
 
 demo: build
-	target/venv/bin/python tests/demo/demo.py
+	/opt/mcpwarden-dev/venv/bin/python tests/demo/demo.py
 
 test: setup
 	cargo test

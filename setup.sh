@@ -12,7 +12,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" python3-venv; do
+for pkg in "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" python3 python3-venv; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
         || need_apt+=("$pkg")
 done
@@ -47,11 +47,15 @@ if [ ! -e /sys/kernel/tracing/events ]; then
 fi
 
 # The end-to-end tests and the demo use the official Python MCP SDK, in a
-# venv of the project's own so the system Python is left alone.
-VENV="$HERE/target/venv"
+# venv of the project's own so the system Python is left alone. It is built
+# from Debian's /usr/bin/python3 and lives outside the checkout, world
+# readable, because sandboxed servers run as an unprivileged user that
+# cannot reach /root or a private checkout.
+VENV=/opt/mcpwarden-dev/venv
 if ! "$VENV/bin/python" -c "import mcp, sys; sys.exit(0)" 2>/dev/null; then
     log "python: creating $VENV with mcp==$MCP_SDK_VERSION"
-    python3 -m venv "$VENV"
+    mkdir -p "$(dirname "$VENV")"
+    /usr/bin/python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check "mcp==$MCP_SDK_VERSION"
 fi
 

@@ -1,6 +1,6 @@
 //! End-to-end tests: the real `mcpwarden` binary, real kernel programs, a real
 //! MCP server and the official Python SDK client. Run as root after
-//! `./setup.sh` (which creates target/venv with the `mcp` package).
+//! `./setup.sh` (which creates /opt/mcpwarden-dev/venv with the `mcp` package).
 //!
 //! Tests that load kernel programs and check that none are left behind run
 //! one at a time (see [`serial`]).

@@ -11,6 +11,9 @@ use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The Python with the official MCP SDK, installed by `./setup.sh`.
+pub const VENV_PYTHON: &str = "/opt/mcpwarden-dev/venv/bin/python";
+
 /// One kernel-touching test at a time: they check that the kernel holds no
 /// program of ours afterwards, which a concurrent test would break.
 pub fn serial() -> MutexGuard<'static, ()> {
@@ -27,7 +30,7 @@ fn repo() -> PathBuf {
 }
 
 fn python() -> PathBuf {
-    let py = repo().join("target/venv/bin/python");
+    let py = PathBuf::from(VENV_PYTHON);
     assert!(
         py.exists(),
         "{} is missing: run ./setup.sh first",
