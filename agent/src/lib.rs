@@ -8,6 +8,7 @@
 //! ([`policy`]), and a denied open kills the tree.
 pub mod doctor;
 pub mod kernel;
+pub mod launch;
 pub mod policy;
 pub mod proxy;
 pub mod session;

@@ -3,10 +3,12 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use mcpwarden::{
-    doctor,
+    doctor, launch,
+    policy::Policy,
     proxy::lines::DEFAULT_MAX_LINE,
     session::{self, RunOptions},
 };
+use mcpwarden_sandbox::{Hierarchy, Spec, exec, explain::explain};
 
 /// Host-level defence for AI agents' MCP tool servers.
 #[derive(Debug, Parser)]
@@ -35,19 +37,52 @@ enum Cmd {
         /// Largest message accepted from either side, in bytes.
         #[arg(long, default_value_t = DEFAULT_MAX_LINE)]
         max_message: usize,
+        /// Give the server throw-away copies of its writable paths.
+        #[arg(long)]
+        dry_run: bool,
         /// The server command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
     },
-    /// (internal) Join a session cgroup, then exec the server.
+    /// The sandbox (PES) on its own.
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCmd,
+    },
+    /// (internal) The exec helper: join the session cgroups, confine, exec.
     #[command(hide = true)]
     SandboxExec {
-        /// The session cgroup's cgroup.procs file.
+        /// The sandbox spec, as JSON.
         #[arg(long)]
-        cgroup_procs: PathBuf,
+        spec: String,
+        /// A cgroup.procs file to join (repeatable).
+        #[arg(long = "procs")]
+        procs: Vec<PathBuf>,
         /// The server command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxCmd {
+    /// Run any command confined by a policy's [sandbox], without MCP.
+    Run {
+        /// Policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Give the command throw-away copies of its writable paths.
+        #[arg(long)]
+        dry_run: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<OsString>,
+    },
+    /// Say in plain words what a policy's sandbox allows and refuses.
+    Explain {
+        /// Policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
     },
 }
 
@@ -60,8 +95,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "mcpwarden=info".into()),
         )
         .init();
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Cmd::Doctor { json } => {
             let report = doctor::probe();
             if json {
@@ -82,6 +116,7 @@ fn main() -> ExitCode {
             policy,
             events,
             max_message,
+            dry_run,
             command,
         } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -90,31 +125,91 @@ fn main() -> ExitCode {
                 .build()
             {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("mcpwarden: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(e) => return fail(&format!("cannot start the runtime: {e}")),
             };
-            match runtime.block_on(session::run(RunOptions {
+            let opts = RunOptions {
                 policy,
                 events,
                 max_message,
                 command,
-            })) {
+                dry_run,
+            };
+            match runtime.block_on(session::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Cmd::Sandbox {
+            command: SandboxCmd::Explain { policy },
+        } => match Policy::load(&policy) {
+            Ok(p) => {
+                print!("{}", explain(&p.sandbox));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        },
+        Cmd::Sandbox {
+            command:
+                SandboxCmd::Run {
+                    policy,
+                    dry_run,
+                    command,
+                },
+        } => match sandbox_run(&policy, dry_run, &command) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => fail(&e),
+        },
+        Cmd::SandboxExec {
+            spec,
+            procs,
+            command,
+        } => {
+            let spec: Spec = match serde_json::from_str(&spec) {
+                Ok(s) => s,
+                Err(e) => return fail(&format!("bad sandbox spec: {e}")),
+            };
+            let env = exec::server_env(&spec.env, |name| std::env::var_os(name));
+            match exec::confine_and_run(&procs, &spec, &env, &command) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(e) => {
                     eprintln!("mcpwarden: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(127)
                 }
             }
         }
-        Cmd::SandboxExec {
-            cgroup_procs,
-            command,
-        } => {
-            let err = mcpwarden_sandbox::exec::join_cgroup_and_exec(&cgroup_procs, &command);
-            eprintln!("mcpwarden: {err}");
-            ExitCode::from(127)
-        }
     }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("mcpwarden: {message}");
+    ExitCode::FAILURE
+}
+
+/// `mcpwarden sandbox run`: the command confined, stdio inherited; the
+/// cgroup is removed afterwards. Returns the command's exit code.
+fn sandbox_run(
+    policy: &std::path::Path,
+    dry_run: bool,
+    command: &[OsString],
+) -> Result<i32, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(
+            "mcpwarden sandbox run must run as root (it creates cgroups and namespaces)".into(),
+        );
+    }
+    let policy = Policy::load(policy).map_err(|e| e.to_string())?;
+    let mut spec = policy.sandbox;
+    spec.dry_run = dry_run;
+    let hierarchy = Hierarchy::discover().map_err(|e| e.to_string())?;
+    let (_, label) = launch::session_label();
+    let cgroup = launch::prepare_cgroup(&hierarchy, &label, &spec).map_err(|e| e.to_string())?;
+    let status = launch::helper_command(&cgroup, &spec, command)
+        .and_then(|mut cmd| cmd.status())
+        .map_err(|e| format!("cannot start the sandbox helper: {e}"))?;
+    cgroup
+        .remove(std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    Ok(status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+    }))
 }

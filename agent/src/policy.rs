@@ -11,6 +11,7 @@
 use std::{fmt, path::Path};
 
 use mcpwarden_common::DENY_PATH_LEN;
+use mcpwarden_sandbox::{Invoker, SandboxPolicy, Spec};
 use serde::Deserialize;
 
 /// What a policy violation does.
@@ -40,6 +41,8 @@ struct RawPolicy {
     mode: Mode,
     #[serde(default)]
     files: RawFiles,
+    #[serde(default)]
+    sandbox: SandboxPolicy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +93,9 @@ pub struct Policy {
     /// Denied path prefixes, normalised: absolute, no `.`/`..`/`//`, no
     /// trailing slash except for `/` itself.
     pub deny: Vec<String>,
+    /// What the server's sandbox grants (`[sandbox]`; an absent table is the
+    /// default sandbox: system files read-only, no network, no root).
+    pub sandbox: Spec,
 }
 
 impl Policy {
@@ -130,10 +136,19 @@ impl Policy {
             }
             deny.push(normal);
         }
+        let sandbox = raw
+            .sandbox
+            .resolve(raw.mode == Mode::Enforce, Invoker::current())
+            .map_err(|e| PolicyError::Invalid {
+                path: source.to_owned(),
+                key: e.key,
+                message: e.message,
+            })?;
         Ok(Self {
             source: source.to_owned(),
             mode: raw.mode,
             deny,
+            sandbox,
         })
     }
 
@@ -271,6 +286,23 @@ mod tests {
             }
         }
         assert!(seen > 0, "no policy found in {}", dir.display());
+    }
+
+    #[test]
+    fn sandbox_errors_name_the_file_and_key() {
+        let err = Policy::parse("[sandbox]\nread = [\"x\"]\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "policy p.toml: sandbox.read[0]: \"x\": must be an absolute path"
+        );
+        let p = Policy::parse("mode = \"monitor\"\n", "p.toml").expect("valid");
+        assert!(
+            !p.sandbox.enforce,
+            "monitor mode tolerates partial landlock"
+        );
+        assert_ne!(p.sandbox.uid, 0);
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::spec::Limits;
+
 /// Errors of cgroup handling; each names the path involved.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -39,6 +41,9 @@ pub enum CgroupError {
         /// Why.
         source: io::Error,
     },
+    /// A resource limit was asked for, but the host has no such controller.
+    #[error("the {0} cgroup controller is available neither in cgroup v2 nor as a v1 hierarchy")]
+    NoController(&'static str),
     /// Processes were still in the cgroup after it was killed.
     #[error("cgroup {path} still has processes {pids:?} after cgroup.kill")]
     StillPopulated {
@@ -120,7 +125,11 @@ impl Hierarchy {
     /// Kills and removes session cgroups whose owning mcpwarden process is
     /// gone (it was killed before it could tear down). `alive` answers
     /// whether a pid still runs. Returns the cgroups removed.
-    pub fn reap_stale(&self, alive: impl Fn(u32) -> bool) -> Result<Vec<PathBuf>, CgroupError> {
+    pub fn reap_stale(
+        &self,
+        controllers: &Controllers,
+        alive: impl Fn(u32) -> bool,
+    ) -> Result<Vec<PathBuf>, CgroupError> {
         let dir = self.sessions_dir();
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -139,9 +148,11 @@ impl Hierarchy {
             }
             let path = entry.path();
             let id = fs::metadata(&path).map_err(io_err("stat", &path))?.ino();
+            let v1 = controllers.v1_dirs(&name);
             SessionCgroup {
                 path: path.clone(),
                 id,
+                v1,
                 removed: true,
             }
             .teardown(Duration::from_secs(5))?;
@@ -182,6 +193,8 @@ fn unescape_octal(s: &str) -> String {
 pub struct SessionCgroup {
     path: PathBuf,
     id: u64,
+    /// Companion directories in v1 controller hierarchies (hybrid hosts).
+    v1: Vec<PathBuf>,
     removed: bool,
 }
 
@@ -208,6 +221,7 @@ impl SessionCgroup {
         Ok(Self {
             path,
             id,
+            v1: Vec::new(),
             removed: false,
         })
     }
@@ -229,6 +243,84 @@ impl SessionCgroup {
     #[must_use]
     pub fn procs_file(&self) -> PathBuf {
         self.path.join("cgroup.procs")
+    }
+
+    /// Every `cgroup.procs` a server must join: the v2 one first, then any
+    /// v1 companions that carry its resource limits.
+    #[must_use]
+    pub fn all_procs_files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.procs_file())
+            .chain(self.v1.iter().map(|d| d.join("cgroup.procs")))
+            .collect()
+    }
+
+    /// Applies resource limits wherever this host keeps each controller:
+    /// the v2 files (`memory.max`, `pids.max`, `cpu.max`) or companion v1
+    /// cgroups (`memory.limit_in_bytes`, `pids.max`, `cpu.cfs_quota_us`).
+    pub fn limit(&mut self, controllers: &Controllers, limits: &Limits) -> Result<(), CgroupError> {
+        let name = self
+            .path
+            .file_name()
+            .map(std::ffi::OsStr::to_owned)
+            .unwrap_or_default();
+        let wanted = [
+            (
+                "memory",
+                limits.memory.map(|m| {
+                    (
+                        vec![("memory.max", m.to_string())],
+                        vec![("memory.limit_in_bytes", m.to_string())],
+                    )
+                }),
+            ),
+            (
+                "pids",
+                Some((
+                    vec![("pids.max", limits.pids.to_string())],
+                    vec![("pids.max", limits.pids.to_string())],
+                )),
+            ),
+            (
+                "cpu",
+                limits.cpu_millis.map(|c| {
+                    let quota = (c * 100).to_string(); // per 100 ms period
+                    (
+                        vec![("cpu.max", format!("{quota} 100000"))],
+                        vec![
+                            ("cpu.cfs_period_us", "100000".to_owned()),
+                            ("cpu.cfs_quota_us", quota),
+                        ],
+                    )
+                }),
+            ),
+        ];
+        for (controller, files) in wanted {
+            let Some((v2_files, v1_files)) = files else {
+                continue;
+            };
+            match controllers.place(controller) {
+                Some(Place::V2) => {
+                    let sessions = self.path.parent().unwrap_or(&self.path);
+                    enable(sessions.parent().unwrap_or(sessions), controller)?;
+                    enable(sessions, controller)?;
+                    for (file, value) in v2_files {
+                        write(&self.path.join(file), &value)?;
+                    }
+                }
+                Some(Place::V1(mount)) => {
+                    let dir = mount.join("mcpwarden").join(&name);
+                    fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+                    if !self.v1.contains(&dir) {
+                        self.v1.push(dir.clone());
+                    }
+                    for (file, value) in v1_files {
+                        write(&dir.join(file), &value)?;
+                    }
+                }
+                None => return Err(CgroupError::NoController(controller)),
+            }
+        }
+        Ok(())
     }
 
     /// The processes in the cgroup now.
@@ -283,21 +375,127 @@ impl SessionCgroup {
             }
             thread::sleep(Duration::from_millis(5));
         }
-        // rmdir can race the kernel's own release of the last task.
-        let mut result = fs::remove_dir(&self.path);
-        while let Err(e) = &result {
-            if e.raw_os_error() != Some(libc_ebusy()) || Instant::now() >= deadline {
-                break;
-            }
-            thread::sleep(Duration::from_millis(5));
-            result = fs::remove_dir(&self.path);
+        for dir in std::iter::once(&self.path).chain(&self.v1) {
+            remove_when_released(dir, deadline)?;
         }
-        result.map_err(io_err("remove", &self.path))?;
-        if let Some(parent) = self.path.parent() {
-            // Fails with EBUSY while other sessions live: that is fine.
-            let _ = fs::remove_dir(parent);
+        for dir in std::iter::once(&self.path).chain(&self.v1) {
+            if let Some(parent) = dir.parent() {
+                // Fails with EBUSY while other sessions live: that is fine.
+                let _ = fs::remove_dir(parent);
+            }
         }
         Ok(())
+    }
+}
+
+/// rmdir, retried while the kernel is still releasing the last task.
+fn remove_when_released(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc_ebusy()) && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(io_err("remove", dir)(e)),
+        }
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(io_err("write", path))
+}
+
+/// Turns `controller` on for the children of `dir` (v2 `subtree_control`).
+fn enable(dir: &Path, controller: &str) -> Result<(), CgroupError> {
+    let file = dir.join("cgroup.subtree_control");
+    let on = fs::read_to_string(&file).unwrap_or_default();
+    if on.split_whitespace().any(|c| c == controller) {
+        return Ok(());
+    }
+    write(&file, &format!("+{controller}"))
+}
+
+/// Where a resource controller lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// In the v2 hierarchy.
+    V2,
+    /// In a v1 hierarchy mounted here.
+    V1(PathBuf),
+}
+
+/// Where this host keeps the memory, pids and cpu controllers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Controllers {
+    places: Vec<(&'static str, Place)>,
+}
+
+impl Controllers {
+    /// Reads `cgroup.controllers` of the v2 root and the v1 mounts of
+    /// `/proc/self/mountinfo`.
+    pub fn discover(hierarchy: &Hierarchy) -> Result<Self, CgroupError> {
+        let mountinfo = Path::new("/proc/self/mountinfo");
+        let text = fs::read_to_string(mountinfo).map_err(|source| CgroupError::MountInfo {
+            path: mountinfo.to_owned(),
+            source,
+        })?;
+        Ok(Self::from_parts(hierarchy, &text))
+    }
+
+    /// As [`Controllers::discover`], from given mountinfo text.
+    #[must_use]
+    pub fn from_parts(hierarchy: &Hierarchy, mountinfo: &str) -> Self {
+        let v2 =
+            fs::read_to_string(hierarchy.root().join("cgroup.controllers")).unwrap_or_default();
+        let mut places = Vec::new();
+        for controller in ["memory", "pids", "cpu"] {
+            if v2.split_whitespace().any(|c| c == controller) {
+                places.push((controller, Place::V2));
+                continue;
+            }
+            let v1 = mountinfo.lines().find_map(|line| {
+                let (left, right) = line.split_once(" - ")?;
+                let mut right = right.split_whitespace();
+                if right.next()? != "cgroup" {
+                    return None;
+                }
+                let options = right.nth(1)?;
+                options
+                    .split(',')
+                    .any(|o| o == controller)
+                    .then(|| left.split_whitespace().nth(4).map(unescape_octal))?
+            });
+            if let Some(mount) = v1 {
+                places.push((controller, Place::V1(PathBuf::from(mount))));
+            }
+        }
+        Self { places }
+    }
+
+    /// The existing v1 companion directories of session `name`.
+    #[must_use]
+    pub fn v1_dirs(&self, name: &std::ffi::OsStr) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .places
+            .iter()
+            .filter_map(|(_, p)| match p {
+                Place::V1(mount) => Some(mount.join("mcpwarden").join(name)),
+                Place::V2 => None,
+            })
+            .filter(|d| d.is_dir())
+            .collect();
+        dirs.dedup();
+        dirs
+    }
+
+    /// Where `controller` lives, if anywhere.
+    #[must_use]
+    pub fn place(&self, controller: &str) -> Option<&Place> {
+        self.places
+            .iter()
+            .find(|(c, _)| *c == controller)
+            .map(|(_, p)| p)
     }
 }
 
@@ -367,6 +565,120 @@ mod tests {
     }
 
     #[test]
+    fn hybrid_hosts_keep_limits_in_v1_hierarchies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = Hierarchy {
+            root: dir.path().join("unified"),
+        };
+        fs::create_dir(h.root()).expect("mkdir");
+        fs::write(h.root().join("cgroup.controllers"), "hugetlb\n").expect("write");
+        let mountinfo = format!(
+            "31 29 0:28 / {m} rw shared:11 - cgroup cgroup rw,memory\n32 29 0:29 / {p} rw - cgroup cgroup rw,pids\n\
+             33 29 0:30 / {c} rw - cgroup cgroup rw,cpu\n",
+            m = dir.path().join("memory").display(),
+            p = dir.path().join("pids").display(),
+            c = dir.path().join("cpu").display(),
+        );
+        let c = Controllers::from_parts(&h, &mountinfo);
+        assert_eq!(
+            c.place("memory"),
+            Some(&Place::V1(dir.path().join("memory")))
+        );
+        assert_eq!(c.place("cpu"), Some(&Place::V1(dir.path().join("cpu"))));
+        let mut cg = fixture_session(&h);
+        cg.limit(
+            &c,
+            &Limits {
+                memory: Some(64 << 20),
+                pids: 32,
+                cpu_millis: Some(500),
+                nofile: 64,
+            },
+        )
+        .expect("limits");
+        let read = |p: &str| fs::read_to_string(dir.path().join(p)).expect(p);
+        assert_eq!(
+            read("memory/mcpwarden/s/memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(read("pids/mcpwarden/s/pids.max"), "32");
+        assert_eq!(read("cpu/mcpwarden/s/cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpu/mcpwarden/s/cpu.cfs_period_us"), "100000");
+        assert_eq!(cg.all_procs_files().len(), 4, "v2 plus three v1 companions");
+        cg.removed = true;
+    }
+
+    #[test]
+    fn pure_v2_hosts_keep_limits_in_the_session_cgroup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = Hierarchy {
+            root: dir.path().to_owned(),
+        };
+        fs::write(
+            h.root().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .expect("write");
+        fs::write(h.root().join("cgroup.subtree_control"), "memory pids\n").expect("write");
+        let c = Controllers::from_parts(&h, "");
+        assert_eq!(c.place("pids"), Some(&Place::V2));
+        let mut cg = fixture_session(&h);
+        cg.limit(
+            &c,
+            &Limits {
+                memory: Some(1 << 30),
+                pids: 100,
+                cpu_millis: Some(1500),
+                nofile: 64,
+            },
+        )
+        .expect("limits");
+        let read = |p: &str| fs::read_to_string(dir.path().join(p)).expect(p);
+        assert_eq!(read("mcpwarden/s/memory.max"), (1u64 << 30).to_string());
+        assert_eq!(read("mcpwarden/s/pids.max"), "100");
+        assert_eq!(read("mcpwarden/s/cpu.max"), "150000 100000");
+        // cpu was not yet delegated from the root; memory already was.
+        assert_eq!(read("cgroup.subtree_control"), "+cpu");
+        assert_eq!(
+            cg.all_procs_files(),
+            vec![dir.path().join("mcpwarden/s/cgroup.procs")]
+        );
+        cg.removed = true;
+    }
+
+    #[test]
+    fn a_missing_controller_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = Hierarchy {
+            root: dir.path().to_owned(),
+        };
+        let mut cg = fixture_session(&h);
+        let err = cg
+            .limit(
+                &Controllers::default(),
+                &Limits {
+                    pids: 8,
+                    ..Limits::default()
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(err, CgroupError::NoController("pids")), "{err}");
+        cg.removed = true;
+    }
+
+    /// A session "cgroup" in a plain directory (no kernel behind it).
+    fn fixture_session(h: &Hierarchy) -> SessionCgroup {
+        let path = h.sessions_dir().join("s");
+        fs::create_dir_all(&path).expect("mkdir");
+        SessionCgroup {
+            path,
+            id: 0,
+            v1: Vec::new(),
+            removed: false,
+        }
+    }
+
+    #[test]
     fn session_names_carry_their_owner() {
         assert_eq!(owner_pid("session-1234-00ab00cd"), Some(1234));
         assert_eq!(owner_pid("doctor-1234"), None);
@@ -380,13 +692,15 @@ mod tests {
             root: dir.path().to_owned(),
         };
         assert_eq!(
-            h.reap_stale(|_| false).expect("no sessions dir"),
+            h.reap_stale(&Controllers::default(), |_| false)
+                .expect("no sessions dir"),
             Vec::<PathBuf>::new()
         );
         fs::create_dir(h.sessions_dir()).expect("mkdir");
         fs::create_dir(h.sessions_dir().join("not-a-session")).expect("mkdir");
         assert_eq!(
-            h.reap_stale(|_| false).expect("nothing stale"),
+            h.reap_stale(&Controllers::default(), |_| false)
+                .expect("nothing stale"),
             Vec::<PathBuf>::new()
         );
     }

@@ -1,18 +1,40 @@
 //! The exec helper: runs in the child, confines itself, then becomes the
-//! tool server with `execvp`, so only the server's tree is confined and it
+//! tool server with `execve`, so only the server's tree is confined and it
 //! is confined from its very first instruction.
+//!
+//! ```text
+//! helper (root, joins the session cgroups)
+//!   unshare(mount, ipc, uts, pid[, net])
+//!   fork ──► init: pid 1 of the new pid namespace (root)
+//!   │          builds the mount view, sets the host name
+//!   │          fork ──► server: drops to the policy's uid/gid, rlimits,
+//!   │          │        landlock, closes inherited fds, seccomp, execve
+//!   │          reaps every orphan; exits with the server's status
+//!   waits for init, exits with its status
+//! ```
 use std::{
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     fs, io,
     os::unix::process::CommandExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
 };
+
+use nix::{
+    sched::{CloneFlags, unshare},
+    sys::{
+        resource::{Resource, setrlimit},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
+    unistd::{ForkResult, Gid, Pid, Uid, fork, setgroups, setresgid, setresuid},
+};
+
+use crate::{lockdown, mounts, seccomp, spec::Spec};
 
 /// Why the helper could not become the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// Joining the session cgroup failed.
+    /// Joining a session cgroup failed.
     #[error("cannot join cgroup via {path}: {source}")]
     JoinCgroup {
         /// The `cgroup.procs` file.
@@ -23,7 +45,15 @@ pub enum ExecError {
     /// No command was given.
     #[error("no command to run")]
     NoCommand,
-    /// `execvp` failed.
+    /// A confinement step failed.
+    #[error("cannot confine the server: {step}: {source}")]
+    Confine {
+        /// The step.
+        step: &'static str,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// `execve` failed.
     #[error("cannot execute {program:?}: {source}")]
     Exec {
         /// The program.
@@ -33,23 +63,216 @@ pub enum ExecError {
     },
 }
 
-/// Moves the calling process into the cgroup whose `cgroup.procs` is
-/// `procs_file`, then replaces it with `command`. Returns only on failure.
-#[must_use = "it only returns on failure, with the reason"]
-pub fn join_cgroup_and_exec(procs_file: &Path, command: &[OsString]) -> ExecError {
-    let Some((program, args)) = command.split_first() else {
-        return ExecError::NoCommand;
-    };
-    // Writing "0" moves the writing process itself.
-    if let Err(source) = fs::write(procs_file, "0") {
-        return ExecError::JoinCgroup {
-            path: procs_file.to_owned(),
-            source,
-        };
+fn step<E: std::error::Error + Send + Sync + 'static>(
+    step: &'static str,
+) -> impl FnOnce(E) -> ExecError {
+    move |e| ExecError::Confine {
+        step,
+        source: Box::new(e),
     }
-    let source = Command::new(program).args(args).exec();
+}
+
+fn join(procs_files: &[PathBuf]) -> Result<(), ExecError> {
+    let me = std::process::id().to_string();
+    for path in procs_files {
+        fs::write(path, &me).map_err(|source| ExecError::JoinCgroup {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Joins the cgroups, confines, and runs `command` as described in the
+/// module docs. `env` is the server's whole environment. Returns the exit
+/// code the helper should exit with (the server's), or why it failed.
+pub fn confine_and_run(
+    procs_files: &[PathBuf],
+    spec: &Spec,
+    env: &[(OsString, OsString)],
+    command: &[OsString],
+) -> Result<i32, ExecError> {
+    if command.is_empty() {
+        return Err(ExecError::NoCommand);
+    }
+    join(procs_files)?;
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWPID;
+    if !spec.has_network() {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(step("unshare namespaces"))?;
+    // SAFETY: the helper is single-threaded (no runtime has started), so the
+    // child may do anything the parent could.
+    match unsafe { fork() }.map_err(step("fork the namespace init"))? {
+        ForkResult::Parent { child } => {
+            // Our copies of the server's pipes would keep them open.
+            release_stdio();
+            Ok(wait_exit_code(child))
+        }
+        ForkResult::Child => std::process::exit(match init(spec, env, command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("mcpwarden: {e}");
+                127
+            }
+        }),
+    }
+}
+
+/// Pid 1 of the sandbox: builds the view, starts the server, reaps.
+fn init(spec: &Spec, env: &[(OsString, OsString)], command: &[OsString]) -> Result<i32, ExecError> {
+    mounts::build(spec).map_err(step("build the mount namespace"))?;
+    nix::unistd::sethostname("mcpwarden-sandbox").map_err(step("set the host name"))?;
+    // SAFETY: still single-threaded.
+    match unsafe { fork() }.map_err(step("fork the server"))? {
+        ForkResult::Child => {
+            let err = become_server(spec, env, command);
+            eprintln!("mcpwarden: {err}");
+            std::process::exit(127);
+        }
+        ForkResult::Parent { child } => {
+            release_stdio();
+            // Reap everything that gets reparented to us; leave with the
+            // server's status (the kernel then kills what is left).
+            loop {
+                match waitpid(Pid::from_raw(-1), None) {
+                    Ok(WaitStatus::Exited(pid, code)) if pid == child => return Ok(code),
+                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                        return Ok(128 + sig as i32);
+                    }
+                    Ok(_) | Err(nix::Error::EINTR) => {}
+                    Err(e) => return Err(step("wait for the server")(e)),
+                }
+            }
+        }
+    }
+}
+
+fn wait_exit_code(child: Pid) -> i32 {
+    loop {
+        match waitpid(child, Some(WaitPidFlag::empty())) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Err(nix::Error::EINTR) | Ok(_) => {}
+            Err(_) => return 127,
+        }
+    }
+}
+
+/// Points stdin and stdout at /dev/null, so only the server holds the pipes.
+fn release_stdio() {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsFd as _;
+        let _ = nix::unistd::dup2_stdin(null.as_fd());
+        let _ = nix::unistd::dup2_stdout(null.as_fd());
+    }
+}
+
+/// Drops privileges, applies limits, landlock and seccomp, and execs.
+/// Returns only on failure.
+fn become_server(spec: &Spec, env: &[(OsString, OsString)], command: &[OsString]) -> ExecError {
+    match lock_down(spec) {
+        Ok(()) => {}
+        Err(e) => return e,
+    }
+    let (program, args) = command
+        .split_first()
+        .expect("checked non-empty by confine_and_run");
+    let source = Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .exec();
     ExecError::Exec {
         program: program.clone(),
         source,
+    }
+}
+
+fn lock_down(spec: &Spec) -> Result<(), ExecError> {
+    let (uid, gid) = (Uid::from_raw(spec.uid), Gid::from_raw(spec.gid));
+    setgroups(&[gid]).map_err(step("set supplementary groups"))?;
+    setresgid(gid, gid, gid).map_err(step("set gid"))?;
+    setresuid(uid, uid, uid).map_err(step("set uid"))?;
+    if nix::unistd::geteuid().is_root()
+        || setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok()
+    {
+        return Err(ExecError::Confine {
+            step: "drop root",
+            source: "still able to act as root".into(),
+        });
+    }
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(step("limit core dumps"))?;
+    let nofile = spec.limits.nofile;
+    setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile).map_err(step("limit open files"))?;
+    let nproc = spec.limits.pids;
+    setrlimit(Resource::RLIMIT_NPROC, nproc, nproc).map_err(step("limit processes"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;
+    lockdown::restrict(spec).map_err(step("landlock"))?;
+    close_inherited_fds().map_err(step("close inherited file descriptors"))?;
+    seccomp::install(spec.profile).map_err(step("seccomp"))?;
+    Ok(())
+}
+
+/// Closes every descriptor above stderr.
+fn close_inherited_fds() -> Result<(), nix::Error> {
+    // SAFETY: close_range only closes descriptors; none above 2 is used by
+    // this process from here to execve.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(nix::Error::last())
+    }
+}
+
+/// The server's environment: the passed-through variables that are set,
+/// plus a safe `PATH` and `HOME` when not passed.
+#[must_use]
+pub fn server_env(
+    names: &[String],
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = names
+        .iter()
+        .filter_map(|n| lookup(n).map(|v| (OsString::from(n), v)))
+        .collect();
+    let has = |env: &[(OsString, OsString)], k: &str| env.iter().any(|(n, _)| n == OsStr::new(k));
+    if !has(&env, "PATH") {
+        env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+    }
+    if !has(&env, "HOME") {
+        env.push(("HOME".into(), "/tmp".into()));
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_passed_through_variables_reach_the_server() {
+        let lookup = |n: &str| match n {
+            "LANG" => Some(OsString::from("C.UTF-8")),
+            "AWS_SECRET_ACCESS_KEY" => Some(OsString::from("leak")),
+            _ => None,
+        };
+        let env = server_env(&["LANG".into(), "MISSING".into()], lookup);
+        assert_eq!(
+            env,
+            vec![
+                ("LANG".into(), "C.UTF-8".into()),
+                ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+                ("HOME".into(), "/tmp".into()),
+            ]
+        );
     }
 }

@@ -1,10 +1,18 @@
 //! PES, the prompt execution sandbox: how mcpwarden starts a tool server.
 //!
-//! Today: a cgroup v2 directory per session (whose inode is the cgroup id
-//! the kernel programs filter on) and an exec helper that moves itself into
-//! that cgroup before it execs the server, so the server's whole process
-//! tree is born managed and nothing outside it is.
+//! A cgroup per session (whose v2 inode is the cgroup id the kernel programs
+//! filter on, with memory/pids/cpu limits on v2 or v1 controllers), and an
+//! exec helper ([`exec`]) that joins it and confines itself before it execs
+//! the server: namespaces and a read-only view ([`mounts`]), an
+//! unprivileged uid, rlimits, landlock ([`lockdown`]) and seccomp
+//! ([`seccomp`]), as the policy's `[sandbox]` table ([`spec`]) grants.
 pub mod cgroup;
 pub mod exec;
+pub mod explain;
+pub mod lockdown;
+pub mod mounts;
+pub mod seccomp;
+pub mod spec;
 
 pub use cgroup::{CgroupError, Hierarchy, SessionCgroup};
+pub use spec::{Invoker, SandboxPolicy, Spec, SpecError};

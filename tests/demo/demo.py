@@ -9,6 +9,7 @@ call that caused it, and kills the server's process tree on the denied open.
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -40,16 +41,24 @@ async def call(session, tool, args):
 
 
 async def main():
+    # The server runs sandboxed as an unprivileged user: its files live in a
+    # world-readable work directory that the policy grants.
     work = Path(tempfile.mkdtemp(prefix="mcpwarden-demo-"))
+    work.chmod(0o755)
     notes = work / "notes.txt"
     notes.write_text("Q3 plan: ship the walking skeleton.\n")
+    server = Path(shutil.copy(SERVER, work / "server.py"))
     events = work / "events.jsonl"
+    venv = Path(sys.executable).parent.parent
+    policy = work / "policy.toml"
+    policy.write_text(POLICY.read_text() + f'\n[sandbox]\nread = ["{work}", "{venv}"]\n')
     params = StdioServerParameters(
         command=str(MCPWARDEN),
-        args=["run", "--policy", str(POLICY), "--events", str(events), "--", sys.executable, str(SERVER)],
+        args=["run", "--policy", str(policy), "--events", str(events), "--", sys.executable, str(server)],
         env=dict(os.environ),
     )
-    print(f"{DIM}policy {POLICY}, events {events}{END}")
+    print(f"{DIM}policy {POLICY} + [sandbox] read grants of {work} and {venv}; events {events}{END}")
+    os.system(f"{MCPWARDEN} sandbox explain --policy {policy} | sed 's/^/    /'")
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
             init = await session.initialize()

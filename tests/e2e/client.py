@@ -2,9 +2,12 @@
 
     client.py SCENARIO_JSON -- CMD [ARGS...]
 
-The scenario is a list of steps: {"call": TOOL, "args": {...}} or
-{"list_tools": true} or {"check_gone": true}. The client always initializes
-first. It prints one JSON document: the initialize result, every step's
+The scenario is a list of steps: {"call": TOOL, "args": {...}},
+{"list_tools": true}, {"procs": true} (record the host pids now in the
+server's cgroup, found from the last `whoami`; sandboxed servers see their
+own pid namespace, so only the host view is comparable with kernel events),
+or {"check_gone": true} (wait until every recorded pid is dead). The client
+always initializes first. It prints one JSON document: the initialize result, every step's
 outcome (result or JSON-RPC error), and every request it sent (id, method,
 params), so a test can match kernel events to the exact request ids.
 """
@@ -58,6 +61,21 @@ def pids_alive(pids):
     return alive
 
 
+def cgroup_root():
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.startswith("cgroup2 "):
+                return left.split()[4]
+    raise RuntimeError("no cgroup2 mount")
+
+
+def session_procs(whoami):
+    path = next(l[3:] for l in whoami["cgroup"].splitlines() if l.startswith("0::"))
+    with open(f"{cgroup_root()}{path}/cgroup.procs", encoding="ascii") as f:
+        return [int(p) for p in f.read().split()]
+
+
 def dump(model):
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
@@ -65,13 +83,18 @@ def dump(model):
 async def main(scenario, command):
     params = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
     out = {"steps": [], "sent": []}
-    watched = []  # pids whose death check_gone verifies
+    watched = []  # host pids whose death check_gone verifies
+    whoami = None
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, RecordingStream(write, out["sent"]), read_timeout_seconds=20) as session:
             out["initialize"] = dump(await session.initialize())
             for step in scenario:
                 if step.get("list_tools"):
                     out["steps"].append({"list_tools": dump(await session.list_tools())})
+                elif step.get("procs"):
+                    procs = session_procs(whoami)
+                    watched.extend(p for p in procs if p not in watched)
+                    out["steps"].append({"procs": procs})
                 elif step.get("check_gone"):
                     deadline = time.monotonic() + 5
                     while pids_alive(watched) and time.monotonic() < deadline:
@@ -82,9 +105,7 @@ async def main(scenario, command):
                         result = await session.call_tool(step["call"], step.get("args", {}))
                         rec = {"call": step["call"], "result": dump(result)}
                         if step["call"] == "whoami":
-                            watched.append(json.loads(result.content[0].text)["pid"])
-                        if step["call"] == "spawn_sleeper" and result.structured_content:
-                            watched.append(result.structured_content["result"])
+                            whoami = json.loads(result.content[0].text)
                     except MCPError as e:
                         rec = {"call": step["call"], "error": {"code": e.error.code, "message": e.error.message}}
                     out["steps"].append(rec)

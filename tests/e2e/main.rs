@@ -78,6 +78,7 @@ fn enforce_mode_attributes_events_and_kills_the_tree_on_a_denied_open() {
         {"list_tools": true},
         {"call": "whoami"},
         {"call": "spawn_sleeper"},
+        {"procs": true},
         {"call": "read_file", "args": {"path": fx.allowed()}},
         {"call": "read_file", "args": {"path": fx.secret()}},
         {"check_gone": true},
@@ -91,10 +92,12 @@ fn enforce_mode_attributes_events_and_kills_the_tree_on_a_denied_open() {
     assert_eq!(run.step(0)["list_tools"], direct.step(0)["list_tools"]);
 
     let cgroup = run.session_cgroup(1);
-    let server_pid = run.whoami(1)["pid"].as_u64().expect("server pid");
+    // Host pids of the sandbox: helper, namespace init, server, sleeper.
+    let procs = run.procs(3);
+    assert!(procs.len() >= 4, "{procs:?}");
 
     // The allowed read succeeds and its open carries that call's id.
-    assert_eq!(run.text(3), "the allowed file\n");
+    assert_eq!(run.text(4), "the allowed file\n");
     let allowed_id = run.request_id("read_file", &fx.allowed());
     let ev = events(&fx.events)
         .into_iter()
@@ -105,10 +108,13 @@ fn enforce_mode_attributes_events_and_kills_the_tree_on_a_denied_open() {
         (&ev["method"], &ev["tool"], &ev["action"]),
         (&json!("tools/call"), &json!("read_file"), &json!("allow"))
     );
-    assert_eq!(ev["pid"], json!(server_pid));
+    assert!(
+        procs.contains(&ev["pid"].as_u64().expect("pid")),
+        "{ev} not from {procs:?}"
+    );
 
     // The denied read fails with an error naming the rule.
-    let err = &run.step(4)["error"];
+    let err = &run.step(5)["error"];
     assert_eq!(err["code"], json!(-32001), "{err}");
     let msg = err["message"].as_str().expect("message");
     assert!(
@@ -121,16 +127,13 @@ fn enforce_mode_attributes_events_and_kills_the_tree_on_a_denied_open() {
     );
 
     // The whole tree is gone: the server and the child it spawned.
-    let gone = run.step(5);
-    assert_eq!(
-        gone["watched"].as_array().expect("watched").len(),
-        2,
-        "{gone}"
-    );
+    let gone = run.step(6);
+    let watched = gone["watched"].as_array().expect("watched").len();
+    assert_eq!(watched, procs.len(), "{gone}");
     assert_eq!(gone["alive"], json!([]), "{gone}");
 
     // Later requests get a clear error.
-    let later = &run.step(6)["error"];
+    let later = &run.step(7)["error"];
     assert_eq!(later["code"], json!(-32002), "{later}");
     assert!(
         later["message"]
@@ -226,9 +229,13 @@ fn paths_the_kernel_cannot_match_are_caught_before_the_response_leaves() {
 #[test]
 fn exec_and_connect_events_carry_their_calls() {
     let _guard = serial();
-    let fx = Fixture::new("enforce");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let port = listener.local_addr().expect("addr").port();
+    // The sandbox grants exactly this port (and with it, the host network).
+    let fx = Fixture::with_sandbox(
+        "enforce",
+        &format!("[sandbox.network]\nconnect = [{port}]\n"),
+    );
     let scenario = json!([
         {"call": "whoami"},
         {"call": "run", "args": {"argv": ["/bin/cat", fx.allowed()]}},

@@ -63,7 +63,10 @@ fn nix_is_root() -> bool {
     })
 }
 
-/// A temporary directory with a policy, an allowed file and a secret.
+/// A temporary directory with a policy, an allowed file, a secret and a
+/// copy of the test server. Everything in it is world-readable: sandboxed
+/// servers run as an unprivileged user. The policy lets the server read the
+/// directory and the SDK's venv; `sandbox_extra` is appended to it.
 pub struct Fixture {
     dir: tempfile::TempDir,
     pub policy: PathBuf,
@@ -72,30 +75,51 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(mode: &str) -> Self {
+        Self::with_sandbox(mode, "")
+    }
+
+    pub fn with_sandbox(mode: &str, sandbox_extra: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::Builder::new()
             .prefix("mcpw-e2e-")
             .tempdir()
             .expect("tempdir");
         let root = dir.path();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::fs::create_dir(root.join("secret")).expect("mkdir");
         std::fs::create_dir(root.join("public")).expect("mkdir");
         std::fs::write(root.join("secret/key"), "the secret\n").expect("write");
         std::fs::write(root.join("allowed.txt"), "the allowed file\n").expect("write");
+        std::fs::copy(repo().join("tests/e2e/server.py"), root.join("server.py"))
+            .expect("copy server");
+        let venv = Path::new(VENV_PYTHON)
+            .ancestors()
+            .nth(2)
+            .expect("venv dir")
+            .display()
+            .to_string();
         let policy = root.join("policy.toml");
-        std::fs::write(
-            &policy,
-            format!(
-                "mode = \"{mode}\"\n[files]\ndeny = [\"{}\"]\n",
-                root.join("secret").display()
-            ),
-        )
-        .expect("write policy");
+        let text = format!(
+            "mode = \"{mode}\"\n[files]\ndeny = [\"{secret}\"]\n\
+             [sandbox]\nread = [\"{root}\", \"{venv}\"]\n{sandbox_extra}",
+            secret = root.join("secret").display(),
+            root = root.display(),
+        );
+        std::fs::write(&policy, text).expect("write policy");
         let events = root.join("events.jsonl");
         Self {
             dir,
             policy,
             events,
         }
+    }
+
+    /// The server command, run from the fixture's copy.
+    pub fn server_cmd(&self) -> Vec<String> {
+        vec![
+            VENV_PYTHON.to_owned(),
+            self.dir.path().join("server.py").display().to_string(),
+        ]
     }
 
     pub fn allowed(&self) -> String {
@@ -163,7 +187,7 @@ impl Run {
             fx.events.display().to_string(),
             "--".into(),
         ];
-        command.extend(server_cmd());
+        command.extend(fx.server_cmd());
         assert!(
             nix_is_root(),
             "the end-to-end tests load kernel programs: run them as root"
@@ -196,6 +220,16 @@ impl Run {
             })
             .unwrap_or_else(|| panic!("no {tool} call for {path} in {:?}", self.sent))["id"]
             .clone()
+    }
+
+    /// The host pids recorded by a `procs` step at `i`.
+    pub fn procs(&self, i: usize) -> Vec<u64> {
+        self.step(i)["procs"]
+            .as_array()
+            .expect("procs step")
+            .iter()
+            .map(|p| p.as_u64().expect("pid"))
+            .collect()
     }
 
     /// The `whoami` result at step `i`: the server's pid and cgroups.
@@ -301,7 +335,7 @@ pub fn raw_exchange(fx: Option<&Fixture>, lines: &[&str], extra: &[&str]) -> Vec
             c.args(["run", "--policy"])
                 .arg(&fx.policy)
                 .arg("--")
-                .args(server_cmd());
+                .args(fx.server_cmd());
             c
         }
     };

@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use mcpwarden_sandbox::{CgroupError, Hierarchy, SessionCgroup};
+use mcpwarden_sandbox::{CgroupError, Hierarchy, SessionCgroup, Spec};
 use serde_json::{Value, json};
 use tokio::{
     process::{ChildStdin, ChildStdout, Command},
@@ -32,7 +32,7 @@ use tokio::{
 use self::relay::{pump_events, relay_client, relay_server, write_client};
 use crate::{
     kernel::{KernelError, KernelEvent, Tracer},
-    monotonic_ns,
+    launch, monotonic_ns,
     policy::{Mode, Policy, PolicyError},
     proxy::{
         message::{self, Message, code, error_response},
@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub max_message: usize,
     /// The server command and its arguments.
     pub command: Vec<OsString>,
+    /// Run with throw-away copies of the writable paths.
+    pub dry_run: bool,
 }
 
 /// Why a session could not start or end cleanly.
@@ -339,17 +341,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         None => None,
     };
     let hierarchy = Hierarchy::discover()?;
-    // Sessions of an mcpwarden that was killed before it could clean up.
-    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
-    for stale in hierarchy.reap_stale(alive)? {
-        tracing::warn!(
-            "removed the stale session cgroup {} (its mcpwarden is gone)",
-            stale.display()
-        );
-    }
-    let session_no = std::process::id() ^ (monotonic_ns() as u32).rotate_left(16);
-    let label = format!("session-{}-{session_no:08x}", std::process::id());
-    let cgroup = SessionCgroup::create(&hierarchy, &label)?;
+    let mut spec = policy.sandbox.clone();
+    spec.dry_run = opts.dry_run;
+    let (session_no, label) = launch::session_label();
+    let cgroup = launch::prepare_cgroup(&hierarchy, &label, &spec)?;
     let mut tracer = Tracer::load()?;
     tracer.add_session(
         cgroup.id(),
@@ -362,7 +357,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         "protecting {:?}", opts.command
     );
 
-    let (server_in, server_out, exit_rx) = spawn_server(&cgroup, &opts.command)?;
+    let (server_in, server_out, exit_rx) = spawn_server(&cgroup, &spec, &opts.command)?;
     let ring_fd = tracer
         .ring_fd()
         .map_err(io("cannot duplicate the ring buffer fd"))?;
@@ -408,15 +403,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
 /// server's pipes and a channel that will carry how it ended.
 fn spawn_server(
     cgroup: &SessionCgroup,
+    spec: &Spec,
     command: &[OsString],
 ) -> Result<(ChildStdin, ChildStdout, watch::Receiver<Option<String>>), RunError> {
-    let exe = std::env::current_exe().map_err(io("cannot find mcpwarden's own executable"))?;
-    let mut child = Command::new(exe)
-        .arg("sandbox-exec")
-        .arg("--cgroup-procs")
-        .arg(cgroup.procs_file())
-        .arg("--")
-        .args(command)
+    let helper = launch::helper_command(cgroup, spec, command)
+        .map_err(io("cannot build the sandbox helper's command"))?;
+    let mut child = Command::from(helper)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -426,7 +418,7 @@ fn spawn_server(
     let pipe = |what: &str| io(what.to_owned())(std::io::ErrorKind::BrokenPipe.into());
     let server_in = child.stdin.take().ok_or_else(|| pipe("server stdin"))?;
     let server_out = child.stdout.take().ok_or_else(|| pipe("server stdout"))?;
-    // How the server ended, once it has. of the server, once it has one.
+    // How the server ended, once it has.
     let (exit_tx, exit_rx) = watch::channel::<Option<String>>(None);
     tokio::spawn(async move {
         let how = match child.wait().await {

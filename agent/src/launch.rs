@@ -1,0 +1,53 @@
+//! Starting a tool server confined: the session cgroup with its limits, and
+//! the command line of the exec helper (`mcpwarden sandbox-exec`) that
+//! confines itself and execs the server (see `mcpwarden_sandbox::exec`).
+use std::{ffi::OsString, path::Path, process::Command};
+
+use mcpwarden_sandbox::{CgroupError, Hierarchy, SessionCgroup, Spec, cgroup::Controllers};
+
+/// Creates the session cgroup `label` with the spec's limits, after removing
+/// sessions left by an mcpwarden that died before it could clean up.
+pub fn prepare_cgroup(
+    hierarchy: &Hierarchy,
+    label: &str,
+    spec: &Spec,
+) -> Result<SessionCgroup, CgroupError> {
+    let controllers = Controllers::discover(hierarchy)?;
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    for stale in hierarchy.reap_stale(&controllers, alive)? {
+        tracing::warn!(
+            "removed the stale session cgroup {} (its mcpwarden is gone)",
+            stale.display()
+        );
+    }
+    let mut cgroup = SessionCgroup::create(hierarchy, label)?;
+    cgroup.limit(&controllers, &spec.limits)?;
+    Ok(cgroup)
+}
+
+/// A unique session label; it starts with our pid so that a later start can
+/// tell whether its owner is gone.
+#[must_use]
+pub fn session_label() -> (u32, String) {
+    let pid = std::process::id();
+    let n = pid ^ (crate::monotonic_ns() as u32).rotate_left(16);
+    (n, format!("session-{pid}-{n:08x}"))
+}
+
+/// The helper's command line: `mcpwarden sandbox-exec --spec JSON --procs
+/// FILE... -- CMD...`, with the environment the server will get.
+pub fn helper_command(
+    cgroup: &SessionCgroup,
+    spec: &Spec,
+    command: &[OsString],
+) -> std::io::Result<Command> {
+    let exe = std::env::current_exe()?;
+    let spec_json = serde_json::to_string(spec).map_err(std::io::Error::other)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("sandbox-exec").arg("--spec").arg(spec_json);
+    for procs in cgroup.all_procs_files() {
+        cmd.arg("--procs").arg(procs);
+    }
+    cmd.arg("--").args(command);
+    Ok(cmd)
+}
