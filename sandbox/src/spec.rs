@@ -62,7 +62,7 @@ pub const DEFAULT_PIDS: u64 = 256;
 pub const NOBODY: u32 = 65534;
 
 /// The `[sandbox]` table as written.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxPolicy {
     #[serde(default)]
@@ -87,6 +87,24 @@ pub struct SandboxPolicy {
 
 fn yes() -> bool {
     true
+}
+
+/// An absent `[sandbox]` table: the same as an empty one (system set on).
+impl Default for SandboxPolicy {
+    fn default() -> Self {
+        Self {
+            profile: Profile::default(),
+            read: Vec::new(),
+            write: Vec::new(),
+            exec: Vec::new(),
+            system: true,
+            env: Vec::new(),
+            user: None,
+            group: None,
+            network: NetworkPolicy::default(),
+            limits: LimitsPolicy::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
