@@ -11,6 +11,9 @@ use std::{
 
 use serde_json::{Value, json};
 
+/// Numbers the host-side names of concurrently running tests.
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Everything an attempt needs from the host side.
 struct Host {
     fixture: tempfile::TempDir,
@@ -18,13 +21,13 @@ struct Host {
     ctx: Value,
     _listeners: Vec<std::net::TcpListener>,
     _abstract: std::os::unix::net::UnixListener,
-    host_process: std::process::Child,
+    sleeper: std::process::Child,
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let _ = self.host_process.kill();
-        let _ = self.host_process.wait();
+        let _ = self.sleeper.kill();
+        let _ = self.sleeper.wait();
     }
 }
 
@@ -84,14 +87,13 @@ impl Host {
 
         let granted = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let denied = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let abstract_name = format!("mcpwarden-escape-host-{}-{n}", std::process::id());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name)
             .expect("abstract name");
         let abstract_listener =
             std::os::unix::net::UnixListener::bind_addr(&addr).expect("bind abstract");
-        let host_process = Command::new("sleep")
+        let sleeper = Command::new("sleep")
             .arg("120")
             .spawn()
             .expect("spawn sleep");
@@ -103,7 +105,7 @@ impl Host {
             "granted_bind": free_port(),
             "denied_bind": free_port(),
             "abstract": abstract_name,
-            "host_pid": host_process.id(),
+            "host_pid": sleeper.id(),
             "marker": format!("mcpwarden-escape-marker-{}-{n}", std::process::id()),
         });
         Self {
@@ -112,7 +114,7 @@ impl Host {
             ctx,
             _listeners: vec![granted, denied],
             _abstract: abstract_listener,
-            host_process,
+            sleeper,
         }
     }
 
