@@ -7,6 +7,7 @@ set -euo pipefail
 BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 MCP_SDK_VERSION=2.3.0
+FS_SERVER_VERSION=2026.8.31
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -57,6 +58,22 @@ if ! "$VENV/bin/python" -c "import mcp, sys; sys.exit(0)" 2>/dev/null; then
     mkdir -p "$(dirname "$VENV")"
     /usr/bin/python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check "mcp==$MCP_SDK_VERSION"
+fi
+
+# A real third-party server for the sandbox tests: the official filesystem
+# server, on node, world-readable for the sandbox's unprivileged user.
+NODE_PREFIX=/opt/mcpwarden-dev/node
+FS_PKG="$NODE_PREFIX/node_modules/@modelcontextprotocol/server-filesystem/package.json"
+if ! grep -q "\"version\": \"$FS_SERVER_VERSION\"" "$FS_PKG" 2>/dev/null; then
+    if ! command -v npm >/dev/null; then
+        log "apt: installing nodejs npm"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    log "npm: installing @modelcontextprotocol/server-filesystem@$FS_SERVER_VERSION into $NODE_PREFIX"
+    mkdir -p "$NODE_PREFIX"
+    npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --loglevel=error \
+        "@modelcontextprotocol/server-filesystem@$FS_SERVER_VERSION"
 fi
 
 log "ready"

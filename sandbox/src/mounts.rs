@@ -224,6 +224,18 @@ pub fn build(spec: &Spec) -> Result<(), MountError> {
     Ok(())
 }
 
+fn copy_owner_and_mode(from: &Path, to: &Path) -> Result<(), MountError> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let fail = |e: &std::io::Error| MountError {
+        what: "copy owner and mode to",
+        path: to.to_owned(),
+        source: io_errno(e),
+    };
+    let meta = fs::metadata(from).map_err(|e| fail(&e))?;
+    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid())).map_err(|e| fail(&e))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(|e| fail(&e))
+}
+
 /// Dry run: each writable directory becomes an overlay whose upper layer
 /// lives in a tmpfs that disappears with the sandbox; a writable file is
 /// replaced by a copy in that tmpfs.
@@ -248,6 +260,10 @@ fn overlay_all(writable: &[&PathBuf]) -> Result<(), MountError> {
             let work = scratch.join(format!("{i}/work"));
             mk(&upper)?;
             mk(&work)?;
+            // The overlay's root takes the upper directory's owner and mode:
+            // give it the original's, or the unprivileged server could not
+            // write where it is allowed to.
+            copy_owner_and_mode(path, &upper)?;
             let options = format!(
                 "lowerdir={},upperdir={},workdir={}",
                 path.display(),

@@ -211,9 +211,45 @@ const BASE: &[(&str, libc::c_long)] = sys![
     SYS_pidfd_send_signal,
     SYS_pidfd_getfd,
     SYS_restart_syscall,
-    // Adding a filter can only narrow what is allowed; our own second filter
-    // is installed through it.
+    // Reading extended attributes (`ls -l` asks for ACLs and labels).
+    SYS_getxattr,
+    SYS_lgetxattr,
+    SYS_fgetxattr,
+    SYS_listxattr,
+    SYS_llistxattr,
+    SYS_flistxattr,
+    // FIFOs and sockets in writable places (device nodes need CAP_MKNOD).
+    SYS_mknodat,
+    // System V and POSIX IPC, private to the sandbox's IPC namespace.
+    SYS_shmget,
+    SYS_shmat,
+    SYS_shmdt,
+    SYS_shmctl,
+    SYS_semget,
+    SYS_semop,
+    SYS_semtimedop,
+    SYS_semctl,
+    SYS_msgget,
+    SYS_msgsnd,
+    SYS_msgrcv,
+    SYS_msgctl,
+    SYS_mq_open,
+    SYS_mq_unlink,
+    SYS_mq_timedsend,
+    SYS_mq_timedreceive,
+    SYS_mq_notify,
+    SYS_mq_getsetattr,
+    SYS_sync,
+    SYS_syncfs,
+    SYS_ioprio_get,
+    SYS_sched_getattr,
+    SYS_rt_tgsigqueueinfo,
+    // Adding a seccomp filter or a landlock domain can only narrow what is
+    // allowed; our own second filter is installed through seccomp().
     SYS_seccomp,
+    SYS_landlock_create_ruleset,
+    SYS_landlock_add_rule,
+    SYS_landlock_restrict_self,
 ];
 
 /// x86-64's legacy calls, still used by older binaries and some runtimes.

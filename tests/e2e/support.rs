@@ -101,7 +101,7 @@ impl Fixture {
         let policy = root.join("policy.toml");
         let text = format!(
             "mode = \"{mode}\"\n[files]\ndeny = [\"{secret}\"]\n\
-             [sandbox]\nread = [\"{root}\", \"{venv}\"]\n{sandbox_extra}",
+             [sandbox]\nprofile = \"python\"\nread = [\"{root}\", \"{venv}\"]\n{sandbox_extra}",
             secret = root.join("secret").display(),
             root = root.display(),
         );
@@ -112,6 +112,11 @@ impl Fixture {
             policy,
             events,
         }
+    }
+
+    /// The fixture directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The server command, run from the fixture's copy.
@@ -174,6 +179,24 @@ impl Run {
     /// The SDK client talking to the server directly.
     pub fn direct(scenario: &Value) -> Self {
         Self::client(scenario, server_cmd())
+    }
+
+    /// The SDK client talking to `server` through `mcpwarden run FLAGS`.
+    pub fn through_mcpwarden_with(
+        fx: &Fixture,
+        scenario: &Value,
+        flags: &[&str],
+        server: Vec<String>,
+    ) -> Self {
+        let mut command = vec![env!("CARGO_BIN_EXE_mcpwarden").to_owned(), "run".into()];
+        command.extend(flags.iter().map(|f| (*f).to_owned()));
+        command.extend([
+            "--policy".into(),
+            fx.policy.display().to_string(),
+            "--".into(),
+        ]);
+        command.extend(server);
+        Self::client(scenario, command)
     }
 
     /// The SDK client talking to the server through `mcpwarden run`.

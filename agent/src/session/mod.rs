@@ -112,6 +112,8 @@ struct Core {
     /// `CLOCK_REALTIME - CLOCK_MONOTONIC` at start, to give events wall time.
     realtime_offset_ns: i128,
     counts: Counts,
+    /// The client closed its side: the server's exit is expected.
+    client_closed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -294,7 +296,11 @@ impl Core {
         let mut out = self.drain_events();
         if matches!(self.state, ServerState::Running) {
             let message = format!("mcpwarden: the tool server {how}");
-            tracing::warn!("{message}");
+            if self.client_closed && self.tracker.in_flight() == 0 {
+                tracing::info!("the tool server {how} after the client closed");
+            } else {
+                tracing::warn!("{message}");
+            }
             let data = json!({ "action": "server_exited", "detail": how });
             let failed = self.tracker.fail_all(monotonic_ns());
             out.extend(failed.iter().map(|r| {
@@ -372,6 +378,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         events_path: opts.events.clone(),
         realtime_offset_ns: realtime_offset_ns(),
         counts: Counts::default(),
+        client_closed: false,
     }));
 
     let (to_client, from_core) = mpsc::channel::<Vec<u8>>(1024);
@@ -448,6 +455,7 @@ async fn teardown(
     writer: tokio::task::JoinHandle<()>,
     to_client: mpsc::Sender<Vec<u8>>,
 ) -> Result<(), RunError> {
+    lock(&core).client_closed = true;
     let grace = Duration::from_secs(3);
     if tokio::time::timeout(grace, exit_rx.wait_for(Option::is_some))
         .await
