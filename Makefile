@@ -3,7 +3,7 @@
 CARGO_BUILD_JOBS ?= 2
 export CARGO_BUILD_JOBS
 
-.PHONY: setup build demo test lint
+.PHONY: setup build demo test lint bench
 
 setup:
 	./setup.sh
@@ -23,3 +23,7 @@ lint: setup
 	cargo clippy --all-targets -- -D warnings
 	cargo +nightly clippy -p mcpwarden-ebpf --target bpfel-unknown-none \
 		-Z build-std=core --target-dir target/ebpf-clippy -- -D warnings
+
+# Numbers behind BENCHMARKS.md (root; takes about two minutes).
+bench: setup
+	cargo bench --bench sandbox_spawn
