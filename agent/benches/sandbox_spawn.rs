@@ -64,8 +64,8 @@ fn plain(server: &[&str]) -> Command {
     cmd
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+fn percentile(sorted: &[Duration], percent: usize) -> Duration {
+    sorted[(sorted.len() - 1) * percent / 100]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -130,14 +130,14 @@ fn measure(name: &str, rounds: usize, policy: &Path, server: &[&str]) {
     added.sort_by(f64::total_cmp);
     direct.sort();
     sandboxed.sort();
-    let (d50, s50) = (percentile(&direct, 0.5), percentile(&sandboxed, 0.5));
+    let (d50, s50) = (percentile(&direct, 50), percentile(&sandboxed, 50));
     let _ = s50;
     println!(
         "{name:<24} rounds {rounds:>3}  direct p50 {:>7.2} ms p90 {:>7.2} ms | sandboxed p50 {:>7.2} ms p90 {:>7.2} ms | added (paired) p25 {:>6.2} p50 {:>6.2} p75 {:>6.2} ms",
         ms(d50),
-        ms(percentile(&direct, 0.9)),
-        ms(percentile(&sandboxed, 0.5)),
-        ms(percentile(&sandboxed, 0.9)),
+        ms(percentile(&direct, 90)),
+        ms(percentile(&sandboxed, 50)),
+        ms(percentile(&sandboxed, 90)),
         added[added.len() / 4],
         added[added.len() / 2],
         added[added.len() * 3 / 4],
