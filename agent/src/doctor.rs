@@ -138,7 +138,9 @@ pub fn probe() -> Report {
     checks.push(check(
         "landlock",
         true,
-        landlock_abi().map(|abi| format!("ABI {abi}")),
+        mcpwarden_sandbox::lockdown::kernel_abi()
+            .map(|abi| format!("ABI {abi}"))
+            .map_err(|e| format!("not available: {e}")),
     ));
     checks.push(check("seccomp", true, seccomp()));
     if let Ok(cg) = scratch
@@ -271,28 +273,6 @@ fn probe_fentry(ebpf: &mut Ebpf, btf: &Btf) -> Result<String, String> {
     let link = prog.attach().map_err(|e| format!("attach: {e}"))?;
     prog.detach(link).map_err(|e| format!("detach: {e}"))?;
     Ok("attached to do_unlinkat".into())
-}
-
-/// The landlock ABI version the kernel offers.
-fn landlock_abi() -> Result<i64, String> {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: with a NULL attr and size 0 and the VERSION flag the syscall
-    // only returns the ABI version; it reads and writes no memory.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    if abi < 1 {
-        return Err(format!(
-            "not available: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(abi)
 }
 
 /// Whether seccomp filters that kill the process are available.
