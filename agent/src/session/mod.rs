@@ -14,6 +14,7 @@ mod relay;
 
 use std::{
     ffi::OsString,
+    fmt::Write as _,
     fs::File,
     io::{BufWriter, Write as _},
     path::PathBuf,
@@ -295,7 +296,15 @@ impl Core {
     fn server_gone(&mut self, how: &str) -> Vec<String> {
         let mut out = self.drain_events();
         if matches!(self.state, ServerState::Running) {
-            let message = format!("mcpwarden: the tool server {how}");
+            let mut message = format!("mcpwarden: the tool server {how}");
+            if !how.contains("status 0") {
+                let _ = write!(
+                    message,
+                    " (it runs sandboxed as uid {}: if it was refused a file, a port or a \
+                     system call, its stderr says so; see `mcpwarden sandbox explain --policy {}`)",
+                    self.policy.sandbox.uid, self.policy.source
+                );
+            }
             if self.client_closed && self.tracker.in_flight() == 0 {
                 tracing::info!("the tool server {how} after the client closed");
             } else {
