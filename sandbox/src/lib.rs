@@ -3,7 +3,7 @@
 //! A cgroup per session (whose v2 inode is the cgroup id the kernel programs
 //! filter on, with memory/pids/cpu limits on v2 or v1 controllers), and an
 //! exec helper ([`exec`]) that joins it and confines itself before it execs
-//! the server: namespaces and a read-only view ([`mounts`]), an
+//! the server: namespaces and a root of only the granted paths ([`mounts`]), an
 //! unprivileged uid, rlimits, landlock ([`lockdown`]) and seccomp
 //! ([`seccomp`]), as the policy's `[sandbox]` table ([`spec`]) grants.
 pub mod cgroup;

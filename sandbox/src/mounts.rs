@@ -1,8 +1,9 @@
 //! The server's view of the file system, built in its own mount namespace:
-//! everything read-only, a private `/tmp` and `/dev/shm`, the granted
-//! writable paths writable (or, in dry-run, throw-away overlays of them),
-//! and a `/proc` of the server's own pid namespace. landlock then decides
-//! which of the visible paths may be touched at all.
+//! a new root holding only the granted paths (nothing else of the host
+//! exists for the server), read-only but for the granted writable paths (or,
+//! in dry-run, throw-away overlays of them), a private `/tmp` and `/dev/shm`,
+//! and a `/proc` of the server's own pid namespace. landlock then refines
+//! what may be done with what is there (read, write, execute, ports).
 use std::{
     ffi::CString,
     fs,
@@ -109,46 +110,115 @@ fn tmpfs(target: &Path, size: &str) -> Result<(), MountError> {
     .map_err(fail("mount tmpfs on", target))
 }
 
-/// A granted path that sits under a directory we are about to cover with a
-/// fresh tmpfs: held open so it can be mounted back on top.
-struct Kept {
-    path: PathBuf,
-    fd: OwnedFd,
-    is_dir: bool,
-}
-
-impl Kept {
-    fn source(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
-    }
-
-    /// Recreates the mount point in the new tmpfs and mounts the original.
-    fn restore(&self) -> Result<(), MountError> {
-        if self.is_dir {
-            fs::create_dir_all(&self.path)
-        } else {
-            self.path
-                .parent()
-                .map_or(Ok(()), fs::create_dir_all)
-                .and_then(|()| fs::write(&self.path, b""))
-        }
-        .map_err(|e| MountError {
-            what: "create mount point",
-            path: self.path.clone(),
-            source: io_errno(&e),
-        })?;
-        bind(&self.source(), &self.path)
-    }
-}
-
 fn io_errno(e: &std::io::Error) -> nix::Error {
     nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Directories that get a fresh private tmpfs.
-const PRIVATE: &[&str] = &["/tmp", "/dev/shm"];
+fn io_fail<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> MountError + 'a {
+    move |e| MountError {
+        what,
+        path: path.to_owned(),
+        source: io_errno(&e),
+    }
+}
+
+/// What a granted path is on the host.
+enum Shape {
+    Dir,
+    File,
+    /// Recreated as the same link in the new root (merged-/usr systems
+    /// link `/lib` to `usr/lib`).
+    Symlink(PathBuf),
+}
+
+/// A granted path, held open so that it can be mounted into the new root
+/// even once the staging mounts cover where it lived (e.g. under `/tmp`).
+struct Grant {
+    path: PathBuf,
+    fd: Option<OwnedFd>,
+    shape: Shape,
+}
+
+impl Grant {
+    fn source(&self) -> PathBuf {
+        self.fd.as_ref().map_or_else(
+            || self.path.clone(),
+            |fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        )
+    }
+}
+
+/// Mounted fresh in the new root rather than bound from the host.
+const FRESH: &[&str] = &["/proc", "/tmp", "/dev/shm"];
+/// Whether `path` is provided fresh rather than bound: the fresh mount
+/// points themselves, and everything in /proc. Grants below `/tmp` and
+/// `/dev/shm` are bound into the fresh mounts.
+fn is_fresh(path: &Path) -> bool {
+    path.starts_with("/proc") || FRESH.iter().any(|f| path == Path::new(f))
+}
+
+/// Links every /dev has.
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+];
+
+/// The granted paths that exist, parents before children (a child mounted
+/// first would be covered by its parent), one entry each.
+fn grants(spec: &Spec) -> Vec<Grant> {
+    let mut paths: Vec<(&PathBuf, bool)> = spec
+        .read
+        .iter()
+        .chain(&spec.exec)
+        .map(|p| (p, false))
+        .chain(spec.write.iter().map(|p| (p, true)))
+        .filter(|(p, _)| !is_fresh(p))
+        .collect();
+    paths.sort_by_key(|(p, w)| (p.components().count(), (*p).clone(), !*w));
+    paths.dedup_by(|later, kept| later.0 == kept.0);
+    paths
+        .into_iter()
+        .filter_map(|(path, _)| {
+            let meta = fs::symlink_metadata(path).ok()?;
+            let (shape, fd) = if meta.file_type().is_symlink() {
+                (Shape::Symlink(fs::read_link(path).ok()?), None)
+            } else {
+                let fd = open(
+                    path.as_path(),
+                    OFlag::O_PATH | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .ok()?;
+                (
+                    if meta.is_dir() {
+                        Shape::Dir
+                    } else {
+                        Shape::File
+                    },
+                    Some(fd),
+                )
+            };
+            Some(Grant {
+                path: path.clone(),
+                fd,
+                shape,
+            })
+        })
+        .collect()
+}
 
 /// Builds the view. Runs as root inside fresh mount and pid namespaces.
+///
+/// A new root on a tmpfs holds bind mounts of the granted paths only, a
+/// fresh `/proc`, `/tmp` and `/dev/shm`, and the usual `/dev` links; the
+/// process pivots into it and drops the old root, so nothing else of the
+/// host is even visible. Then everything but the writable places is made
+/// read-only.
 pub fn build(spec: &Spec) -> Result<(), MountError> {
     let root = Path::new("/");
     // Nothing we do here may leak back to the host.
@@ -160,67 +230,81 @@ pub fn build(spec: &Spec) -> Result<(), MountError> {
         None::<&str>,
     )
     .map_err(fail("make private", root))?;
+    let grants = grants(spec);
 
-    // Granted paths inside the private directories survive their covering.
-    let granted = spec.read.iter().chain(&spec.exec).chain(&spec.write);
-    let mut kept = Vec::new();
-    for path in granted {
-        if PRIVATE
-            .iter()
-            .any(|p| path.starts_with(p) && path != Path::new(p))
-            && let Ok(fd) = open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-        {
-            kept.push(Kept {
-                path: path.clone(),
-                fd,
-                is_dir: path.is_dir(),
-            });
+    let staging = Path::new("/tmp");
+    tmpfs(staging, "1M")?;
+    let at = |p: &Path| staging.join(p.strip_prefix("/").unwrap_or(p));
+    for dir in ["proc", "tmp", "dev/shm"] {
+        fs::create_dir_all(staging.join(dir)).map_err(io_fail("create", &staging.join(dir)))?;
+    }
+    // Fresh mounts first: grants below them are bound on top.
+    tmpfs(&staging.join("tmp"), "25%")?;
+    tmpfs(&staging.join("dev/shm"), "25%")?;
+    for grant in &grants {
+        let target = at(&grant.path);
+        match &grant.shape {
+            Shape::Symlink(to) => {
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent).map_err(io_fail("create", parent))?;
+                }
+                std::os::unix::fs::symlink(to, &target).map_err(io_fail("link", &target))?;
+                continue;
+            }
+            Shape::Dir => fs::create_dir_all(&target).map_err(io_fail("create", &target))?,
+            Shape::File => {
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent).map_err(io_fail("create", parent))?;
+                }
+                fs::write(&target, b"").map_err(io_fail("create", &target))?;
+            }
+        }
+        bind(&grant.source(), &target)?;
+    }
+    for (link, to) in DEV_LINKS {
+        let target = at(Path::new(link));
+        if fs::symlink_metadata(&target).is_err() {
+            std::os::unix::fs::symlink(to, &target).map_err(io_fail("link", &target))?;
         }
     }
-    for dir in PRIVATE.iter().map(Path::new).filter(|d| d.is_dir()) {
-        tmpfs(dir, "25%")?;
-    }
-    for k in &kept {
-        k.restore()?;
-    }
-
-    // Writable paths become mounts of their own so that they can stay
-    // writable once everything else is read-only.
-    let writable: Vec<&PathBuf> = spec
-        .write
-        .iter()
-        .filter(|p| p.exists() && !PRIVATE.iter().any(|d| Path::new(d) == p.as_path()))
-        .filter(|p| !p.starts_with("/dev"))
-        .collect();
-    if spec.dry_run {
-        overlay_all(&writable)?;
-    } else {
-        for path in &writable {
-            bind(path, path)?;
-        }
-    }
-
     // A /proc for the new pid namespace: the server sees only its own tree.
-    let proc = Path::new("/proc");
+    let proc = staging.join("proc");
     mount(
         Some("proc"),
-        proc,
+        &proc,
         Some("proc"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(fail("mount proc on", proc))?;
+    .map_err(fail("mount proc on", &proc))?;
 
+    let old = staging.join(".old-root");
+    fs::create_dir(&old).map_err(io_fail("create", &old))?;
+    nix::unistd::pivot_root(staging, &old).map_err(fail("pivot_root into", staging))?;
+    nix::unistd::chdir(root).map_err(fail("chdir", root))?;
+    let old = Path::new("/.old-root");
+    nix::mount::umount2(old, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(fail("detach the old root", old))?;
+    fs::remove_dir(old).map_err(io_fail("remove", old))?;
+    drop(grants);
+
+    let writable: Vec<&PathBuf> = spec
+        .write
+        .iter()
+        .filter(|p| !is_fresh(p) && !p.starts_with("/dev") && p.exists())
+        .collect();
+    if spec.dry_run {
+        overlay_all(&writable)?;
+    }
     set_readonly(root, true, true)?;
-    for dir in PRIVATE.iter().map(Path::new).filter(|d| d.is_dir()) {
+    for dir in ["/tmp", "/dev/shm"].iter().map(Path::new) {
         set_readonly(dir, false, false)?;
     }
     for path in &writable {
         set_readonly(path, false, false)?;
     }
-    for k in kept.iter().filter(|k| spec.write.contains(&k.path)) {
-        set_readonly(&k.path, false, false)?;
-    }
+    // Writable device nodes (/dev/null...) need no writable mount: writing
+    // to a device does not modify the file system.
     Ok(())
 }
 

@@ -208,6 +208,8 @@ def groups(ctx):
             "read /etc/shadow": (lambda: read("/etc/shadow"), lambda: read("/etc/passwd")),
             "read ~/.ssh key outside the grants": (lambda: read(f"{o}/.ssh/id_ed25519"), lambda: read(f"{f}/granted.txt")),
             "read a world-readable file outside the grants": (lambda: read(f"{o}/secret.txt"), lambda: read(f"{f}/granted.txt")),
+            "learn that a file outside the grants exists": (lambda: os.stat(f"{o}/.ssh/id_ed25519"), lambda: os.stat(f"{f}/granted.txt")),
+            "list a directory outside the grants": (lambda: os.listdir(o), lambda: os.listdir(f)),
             "write into a read-only grant": (lambda: write(f"{f}/granted.txt"), lambda: write(f"{f}/out/new.txt")),
             "write into a system directory": (lambda: write("/usr/bin/mcpwarden-escape"), lambda: write("/tmp/inside.txt")),
             "follow a symlink out": (
