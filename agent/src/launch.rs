@@ -34,8 +34,8 @@ pub fn session_label() -> (u32, String) {
     (n, format!("session-{pid}-{n:08x}"))
 }
 
-/// The helper's command line: `mcpwarden sandbox-exec --spec JSON --procs
-/// FILE... -- CMD...`, with the environment the server will get.
+/// The helper's command line: `mcpwarden sandbox-exec --spec JSON
+/// --traced-procs FILE [--procs FILE]... -- CMD...`.
 pub fn helper_command(
     cgroup: &SessionCgroup,
     spec: &Spec,
@@ -45,8 +45,12 @@ pub fn helper_command(
     let spec_json = serde_json::to_string(spec).map_err(std::io::Error::other)?;
     let mut cmd = Command::new(exe);
     cmd.arg("sandbox-exec").arg("--spec").arg(spec_json);
-    for procs in cgroup.all_procs_files() {
-        cmd.arg("--procs").arg(procs);
+    let mut procs = cgroup.all_procs_files().into_iter();
+    if let Some(traced) = procs.next() {
+        cmd.arg("--traced-procs").arg(traced);
+    }
+    for limit in procs {
+        cmd.arg("--procs").arg(limit);
     }
     cmd.arg("--").args(command);
     Ok(cmd)

@@ -55,7 +55,10 @@ enum Cmd {
         /// The sandbox spec, as JSON.
         #[arg(long)]
         spec: String,
-        /// A cgroup.procs file to join (repeatable).
+        /// The session cgroup's cgroup.procs (v2): only the server joins it.
+        #[arg(long)]
+        traced_procs: PathBuf,
+        /// A limit cgroup's cgroup.procs (v1 companions; repeatable).
         #[arg(long = "procs")]
         procs: Vec<PathBuf>,
         /// The server command and its arguments.
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
         },
         Cmd::SandboxExec {
             spec,
+            traced_procs,
             procs,
             command,
         } => {
@@ -169,7 +173,7 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&format!("bad sandbox spec: {e}")),
             };
             let env = exec::server_env(&spec.env, |name| std::env::var_os(name));
-            match exec::confine_and_run(&procs, &spec, &env, &command) {
+            match exec::confine_and_run(&traced_procs, &procs, &spec, &env, &command) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(e) => {
                     eprintln!("mcpwarden: {e}");

@@ -3,20 +3,22 @@
 //! is confined from its very first instruction.
 //!
 //! ```text
-//! helper (root, joins the session cgroups)
+//! helper (root, joins the v1 limit cgroups, opens the traced cgroup.procs)
 //!   unshare(mount, ipc, uts, pid[, net])
 //!   fork ──► init: pid 1 of the new pid namespace (root)
 //!   │          builds the mount view, sets the host name
-//!   │          fork ──► server: drops to the policy's uid/gid, rlimits,
+//!   │          fork ──► server: joins the traced session cgroup, drops to
+//!   │          │        the policy's uid/gid, rlimits,
 //!   │          │        landlock, closes inherited fds, seccomp, execve
 //!   │          reaps every orphan; exits with the server's status
 //!   waits for init, exits with its status
 //! ```
 use std::{
     ffi::{OsStr, OsString},
-    fs, io,
+    fs,
+    io::{self, Write as _},
     os::unix::process::CommandExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
 };
 
@@ -86,8 +88,15 @@ fn join(procs_files: &[PathBuf]) -> Result<(), ExecError> {
 /// Joins the cgroups, confines, and runs `command` as described in the
 /// module docs. `env` is the server's whole environment. Returns the exit
 /// code the helper should exit with (the server's), or why it failed.
+///
+/// The helper and the namespace init join the `limit_procs` cgroups (v1
+/// companions) at once; only the server itself joins `traced_procs`, the
+/// session cgroup the kernel programs watch and `cgroup.kill` ends, right
+/// before it drops privileges. So the events of a session are the server's
+/// own, never the helper's set-up.
 pub fn confine_and_run(
-    procs_files: &[PathBuf],
+    traced_procs: &Path,
+    limit_procs: &[PathBuf],
     spec: &Spec,
     env: &[(OsString, OsString)],
     command: &[OsString],
@@ -95,7 +104,16 @@ pub fn confine_and_run(
     if command.is_empty() {
         return Err(ExecError::NoCommand);
     }
-    join(procs_files)?;
+    join(limit_procs)?;
+    // Opened now, while the host's /sys is still in view; written by the
+    // server just before it drops root.
+    let traced = fs::OpenOptions::new()
+        .write(true)
+        .open(traced_procs)
+        .map_err(|source| ExecError::JoinCgroup {
+            path: traced_procs.to_owned(),
+            source,
+        })?;
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS
@@ -112,7 +130,7 @@ pub fn confine_and_run(
             release_stdio();
             Ok(wait_exit_code(child))
         }
-        ForkResult::Child => std::process::exit(match init(spec, env, command) {
+        ForkResult::Child => std::process::exit(match init(&traced, spec, env, command) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("mcpwarden: {e}");
@@ -123,13 +141,18 @@ pub fn confine_and_run(
 }
 
 /// Pid 1 of the sandbox: builds the view, starts the server, reaps.
-fn init(spec: &Spec, env: &[(OsString, OsString)], command: &[OsString]) -> Result<i32, ExecError> {
+fn init(
+    traced: &fs::File,
+    spec: &Spec,
+    env: &[(OsString, OsString)],
+    command: &[OsString],
+) -> Result<i32, ExecError> {
     mounts::build(spec).map_err(step("build the mount namespace"))?;
     nix::unistd::sethostname("mcpwarden-sandbox").map_err(step("set the host name"))?;
     // SAFETY: still single-threaded.
     match unsafe { fork() }.map_err(step("fork the server"))? {
         ForkResult::Child => {
-            let err = become_server(spec, env, command);
+            let err = become_server(traced, spec, env, command);
             eprintln!("mcpwarden: {err}");
             std::process::exit(127);
         }
@@ -177,8 +200,13 @@ fn release_stdio() {
 
 /// Drops privileges, applies limits, landlock and seccomp, and execs.
 /// Returns only on failure.
-fn become_server(spec: &Spec, env: &[(OsString, OsString)], command: &[OsString]) -> ExecError {
-    match lock_down(spec) {
+fn become_server(
+    traced: &fs::File,
+    spec: &Spec,
+    env: &[(OsString, OsString)],
+    command: &[OsString],
+) -> ExecError {
+    match lock_down(traced, spec) {
         Ok(()) => {}
         Err(e) => return e,
     }
@@ -196,7 +224,21 @@ fn become_server(spec: &Spec, env: &[(OsString, OsString)], command: &[OsString]
     }
 }
 
-fn lock_down(spec: &Spec) -> Result<(), ExecError> {
+fn lock_down(traced: &fs::File, spec: &Spec) -> Result<(), ExecError> {
+    // landlock first, still as root: building the ruleset opens every
+    // granted path, which is set-up, not the server's doing. It also sets
+    // no_new_privs.
+    nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;
+    lockdown::restrict(spec).map_err(step("landlock"))?;
+    // "0" moves the writer: from here on the kernel traces this process.
+    // The descriptor was opened before the namespaces, so neither landlock
+    // nor the new root stands in the way.
+    (&*traced)
+        .write_all(b"0")
+        .map_err(|source| ExecError::JoinCgroup {
+            path: PathBuf::from("the session cgroup.procs"),
+            source,
+        })?;
     let (uid, gid) = (Uid::from_raw(spec.uid), Gid::from_raw(spec.gid));
     setgroups(&[gid]).map_err(step("set supplementary groups"))?;
     setresgid(gid, gid, gid).map_err(step("set gid"))?;
@@ -214,8 +256,6 @@ fn lock_down(spec: &Spec) -> Result<(), ExecError> {
     setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile).map_err(step("limit open files"))?;
     let nproc = spec.limits.pids;
     setrlimit(Resource::RLIMIT_NPROC, nproc, nproc).map_err(step("limit processes"))?;
-    nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;
-    lockdown::restrict(spec).map_err(step("landlock"))?;
     close_inherited_fds().map_err(step("close inherited file descriptors"))?;
     seccomp::install(spec.profile).map_err(step("seccomp"))?;
     Ok(())

@@ -53,5 +53,16 @@ def connect(host: str, port: int) -> str:
         return f"failed: {e}"
 
 
+@server.tool()
+def send_udp(host: str, port: int) -> str:
+    """Send one UDP datagram and report whether the kernel accepted it."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"ping", (host, port))
+            return "sent"
+    except OSError as e:
+        return f"failed: {e}"
+
+
 if __name__ == "__main__":
     server.run()

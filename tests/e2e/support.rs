@@ -315,6 +315,11 @@ pub fn assert_nothing_left_behind(cgroup: Option<&Path>) {
     let ours: Vec<&str> = mcpwarden_common::TRACEPOINTS
         .iter()
         .map(|(name, _, _)| *name)
+        .chain(
+            mcpwarden_common::SOCK_PROGRAMS
+                .iter()
+                .map(|(name, _)| *name),
+        )
         .collect();
     let probes = [
         "probe_ringbuf",

@@ -13,11 +13,14 @@ use std::{
 use aya::{
     Ebpf, EbpfError,
     maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{ProgramError, TracePoint},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint},
 };
 use mcpwarden_common::{
-    DENY_PATH_LEN, DenyKey, DenyRule, SESSION_ENFORCE, SessionConfig, TRACEPOINTS, maps,
+    DENY_PATH_LEN, DenyKey, DenyRule, NET_PORTS, NetKey4, NetKey6, NetRule, SESSION_ENFORCE,
+    SESSION_NET_POLICY, SOCK_PROGRAMS, SessionConfig, TRACEPOINTS, maps,
 };
+
+use crate::policy::network::NetAllow;
 
 pub use self::event::{EventKind, KernelEvent};
 
@@ -62,6 +65,14 @@ pub enum KernelError {
         "tracefs is needed to attach tracepoints and could not be mounted at /sys/kernel/tracing: {0}"
     )]
     Tracefs(io::Error),
+    /// A session's cgroup directory could not be opened to attach to it.
+    #[error("cannot open cgroup {path} to attach network programs: {source}")]
+    OpenCgroup {
+        /// The cgroup directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: io::Error,
+    },
     /// A deny prefix does not fit the kernel's key.
     #[error("deny prefix {0:?} is too long for the kernel's {DENY_PATH_LEN}-byte key")]
     PrefixTooLong(String),
@@ -130,6 +141,22 @@ impl Tracer {
                     source,
                 })?;
         }
+        for &(name, hook) in SOCK_PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| KernelError::Program {
+                    name,
+                    what: "type".into(),
+                    source,
+                })?;
+            program.load().map_err(|source| KernelError::Program {
+                name,
+                what: format!("load ({hook} hook)"),
+                source,
+            })?;
+        }
         let ring = ebpf
             .take_map(maps::EVENTS)
             .ok_or(KernelError::MissingMap(maps::EVENTS))?;
@@ -138,14 +165,16 @@ impl Tracer {
     }
 
     /// Starts tracing the cgroup `cgroup_id` as session `session`, with the
-    /// policy's denied prefixes. The deny rules go in first so there is no
-    /// moment where the session is traced but not yet protected.
+    /// policy's denied prefixes and allowed network destinations. The rules
+    /// go in first so there is no moment where the session is traced but not
+    /// yet protected.
     pub fn add_session(
         &mut self,
         cgroup_id: u64,
         session: u32,
         enforce: bool,
         deny: &[String],
+        network: Option<&[NetAllow]>,
     ) -> Result<(), KernelError> {
         {
             let map = self
@@ -159,19 +188,102 @@ impl Tracer {
                 trie.insert(&key, rule, 0).map_err(map_err(maps::DENY))?;
             }
         }
+        if let Some(rules) = network {
+            self.add_net_rules(session, rules)?;
+        }
         let map = self
             .ebpf
             .map_mut(maps::SESSIONS)
             .ok_or(KernelError::MissingMap(maps::SESSIONS))?;
         let mut sessions: HashMap<_, u64, SessionConfig> =
             HashMap::try_from(map).map_err(map_err(maps::SESSIONS))?;
-        let config = SessionConfig {
-            session,
-            flags: if enforce { SESSION_ENFORCE } else { 0 },
-        };
+        let mut flags = if enforce { SESSION_ENFORCE } else { 0 };
+        if network.is_some() {
+            flags |= SESSION_NET_POLICY;
+        }
+        let config = SessionConfig { session, flags };
         sessions
             .insert(cgroup_id, config, 0)
             .map_err(map_err(maps::SESSIONS))
+    }
+
+    fn add_net_rules(&mut self, session: u32, rules: &[NetAllow]) -> Result<(), KernelError> {
+        let sid = session.to_be_bytes();
+        for allow in rules {
+            let mut value = NetRule {
+                rule: allow.rule as u32,
+                any_port: u32::from(allow.ports.is_none()),
+                ports: [0; NET_PORTS],
+            };
+            for (slot, port) in value.ports.iter_mut().zip(allow.ports.iter().flatten()) {
+                *slot = *port;
+            }
+            let bits = 32 + u32::from(allow.prefix);
+            match allow.addr {
+                std::net::IpAddr::V4(a) => {
+                    let map = self
+                        .ebpf
+                        .map_mut(maps::NET4)
+                        .ok_or(KernelError::MissingMap(maps::NET4))?;
+                    let mut trie: LpmTrie<_, NetKey4, NetRule> =
+                        LpmTrie::try_from(map).map_err(map_err(maps::NET4))?;
+                    let key = Key::new(
+                        bits,
+                        NetKey4 {
+                            session: sid,
+                            addr: a.octets(),
+                        },
+                    );
+                    trie.insert(&key, value, 0).map_err(map_err(maps::NET4))?;
+                }
+                std::net::IpAddr::V6(a) => {
+                    let map = self
+                        .ebpf
+                        .map_mut(maps::NET6)
+                        .ok_or(KernelError::MissingMap(maps::NET6))?;
+                    let mut trie: LpmTrie<_, NetKey6, NetRule> =
+                        LpmTrie::try_from(map).map_err(map_err(maps::NET6))?;
+                    let key = Key::new(
+                        bits,
+                        NetKey6 {
+                            session: sid,
+                            addr: a.octets(),
+                        },
+                    );
+                    trie.insert(&key, value, 0).map_err(map_err(maps::NET6))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the network programs to a session's cgroup directory: from
+    /// then on its inet connects and datagrams are checked in the kernel.
+    pub fn attach_network(&mut self, cgroup_dir: &Path) -> Result<(), KernelError> {
+        let dir = std::fs::File::open(cgroup_dir).map_err(|source| KernelError::OpenCgroup {
+            path: cgroup_dir.to_owned(),
+            source,
+        })?;
+        for &(name, hook) in SOCK_PROGRAMS {
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| KernelError::Program {
+                    name,
+                    what: "type".into(),
+                    source,
+                })?;
+            program
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|source| KernelError::Program {
+                    name,
+                    what: format!("attach ({hook}) to {}", cgroup_dir.display()),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// A second descriptor of the ring buffer, to wait on with epoll.

@@ -122,6 +122,7 @@ struct Counts {
     events: u64,
     killed: u64,
     alerts: u64,
+    denied: u64,
 }
 
 type Shared = Arc<Mutex<Core>>;
@@ -251,6 +252,11 @@ impl Core {
                 self.counts.killed += 1;
                 self.kill(event, &verdict)
             }
+            record::Action::Denied => {
+                self.counts.denied += 1;
+                tracing::warn!("{}", verdict.describe(event, &self.policy));
+                Vec::new()
+            }
             record::Action::Allow => Vec::new(),
         }
     }
@@ -366,7 +372,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         session_no,
         policy.mode == Mode::Enforce,
         &policy.deny,
+        policy.network.as_deref(),
     )?;
+    if policy.network.is_some() {
+        tracer.attach_network(cgroup.path())?;
+    }
     tracing::info!(
         session = %label, cgroup = %cgroup.path().display(), mode = %policy.mode, deny = ?policy.deny,
         "protecting {:?}", opts.command
@@ -526,7 +536,8 @@ fn finish(mut core: Core) -> Result<(), RunError> {
     let removed = cgroup.remove(Duration::from_secs(5));
     drop(tracer);
     tracing::info!(
-        session = %label, events = counts.events, alerts = counts.alerts, kills = counts.killed, dropped,
+        session = %label, events = counts.events, alerts = counts.alerts, kills = counts.killed,
+        denied = counts.denied, dropped,
         events_file = ?events_path, "session ended"
     );
     removed.map_err(RunError::from)

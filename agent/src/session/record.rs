@@ -18,6 +18,9 @@ pub enum Action {
     Alert,
     /// A deny rule matched in enforce mode: the tree is killed.
     Killed,
+    /// A network destination no rule allows: refused with EPERM in the
+    /// kernel (the server lives on and sees the error).
+    Denied,
 }
 
 impl Action {
@@ -26,6 +29,7 @@ impl Action {
             Self::Allow => "allow",
             Self::Alert => "alert",
             Self::Killed => "killed",
+            Self::Denied => "denied",
         }
     }
 }
@@ -59,6 +63,18 @@ impl Verdict {
             EventKind::Exec => "executed",
             EventKind::Connect => "connected to",
         };
+        if event.kind == EventKind::Connect {
+            let to = event.addr.as_deref().unwrap_or("?");
+            let what = if self.action == Action::Denied {
+                "refused with EPERM"
+            } else {
+                "allowed (monitor mode)"
+            };
+            return format!(
+                "the tool server ({} pid {}) connected or sent to {to}, which no network.allow rule permits: {what} (policy {}, {} mode)",
+                event.comm, event.pid, policy.source, policy.mode
+            );
+        }
         let rule = self
             .rule
             .map_or_else(|| "a deny rule".to_owned(), |r| policy.rule_name(r));
@@ -74,6 +90,19 @@ impl Verdict {
 /// catches relative paths and `..` tricks the raw match cannot see.
 #[must_use]
 pub fn judge(event: &KernelEvent, policy: &Policy) -> Verdict {
+    if event.kind == EventKind::Connect {
+        let action = match event.action {
+            mcpwarden_common::action::DENIED => Action::Denied,
+            mcpwarden_common::action::ALERT => Action::Alert,
+            _ => Action::Allow,
+        };
+        return Verdict {
+            action,
+            rule: None,
+            by: (action != Action::Allow).then_some("kernel"),
+            path: None,
+        };
+    }
     let path = match event.kind {
         EventKind::Open | EventKind::Exec => event.path.as_deref().and_then(|p| resolve(p, event)),
         EventKind::Connect => None,
@@ -191,12 +220,15 @@ pub fn event_line(
         o.insert("family".into(), json!(event.family));
     }
     o.insert("action".into(), json!(verdict.action.as_str()));
-    o.insert(
-        "rule".into(),
-        verdict
+    let rule = match (event.kind, verdict.action) {
+        (EventKind::Connect, Action::Denied | Action::Alert) => {
+            json!("network.allow (no rule matches)")
+        }
+        _ => verdict
             .rule
             .map_or(Value::Null, |r| json!(policy.rule_name(r))),
-    );
+    };
+    o.insert("rule".into(), rule);
     if let Some(by) = verdict.by {
         o.insert("detected_by".into(), json!(by));
     }

@@ -21,6 +21,56 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<u64>`, index 0: events dropped on a full ring buffer.
     pub const DROPPED: &str = "DROPPED";
+    /// `LpmTrie<NetKey4, NetRule>`: allowed IPv4 destinations per session.
+    pub const NET4: &str = "NET4";
+    /// `LpmTrie<NetKey6, NetRule>`: allowed IPv6 destinations per session.
+    pub const NET6: &str = "NET6";
+}
+
+/// cgroup `sock_addr` programs, attached to a session's cgroup when its
+/// policy has a `[network]` table: (program, hook). They return EPERM to
+/// `connect`/`sendto` towards a destination no rule allows.
+pub const SOCK_PROGRAMS: &[(&str, &str)] = &[
+    ("mcpw_conn4", "connect4"),
+    ("mcpw_conn6", "connect6"),
+    ("mcpw_send4", "sendmsg4"),
+    ("mcpw_send6", "sendmsg6"),
+];
+
+/// Ports one [`NetRule`] can list.
+pub const NET_PORTS: usize = 8;
+
+/// Key of the `NET4` trie: session id, then the IPv4 address (network
+/// order), so a lookup finds the longest allowed prefix of that session.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetKey4 {
+    /// Session id, big endian.
+    pub session: [u8; 4],
+    /// Address bytes.
+    pub addr: [u8; 4],
+}
+
+/// Key of the `NET6` trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetKey6 {
+    /// Session id, big endian.
+    pub session: [u8; 4],
+    /// Address bytes.
+    pub addr: [u8; 16],
+}
+
+/// Value of the `NET4`/`NET6` tries: which ports of the prefix are allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRule {
+    /// Index of the rule in the policy's `[network] allow` list.
+    pub rule: u32,
+    /// Non-zero: every port.
+    pub any_port: u32,
+    /// Allowed ports (host order); unused slots are 0.
+    pub ports: [u16; NET_PORTS],
 }
 
 /// Names of the programs in the kernel object, with the tracepoint each one
@@ -51,10 +101,15 @@ pub mod action {
     pub const ALERT: u32 = 1;
     /// A deny rule matched in enforce mode: SIGKILL sent from the kernel.
     pub const KILLED: u32 = 2;
+    /// A network destination no rule allows, refused with EPERM.
+    pub const DENIED: u32 = 3;
 }
 
 /// `SessionConfig::flags` bit: deny rules kill instead of alerting.
 pub const SESSION_ENFORCE: u32 = 1;
+/// `SessionConfig::flags` bit: the session has a network policy; its inet
+/// connects are reported (and judged) by the `sock_addr` programs.
+pub const SESSION_NET_POLICY: u32 = 2;
 
 /// Per managed cgroup settings, the value of the `SESSIONS` map.
 #[repr(C)]
@@ -139,6 +194,12 @@ mod pod {
     unsafe impl aya::Pod for super::DenyRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetKey4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetRule {}
 }
 
 #[cfg(test)]

@@ -26,13 +26,13 @@ use aya_ebpf::{
         bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
         generated::bpf_send_signal,
     },
-    macros::{map, tracepoint},
+    macros::{cgroup_sock_addr, map, tracepoint},
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::TracePointContext,
+    programs::{SockAddrContext, TracePointContext},
 };
 use mcpwarden_common::{
-    DENY_PATH_LEN, DenyKey, DenyRule, Event, NO_RULE, PATH_LEN, SESSION_ENFORCE, SessionConfig,
-    action, kind,
+    DENY_PATH_LEN, DenyKey, DenyRule, Event, NET_PORTS, NO_RULE, NetKey4, NetKey6, NetRule,
+    PATH_LEN, SESSION_ENFORCE, SESSION_NET_POLICY, SessionConfig, action, kind,
 };
 
 #[map]
@@ -54,6 +54,12 @@ static SCRATCH_EVENT: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static SCRATCH_KEY: PerCpuArray<Key<DenyKey>> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static NET4: LpmTrie<NetKey4, NetRule> = LpmTrie::with_max_entries(4096, 0);
+
+#[map]
+static NET6: LpmTrie<NetKey6, NetRule> = LpmTrie::with_max_entries(4096, 0);
 
 const SIGKILL: u32 = 9;
 const AF_UNIX: u16 = 1;
@@ -210,7 +216,7 @@ pub fn mcpw_exec(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn mcpw_connect(ctx: TracePointContext) -> u32 {
-    let Some((_, event)) = begin(kind::CONNECT) else {
+    let Some((session, event)) = begin(kind::CONNECT) else {
         return 0;
     };
     // SAFETY: offsets from the tracepoint's format file.
@@ -226,6 +232,13 @@ pub fn mcpw_connect(ctx: TracePointContext) -> u32 {
         return 0;
     };
     event.family = u16::from_ne_bytes([head[0], head[1]]);
+    // With a network policy, the sock_addr programs report inet connects
+    // together with their verdict; one event per connect.
+    if session.flags & SESSION_NET_POLICY != 0
+        && (event.family == AF_INET || event.family == AF_INET6)
+    {
+        return 0;
+    }
     // SAFETY: user pointers read through fault-tolerant helpers; a failed
     // read leaves the zeroed address in place.
     unsafe {
@@ -247,6 +260,119 @@ pub fn mcpw_connect(ctx: TracePointContext) -> u32 {
     }
     submit(event);
     0
+}
+
+#[inline(always)]
+fn port_allowed(rule: &NetRule, port: u16) -> bool {
+    if rule.any_port != 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < NET_PORTS {
+        if rule.ports[i] == port {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The verdict of a `sock_addr` hook: 1 lets the call go on, 0 fails it
+/// with EPERM before any packet leaves. Reports every connect, and every
+/// refused datagram, of a session with a network policy.
+#[inline(always)]
+fn sock_verdict(family: u16, addr: &[u8; 16], port: u16, report_allowed: bool) -> i32 {
+    let Some((session, event)) = begin(kind::CONNECT) else {
+        return 1;
+    };
+    if session.flags & SESSION_NET_POLICY == 0 {
+        return 1;
+    }
+    let sid = session.session.to_be_bytes();
+    let rule = if family == AF_INET {
+        let key = Key::new(
+            64,
+            NetKey4 {
+                session: sid,
+                addr: [addr[0], addr[1], addr[2], addr[3]],
+            },
+        );
+        NET4.get(&key).copied()
+    } else {
+        let key = Key::new(
+            160,
+            NetKey6 {
+                session: sid,
+                addr: *addr,
+            },
+        );
+        NET6.get(&key).copied()
+    };
+    let allowed = rule.is_some_and(|r| port_allowed(&r, port));
+    event.family = family;
+    event.port = port;
+    event.addr = *addr;
+    if let Some(r) = rule {
+        event.rule = r.rule;
+    }
+    if allowed {
+        if report_allowed {
+            submit(event);
+        }
+        return 1;
+    }
+    let enforce = session.flags & SESSION_ENFORCE != 0;
+    event.action = if enforce {
+        action::DENIED
+    } else {
+        action::ALERT
+    };
+    submit(event);
+    i32::from(!enforce)
+}
+
+fn inet4(ctx: &SockAddrContext) -> ([u8; 16], u16) {
+    // SAFETY: the kernel hands every sock_addr program a valid context.
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    (addr, u16::from_be(sa.user_port as u16))
+}
+
+fn inet6(ctx: &SockAddrContext) -> ([u8; 16], u16) {
+    // SAFETY: as above.
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        addr[i * 4..i * 4 + 4].copy_from_slice(&sa.user_ip6[i].to_ne_bytes());
+        i += 1;
+    }
+    (addr, u16::from_be(sa.user_port as u16))
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn mcpw_conn4(ctx: SockAddrContext) -> i32 {
+    let (addr, port) = inet4(&ctx);
+    sock_verdict(AF_INET, &addr, port, true)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn mcpw_conn6(ctx: SockAddrContext) -> i32 {
+    let (addr, port) = inet6(&ctx);
+    sock_verdict(AF_INET6, &addr, port, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn mcpw_send4(ctx: SockAddrContext) -> i32 {
+    let (addr, port) = inet4(&ctx);
+    sock_verdict(AF_INET, &addr, port, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn mcpw_send6(ctx: SockAddrContext) -> i32 {
+    let (addr, port) = inet6(&ctx);
+    sock_verdict(AF_INET6, &addr, port, false)
 }
 
 #[cfg(not(test))]

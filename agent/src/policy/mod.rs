@@ -8,6 +8,8 @@
 //!
 //! A deny entry is an absolute path prefix matched at component boundaries:
 //! `/root` denies `/root` and `/root/x`, not `/rootfs`.
+pub mod network;
+
 use std::{fmt, path::Path};
 
 use mcpwarden_common::DENY_PATH_LEN;
@@ -43,6 +45,14 @@ struct RawPolicy {
     files: RawFiles,
     #[serde(default)]
     sandbox: SandboxPolicy,
+    network: Option<RawNetwork>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +106,11 @@ pub struct Policy {
     /// What the server's sandbox grants (`[sandbox]`; an absent table is the
     /// default sandbox: system files read-only, no network, no root).
     pub sandbox: Spec,
+    /// Destinations the server may reach (`[network]`), enforced in the
+    /// kernel; `None` when the policy has no `[network]` table.
+    pub network: Option<Vec<network::NetAllow>>,
+    /// The `[network] allow` entries as written (for messages).
+    pub network_entries: Vec<String>,
 }
 
 impl Policy {
@@ -144,11 +159,27 @@ impl Policy {
                 key: e.key,
                 message: e.message,
             })?;
+        let network_entries = raw
+            .network
+            .as_ref()
+            .map(|n| n.allow.clone())
+            .unwrap_or_default();
+        let network = raw
+            .network
+            .map(|n| network::parse(&n.allow))
+            .transpose()
+            .map_err(|(i, message)| PolicyError::Invalid {
+                path: source.to_owned(),
+                key: format!("network.allow[{i}]"),
+                message,
+            })?;
         Ok(Self {
             source: source.to_owned(),
             mode: raw.mode,
             deny,
             sandbox,
+            network,
+            network_entries,
         })
     }
 

@@ -1,0 +1,109 @@
+//! In-kernel network enforcement: cgroup `sock_addr` programs refuse, with
+//! EPERM and before any packet leaves, every destination the policy's
+//! `[network] allow` does not list, for TCP connects and UDP datagrams.
+use serde_json::{Value, json};
+
+use crate::support::{Fixture, Run, assert_nothing_left_behind, events, serial};
+
+/// Loopback listeners: one the policy allows, one it does not. The sandbox
+/// (landlock) grants both ports, so only the kernel programs tell them apart.
+fn fixture(mode: &str) -> (Fixture, std::net::TcpListener, std::net::TcpListener, u16) {
+    let allowed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (a, r) = (
+        allowed.local_addr().expect("addr").port(),
+        refused.local_addr().expect("addr").port(),
+    );
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind udp")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let extra = format!(
+        "[sandbox.network]\nconnect = [{a}, {r}]\n[network]\nallow = [\"127.0.0.1:{a}\"]\n"
+    );
+    (Fixture::with_sandbox(mode, &extra), allowed, refused, udp)
+}
+
+fn connect_events(fx: &Fixture) -> Vec<Value> {
+    events(&fx.events)
+        .into_iter()
+        .filter(|e| e["kind"] == "connect")
+        .collect()
+}
+
+#[test]
+fn unlisted_destinations_are_refused_in_the_kernel() {
+    let _guard = serial();
+    let (fx, allowed, refused, udp) = fixture("enforce");
+    let (a, r) = (
+        allowed.local_addr().expect("a").port(),
+        refused.local_addr().expect("r").port(),
+    );
+    let scenario = json!([
+        {"call": "whoami"},
+        {"call": "connect", "args": {"host": "127.0.0.1", "port": a}},
+        {"call": "connect", "args": {"host": "127.0.0.1", "port": r}},
+        {"call": "send_udp", "args": {"host": "127.0.0.1", "port": udp}},
+    ]);
+    let run = Run::through_mcpwarden(&fx, &scenario);
+    let cgroup = run.session_cgroup(0);
+    assert_eq!(run.text(1), "connected");
+    assert_eq!(
+        run.text(2),
+        "failed: [Errno 1] Operation not permitted",
+        "EPERM from the kernel program"
+    );
+    assert_eq!(
+        run.text(3),
+        "failed: [Errno 1] Operation not permitted",
+        "UDP too"
+    );
+
+    let evs = connect_events(&fx);
+    let to = |port: u16| {
+        evs.iter()
+            .find(|e| e["addr"] == json!(format!("127.0.0.1:{port}")))
+            .unwrap_or_else(|| panic!("no event for :{port} in {evs:?}"))
+    };
+    let ok = to(a);
+    assert_eq!(
+        (&ok["action"], &ok["tool"]),
+        (&json!("allow"), &json!("connect")),
+        "{ok}"
+    );
+    let no = to(r);
+    assert_eq!(no["action"], json!("denied"), "{no}");
+    let ids: Vec<&Value> = run
+        .sent
+        .iter()
+        .filter(|m| m["params"]["name"] == "connect")
+        .map(|m| &m["id"])
+        .collect();
+    assert_eq!((&ok["request_id"], &no["request_id"]), (ids[0], ids[1]));
+    assert_eq!(to(udp)["action"], json!("denied"));
+    assert_eq!(
+        evs.len(),
+        3,
+        "one event per connect or refused datagram: {evs:?}"
+    );
+    assert_nothing_left_behind(Some(&cgroup));
+}
+
+#[test]
+fn monitor_mode_lets_them_through_and_reports_them() {
+    let _guard = serial();
+    let (fx, _allowed, refused, _udp) = fixture("monitor");
+    let r = refused.local_addr().expect("r").port();
+    let scenario =
+        json!([{"call": "whoami"}, {"call": "connect", "args": {"host": "127.0.0.1", "port": r}}]);
+    let run = Run::through_mcpwarden(&fx, &scenario);
+    let cgroup = run.session_cgroup(0);
+    assert_eq!(run.text(1), "connected");
+    let ev = connect_events(&fx)
+        .into_iter()
+        .find(|e| e["addr"] == json!(format!("127.0.0.1:{r}")))
+        .expect("event");
+    assert_eq!(ev["action"], json!("alert"), "{ev}");
+    assert_nothing_left_behind(Some(&cgroup));
+}
