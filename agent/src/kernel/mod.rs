@@ -141,22 +141,6 @@ impl Tracer {
                     source,
                 })?;
         }
-        for &(name, hook) in SOCK_PROGRAMS {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| KernelError::Program {
-                    name,
-                    what: "type".into(),
-                    source,
-                })?;
-            program.load().map_err(|source| KernelError::Program {
-                name,
-                what: format!("load ({hook} hook)"),
-                source,
-            })?;
-        }
         let ring = ebpf
             .take_map(maps::EVENTS)
             .ok_or(KernelError::MissingMap(maps::EVENTS))?;
@@ -257,8 +241,11 @@ impl Tracer {
         Ok(())
     }
 
-    /// Attaches the network programs to a session's cgroup directory: from
-    /// then on its inet connects and datagrams are checked in the kernel.
+    /// Loads (once) and attaches the network programs to a session's cgroup
+    /// directory: from then on its inet connects and datagrams are checked in
+    /// the kernel. Only sessions whose policy has `[network]` need them, so a
+    /// kernel without cgroup `sock_addr` hooks fails exactly those, with the
+    /// hook named in the error, and never silently downgrades them.
     pub fn attach_network(&mut self, cgroup_dir: &Path) -> Result<(), KernelError> {
         let dir = std::fs::File::open(cgroup_dir).map_err(|source| KernelError::OpenCgroup {
             path: cgroup_dir.to_owned(),
@@ -275,6 +262,13 @@ impl Tracer {
                     what: "type".into(),
                     source,
                 })?;
+            if program.fd().is_err() {
+                program.load().map_err(|source| KernelError::Program {
+                    name,
+                    what: format!("load ({hook} hook)"),
+                    source,
+                })?;
+            }
             program
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| KernelError::Program {
