@@ -91,6 +91,14 @@ async def main(scenario, command):
             for step in scenario:
                 if step.get("list_tools"):
                     out["steps"].append({"list_tools": dump(await session.list_tools())})
+                elif step.get("host_ops"):
+                    # The same kind of calls from a process outside the
+                    # session: the kernel must not report them.
+                    d = step["host_ops"]
+                    os.mkdir(f"{d}/host-sub")
+                    os.rename(f"{d}/host-sub", f"{d}/host-moved")
+                    os.rmdir(f"{d}/host-moved")
+                    out["steps"].append({"host_ops": d})
                 elif step.get("procs"):
                     procs = session_procs(whoami)
                     watched.extend(p for p in procs if p not in watched)

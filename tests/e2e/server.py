@@ -54,6 +54,24 @@ def connect(host: str, port: int) -> str:
 
 
 @server.tool()
+def fs_ops(directory: str) -> str:
+    """Make, change and remove files under a directory, as an editing tool would."""
+    d = directory
+    os.mkdir(f"{d}/sub", 0o750)
+    os.chmod(f"{d}/sub", 0o700)
+    with open(f"{d}/a", "w", encoding="utf-8") as f:
+        f.write("draft")
+    os.rename(f"{d}/a", f"{d}/b")
+    os.symlink("b", f"{d}/ln")
+    os.link(f"{d}/b", f"{d}/hard")
+    os.truncate(f"{d}/b", 0)
+    os.unlink(f"{d}/hard")
+    os.rmdir(f"{d}/sub")
+    os.chown(f"{d}/b", os.getuid(), os.getgid())
+    return "done"
+
+
+@server.tool()
 def send_udp(host: str, port: int) -> str:
     """Send one UDP datagram and report whether the kernel accepted it."""
     try:

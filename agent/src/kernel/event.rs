@@ -12,6 +12,26 @@ pub enum EventKind {
     Open,
     /// Connected a socket.
     Connect,
+    /// Created a task.
+    Fork,
+    /// Exited (`exit_group`).
+    Exit,
+    /// Removed a file or directory.
+    Unlink,
+    /// Renamed `path` to `path2`.
+    Rename,
+    /// Made a directory.
+    Mkdir,
+    /// Changed a mode.
+    Chmod,
+    /// Changed an owner.
+    Chown,
+    /// Truncated a file.
+    Truncate,
+    /// Made a symlink `path` to `path2`.
+    Symlink,
+    /// Made a hard link `path2` to `path`.
+    Link,
 }
 
 impl EventKind {
@@ -22,7 +42,24 @@ impl EventKind {
             Self::Exec => "exec",
             Self::Open => "open",
             Self::Connect => "connect",
+            Self::Fork => "fork",
+            Self::Exit => "exit",
+            Self::Unlink => "unlink",
+            Self::Rename => "rename",
+            Self::Mkdir => "mkdir",
+            Self::Chmod => "chmod",
+            Self::Chown => "chown",
+            Self::Truncate => "truncate",
+            Self::Symlink => "symlink",
+            Self::Link => "link",
         }
+    }
+
+    /// Whether `path` names a file this call touches (checked against the
+    /// denied prefixes like an open).
+    #[must_use]
+    pub fn touches_path(self) -> bool {
+        !matches!(self, Self::Connect | Self::Fork | Self::Exit)
     }
 }
 
@@ -55,6 +92,14 @@ pub struct KernelEvent {
     pub flags: u32,
     /// Matched deny rule.
     pub rule: Option<u32>,
+    /// Second path (rename and link targets, symlink contents).
+    pub path2: Option<String>,
+    /// Directory fd of `path2`.
+    pub fd2: i32,
+    /// The kind's argument: child id, exit code, mode, length, uid<<32|gid.
+    pub arg: i64,
+    /// Real uid of the task.
+    pub uid: u32,
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -83,6 +128,16 @@ impl KernelEvent {
             kind::EXEC => EventKind::Exec,
             kind::OPEN => EventKind::Open,
             kind::CONNECT => EventKind::Connect,
+            kind::FORK => EventKind::Fork,
+            kind::EXIT => EventKind::Exit,
+            kind::UNLINK => EventKind::Unlink,
+            kind::RENAME => EventKind::Rename,
+            kind::MKDIR => EventKind::Mkdir,
+            kind::CHMOD => EventKind::Chmod,
+            kind::CHOWN => EventKind::Chown,
+            kind::TRUNCATE => EventKind::Truncate,
+            kind::SYMLINK => EventKind::Symlink,
+            kind::LINK => EventKind::Link,
             _ => return None,
         };
         let path = c_string(&raw.path);
@@ -112,12 +167,23 @@ impl KernelEvent {
             pid: raw.pid,
             tid: raw.tid,
             comm: c_string(&raw.comm),
-            path: (!path.is_empty() || kind != EventKind::Connect).then_some(path),
+            path: (!path.is_empty()
+                || matches!(kind, EventKind::Open | EventKind::Exec)
+                || kind.touches_path())
+            .then_some(path),
             addr,
             family: raw.family,
             fd: raw.fd,
             flags: raw.flags,
             rule: (raw.rule != NO_RULE).then_some(raw.rule),
+            path2: matches!(
+                kind,
+                EventKind::Rename | EventKind::Symlink | EventKind::Link
+            )
+            .then(|| c_string(&raw.path2)),
+            fd2: raw.fd2,
+            arg: raw.arg,
+            uid: raw.uid,
         })
     }
 
@@ -154,6 +220,10 @@ mod tests {
             addr: [0; 16],
             comm: [0; COMM_LEN],
             path: [0; PATH_LEN],
+            arg: 0,
+            fd2: -100,
+            uid: 0,
+            path2: [0; PATH_LEN],
         }
     }
 

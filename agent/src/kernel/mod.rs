@@ -82,6 +82,15 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
 
+fn tracepoint_exists(category: &str, name: &str) -> bool {
+    [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .iter()
+    .any(|root| Path::new(root).join(category).join(name).exists())
+}
+
 /// Makes sure tracefs is mounted: aya finds tracepoint ids there.
 pub fn ensure_tracefs() -> Result<(), KernelError> {
     let tracing = Path::new("/sys/kernel/tracing");
@@ -119,6 +128,13 @@ impl Tracer {
         ensure_tracefs()?;
         let mut ebpf = Ebpf::load(TRACER_OBJECT)?;
         for &(name, category, tracepoint) in TRACEPOINTS {
+            // Legacy syscalls (open, unlink, rename...) exist on x86-64 but
+            // not on arm64: where the kernel has no such tracepoint there is
+            // no such call to watch. Any other failure is fatal.
+            if !tracepoint_exists(category, tracepoint) {
+                tracing::debug!("no tracepoint {category}/{tracepoint} on this kernel; skipped");
+                continue;
+            }
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(KernelError::MissingProgram(name))?

@@ -195,6 +195,32 @@ impl Policy {
             .map(|(i, _)| i)
     }
 
+    /// Things that are allowed but probably not meant: a denied prefix
+    /// inside a writable sandbox grant. The kernel kills at syscall entry,
+    /// and a mutation completes before the signal lands; only the sandbox
+    /// prevents it.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, prefix) in self.deny.iter().enumerate() {
+            if let Some(grant) = self
+                .sandbox
+                .write
+                .iter()
+                .find(|w| std::path::Path::new(prefix).starts_with(w))
+            {
+                out.push(format!(
+                    "policy {}: {} lies inside the writable grant {:?}: changes there complete before the kernel's kill; \
+                     remove it from [sandbox] write to prevent them",
+                    self.source,
+                    self.rule_name(i),
+                    grant.display()
+                ));
+            }
+        }
+        out
+    }
+
     /// Human name of rule `i`, as error messages and events show it.
     #[must_use]
     pub fn rule_name(&self, i: usize) -> String {
@@ -334,6 +360,21 @@ mod tests {
             "monitor mode tolerates partial landlock"
         );
         assert_ne!(p.sandbox.uid, 0);
+    }
+
+    #[test]
+    fn denied_prefixes_inside_writable_grants_are_warned_about() {
+        let p = Policy::parse(
+            "[files]\ndeny = [\"/srv/w/secret\", \"/etc/x\"]\n[sandbox]\nwrite = [\"/srv/w\"]\n",
+            "p.toml",
+        )
+        .expect("valid");
+        let w = p.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("files.deny[0]") && w[0].contains("/srv/w"),
+            "{w:?}"
+        );
     }
 
     #[test]

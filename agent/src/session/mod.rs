@@ -354,6 +354,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         return Err(RunError::NoCommand);
     }
     let policy = Policy::load(&opts.policy)?;
+    for warning in policy.warnings() {
+        tracing::warn!("{warning}");
+    }
     let events = match &opts.events {
         Some(path) => Some(BufWriter::new(
             File::create(path)

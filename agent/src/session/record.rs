@@ -62,6 +62,15 @@ impl Verdict {
             EventKind::Open => "opened",
             EventKind::Exec => "executed",
             EventKind::Connect => "connected to",
+            EventKind::Unlink => "removed",
+            EventKind::Rename => "renamed",
+            EventKind::Mkdir => "made the directory",
+            EventKind::Chmod => "changed the mode of",
+            EventKind::Chown => "changed the owner of",
+            EventKind::Truncate => "truncated",
+            EventKind::Symlink => "made the symlink",
+            EventKind::Link => "hard-linked",
+            EventKind::Fork | EventKind::Exit => "acted on",
         };
         if event.kind == EventKind::Connect {
             let to = event.addr.as_deref().unwrap_or("?");
@@ -103,9 +112,10 @@ pub fn judge(event: &KernelEvent, policy: &Policy) -> Verdict {
             path: None,
         };
     }
-    let path = match event.kind {
-        EventKind::Open | EventKind::Exec => event.path.as_deref().and_then(|p| resolve(p, event)),
-        EventKind::Connect => None,
+    let path = if event.kind.touches_path() {
+        event.path.as_deref().and_then(|p| resolve(p, event))
+    } else {
+        None
     };
     if let Some(rule) = event.rule {
         let action = if event.action == mcpwarden_common::action::KILLED {
@@ -216,6 +226,26 @@ pub fn event_line(
     if event.kind == EventKind::Open {
         o.insert("flags".into(), json!(event.flags));
     }
+    if let Some(path2) = &event.path2 {
+        let key = if event.kind == EventKind::Symlink {
+            "target"
+        } else {
+            "to"
+        };
+        o.insert(key.into(), json!(path2));
+    }
+    match event.kind {
+        EventKind::Fork => o.insert("child".into(), json!(event.arg)),
+        EventKind::Exit => o.insert("code".into(), json!(event.arg)),
+        EventKind::Mkdir | EventKind::Chmod => {
+            o.insert("mode".into(), json!(format!("{:o}", event.arg & 0o7777)))
+        }
+        EventKind::Chown => o.insert("owner".into(), json!(event.arg as u32)),
+        EventKind::Truncate => o.insert("length".into(), json!(event.arg)),
+        EventKind::Unlink => o.insert("dir".into(), json!(event.arg & 0x200 != 0)),
+        _ => None,
+    };
+    o.insert("uid".into(), json!(event.uid));
     if event.kind == EventKind::Connect {
         o.insert("family".into(), json!(event.family));
     }
@@ -258,6 +288,10 @@ mod tests {
             fd: -100,
             flags: 0,
             rule: None,
+            path2: None,
+            fd2: -100,
+            arg: 0,
+            uid: 65534,
         }
     }
 
@@ -299,6 +333,25 @@ mod tests {
         assert_eq!(v.action, Action::Allow);
         let v = judge(&event(EventKind::Open, "relative"), &policy("enforce"));
         assert_eq!((v.action, v.path), (Action::Allow, None));
+    }
+
+    #[test]
+    fn mutations_are_judged_like_opens_and_carry_their_details() {
+        let mut e = event(EventKind::Rename, "/tmp/../srv/secret/a");
+        e.path2 = Some("/srv/other".into());
+        let p = policy("enforce");
+        let v = judge(&e, &p);
+        assert_eq!((v.action, v.by), (Action::Killed, Some("agent")));
+        let line: Value = serde_json::from_str(&event_line(&e, &v, &[], &p, "s", 0)).expect("json");
+        assert_eq!(
+            (&line["kind"], &line["to"], &line["uid"]),
+            (&json!("rename"), &json!("/srv/other"), &json!(65534))
+        );
+        let mut f = event(EventKind::Chmod, "/data/x");
+        f.arg = 0o100_644;
+        let line: Value =
+            serde_json::from_str(&event_line(&f, &judge(&f, &p), &[], &p, "s", 0)).expect("json");
+        assert_eq!(line["mode"], json!("644"));
     }
 
     #[test]

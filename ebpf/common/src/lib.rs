@@ -77,10 +77,30 @@ pub struct NetRule {
 /// attaches to. Kernel program names are cut at 15 bytes; these fit.
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("mcpw_exec", "sched", "sched_process_exec"),
+    ("mcpw_fork", "sched", "sched_process_fork"),
+    ("mcpw_exit", "syscalls", "sys_enter_exit_group"),
     ("mcpw_openat", "syscalls", "sys_enter_openat"),
     ("mcpw_openat2", "syscalls", "sys_enter_openat2"),
     ("mcpw_open", "syscalls", "sys_enter_open"),
     ("mcpw_connect", "syscalls", "sys_enter_connect"),
+    ("mcpw_unlinkat", "syscalls", "sys_enter_unlinkat"),
+    ("mcpw_unlink", "syscalls", "sys_enter_unlink"),
+    ("mcpw_rmdir", "syscalls", "sys_enter_rmdir"),
+    ("mcpw_rename", "syscalls", "sys_enter_rename"),
+    ("mcpw_renameat", "syscalls", "sys_enter_renameat"),
+    ("mcpw_renameat2", "syscalls", "sys_enter_renameat2"),
+    ("mcpw_mkdir", "syscalls", "sys_enter_mkdir"),
+    ("mcpw_mkdirat", "syscalls", "sys_enter_mkdirat"),
+    ("mcpw_chmod", "syscalls", "sys_enter_chmod"),
+    ("mcpw_fchmodat", "syscalls", "sys_enter_fchmodat"),
+    ("mcpw_fchmodat2", "syscalls", "sys_enter_fchmodat2"),
+    ("mcpw_chown", "syscalls", "sys_enter_chown"),
+    ("mcpw_fchownat", "syscalls", "sys_enter_fchownat"),
+    ("mcpw_truncate", "syscalls", "sys_enter_truncate"),
+    ("mcpw_symlink", "syscalls", "sys_enter_symlink"),
+    ("mcpw_symlinkat", "syscalls", "sys_enter_symlinkat"),
+    ("mcpw_link", "syscalls", "sys_enter_link"),
+    ("mcpw_linkat", "syscalls", "sys_enter_linkat"),
 ];
 
 /// What happened, as [`Event::kind`].
@@ -91,6 +111,26 @@ pub mod kind {
     pub const OPEN: u32 = 2;
     /// A process of the session asked to connect a socket.
     pub const CONNECT: u32 = 3;
+    /// A task of the session created a task (`arg`: the child's id).
+    pub const FORK: u32 = 4;
+    /// A process of the session called `exit_group` (`arg`: the code).
+    pub const EXIT: u32 = 5;
+    /// Unlink of `path` (`arg`: 1 when it removes a directory).
+    pub const UNLINK: u32 = 6;
+    /// Rename of `path` to `path2`.
+    pub const RENAME: u32 = 7;
+    /// Mkdir of `path` (`arg`: mode).
+    pub const MKDIR: u32 = 8;
+    /// Chmod of `path` (`arg`: mode).
+    pub const CHMOD: u32 = 9;
+    /// Chown of `path` (`arg`: uid << 32 | gid).
+    pub const CHOWN: u32 = 10;
+    /// Truncate of `path` (`arg`: length).
+    pub const TRUNCATE: u32 = 11;
+    /// Symlink `path` pointing at `path2`.
+    pub const SYMLINK: u32 = 12;
+    /// Hard link `path2` to `path`.
+    pub const LINK: u32 = 13;
 }
 
 /// What the kernel did about it, as [`Event::action`].
@@ -180,6 +220,14 @@ pub struct Event {
     pub comm: [u8; COMM_LEN],
     /// Path opened or executed, or the unix socket path; NUL-terminated.
     pub path: [u8; PATH_LEN],
+    /// The kind's argument (see [`kind`]).
+    pub arg: i64,
+    /// Directory fd for `path2` (`AT_FDCWD` = -100).
+    pub fd2: i32,
+    /// Real uid of the task.
+    pub uid: u32,
+    /// Second path: rename and link targets, symlink contents.
+    pub path2: [u8; PATH_LEN],
 }
 
 #[cfg(feature = "user")]

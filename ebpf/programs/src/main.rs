@@ -22,9 +22,9 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
-        generated::bpf_send_signal,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes, generated::bpf_send_signal,
     },
     macros::{cgroup_sock_addr, map, tracepoint},
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -62,6 +62,8 @@ static NET4: LpmTrie<NetKey4, NetRule> = LpmTrie::with_max_entries(4096, 0);
 static NET6: LpmTrie<NetKey6, NetRule> = LpmTrie::with_max_entries(4096, 0);
 
 const SIGKILL: u32 = 9;
+const AT_FDCWD: i32 = -100;
+const AT_REMOVEDIR: i64 = 0x200;
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -94,6 +96,10 @@ fn begin(event_kind: u32) -> Option<(SessionConfig, &'static mut Event)> {
     event.addr = [0; 16];
     event.comm = bpf_get_current_comm().unwrap_or_default();
     event.path[0] = 0;
+    event.path2[0] = 0;
+    event.arg = 0;
+    event.fd2 = AT_FDCWD;
+    event.uid = bpf_get_current_uid_gid() as u32;
     Some((session, event))
 }
 
@@ -258,6 +264,241 @@ pub fn mcpw_connect(ctx: TracePointContext) -> u32 {
             _ => {}
         }
     }
+    submit(event);
+    0
+}
+
+/// Where a path operation's arguments sit in its tracepoint record.
+#[derive(Clone, Copy)]
+struct PathOp {
+    kind: u32,
+    dfd: Option<usize>,
+    path: usize,
+    dfd2: Option<usize>,
+    path2: Option<usize>,
+    arg: Option<usize>,
+    /// `arg` when the record has none to read.
+    fixed_arg: i64,
+}
+
+#[inline(always)]
+fn read_fd(ctx: &TracePointContext, offset: Option<usize>) -> i32 {
+    match offset {
+        // SAFETY: offsets from the tracepoint's format file; `int` in an
+        // 8-byte slot.
+        Some(off) => unsafe { ctx.read_at::<i64>(off) }.map_or(AT_FDCWD, |v| v as i32),
+        None => AT_FDCWD,
+    }
+}
+
+/// Unlink, rename, mkdir, chmod, chown, truncate, symlink, link: the path
+/// (checked against the session's denied prefixes, like an open), a second
+/// path where the call has one, and the call's argument.
+#[inline(always)]
+fn on_path_op(ctx: &TracePointContext, op: PathOp) {
+    let Some((session, event)) = begin(op.kind) else {
+        return;
+    };
+    event.fd = read_fd(ctx, op.dfd);
+    event.fd2 = read_fd(ctx, op.dfd2);
+    // SAFETY: offsets from the tracepoint's format file.
+    if let Ok(p) = unsafe { ctx.read_at::<*const u8>(op.path) }
+        // SAFETY: user pointer read through the fault-tolerant helper.
+        && unsafe { bpf_probe_read_user_str_bytes(p, &mut event.path) }.is_err()
+    {
+        event.path[0] = 0;
+    }
+    if let Some(off) = op.path2
+        // SAFETY: as above.
+        && let Ok(p) = unsafe { ctx.read_at::<*const u8>(off) }
+        // SAFETY: as above.
+        && unsafe { bpf_probe_read_user_str_bytes(p, &mut event.path2) }.is_err()
+    {
+        event.path2[0] = 0;
+    }
+    event.arg = match op.arg {
+        // SAFETY: as above.
+        Some(off) => unsafe { ctx.read_at::<i64>(off) }.unwrap_or(0),
+        None => op.fixed_arg,
+    };
+    check_deny(&session, event);
+    submit(event);
+}
+
+const fn op(kind: u32, path: usize) -> PathOp {
+    PathOp {
+        kind,
+        dfd: None,
+        path,
+        dfd2: None,
+        path2: None,
+        arg: None,
+        fixed_arg: 0,
+    }
+}
+
+macro_rules! path_op {
+    ($name:ident, $op:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            on_path_op(&ctx, $op);
+            0
+        }
+    };
+}
+
+path_op!(
+    mcpw_unlinkat,
+    PathOp {
+        dfd: Some(16),
+        arg: Some(32),
+        ..op(kind::UNLINK, 24)
+    }
+);
+path_op!(mcpw_unlink, op(kind::UNLINK, 16));
+path_op!(
+    mcpw_rmdir,
+    PathOp {
+        fixed_arg: AT_REMOVEDIR,
+        ..op(kind::UNLINK, 16)
+    }
+);
+path_op!(
+    mcpw_rename,
+    PathOp {
+        path2: Some(24),
+        ..op(kind::RENAME, 16)
+    }
+);
+path_op!(
+    mcpw_renameat,
+    PathOp {
+        dfd: Some(16),
+        dfd2: Some(32),
+        path2: Some(40),
+        ..op(kind::RENAME, 24)
+    }
+);
+path_op!(
+    mcpw_renameat2,
+    PathOp {
+        dfd: Some(16),
+        dfd2: Some(32),
+        path2: Some(40),
+        ..op(kind::RENAME, 24)
+    }
+);
+path_op!(
+    mcpw_mkdir,
+    PathOp {
+        arg: Some(24),
+        ..op(kind::MKDIR, 16)
+    }
+);
+path_op!(
+    mcpw_mkdirat,
+    PathOp {
+        dfd: Some(16),
+        arg: Some(32),
+        ..op(kind::MKDIR, 24)
+    }
+);
+path_op!(
+    mcpw_chmod,
+    PathOp {
+        arg: Some(24),
+        ..op(kind::CHMOD, 16)
+    }
+);
+path_op!(
+    mcpw_fchmodat,
+    PathOp {
+        dfd: Some(16),
+        arg: Some(32),
+        ..op(kind::CHMOD, 24)
+    }
+);
+path_op!(
+    mcpw_fchmodat2,
+    PathOp {
+        dfd: Some(16),
+        arg: Some(32),
+        ..op(kind::CHMOD, 24)
+    }
+);
+path_op!(
+    mcpw_chown,
+    PathOp {
+        arg: Some(24),
+        ..op(kind::CHOWN, 16)
+    }
+);
+path_op!(
+    mcpw_fchownat,
+    PathOp {
+        dfd: Some(16),
+        arg: Some(32),
+        ..op(kind::CHOWN, 24)
+    }
+);
+path_op!(
+    mcpw_truncate,
+    PathOp {
+        arg: Some(24),
+        ..op(kind::TRUNCATE, 16)
+    }
+);
+// A symlink's new name is what it creates; its contents go in path2.
+path_op!(
+    mcpw_symlink,
+    PathOp {
+        path2: Some(16),
+        ..op(kind::SYMLINK, 24)
+    }
+);
+path_op!(
+    mcpw_symlinkat,
+    PathOp {
+        dfd: Some(24),
+        path2: Some(16),
+        ..op(kind::SYMLINK, 32)
+    }
+);
+path_op!(
+    mcpw_link,
+    PathOp {
+        path2: Some(24),
+        ..op(kind::LINK, 16)
+    }
+);
+path_op!(
+    mcpw_linkat,
+    PathOp {
+        dfd: Some(16),
+        dfd2: Some(32),
+        path2: Some(40),
+        ..op(kind::LINK, 24)
+    }
+);
+
+#[tracepoint]
+pub fn mcpw_fork(ctx: TracePointContext) -> u32 {
+    let Some((_, event)) = begin(kind::FORK) else {
+        return 0;
+    };
+    // SAFETY: `pid_t child_pid` at offset 20 of sched_process_fork.
+    event.arg = i64::from(unsafe { ctx.read_at::<i32>(20) }.unwrap_or(0));
+    submit(event);
+    0
+}
+
+#[tracepoint]
+pub fn mcpw_exit(ctx: TracePointContext) -> u32 {
+    let Some((_, event)) = begin(kind::EXIT) else {
+        return 0;
+    };
+    // SAFETY: `int error_code` at offset 16 of sys_enter_exit_group.
+    event.arg = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0) & 0xff;
     submit(event);
     0
 }

@@ -1,0 +1,192 @@
+//! File-system and process events beyond open/exec/connect: mkdir, chmod,
+//! rename, symlink, link, truncate, unlink, rmdir, chown, fork and exit, each
+//! with its paths and argument, attributed to the call that caused it; a
+//! mutation under a denied prefix kills like an open; processes outside the
+//! session produce none of them.
+use std::os::unix::fs::PermissionsExt as _;
+
+use serde_json::{Value, json};
+
+use crate::support::{Fixture, Run, assert_nothing_left_behind, events, serial};
+
+/// `secret_writable`: whether the sandbox grants writes under the denied
+/// prefix too (a policy mistake the kernel kill alone cannot undo).
+fn fixture_with(secret_writable: bool) -> (Fixture, String, tempfile::TempDir) {
+    let fx = Fixture::with_sandbox("enforce", "");
+    let out = fx.dir().join("out");
+    std::fs::create_dir(&out).expect("mkdir");
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    std::fs::set_permissions(
+        fx.dir().join("secret"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .expect("chmod");
+    let text = std::fs::read_to_string(&fx.policy).expect("policy");
+    let mut grants = vec![out.display().to_string()];
+    if secret_writable {
+        grants.push(fx.dir().join("secret").display().to_string());
+    }
+    let write = grants
+        .iter()
+        .map(|g| format!("\"{g}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = text.replace("[sandbox]\n", &format!("[sandbox]\nwrite = [{write}]\n"));
+    std::fs::write(&fx.policy, text).expect("policy");
+    let host = tempfile::tempdir().expect("host dir");
+    (fx, out.display().to_string(), host)
+}
+
+fn fixture() -> (Fixture, String, tempfile::TempDir) {
+    fixture_with(false)
+}
+
+#[test]
+fn file_and_process_events_carry_their_calls() {
+    let _guard = serial();
+    let (fx, out, host) = fixture();
+    let scenario = json!([
+        {"call": "whoami"},
+        {"call": "fs_ops", "args": {"directory": out}},
+        {"host_ops": host.path()},
+        {"call": "run", "args": {"argv": ["/bin/sh", "-c", "exit 7"]}},
+    ]);
+    let run = Run::through_mcpwarden(&fx, &scenario);
+    let cgroup = run.session_cgroup(0);
+    assert_eq!(run.text(1), "done");
+    let id_of = |tool: &str| {
+        run.sent
+            .iter()
+            .find(|m| m["params"]["name"] == tool)
+            .expect("call")["id"]
+            .clone()
+    };
+    let (fs_id, run_id) = (id_of("fs_ops"), id_of("run"));
+    let all = events(&fx.events);
+    let find = |kind: &str, path: &str| -> Value {
+        all.iter()
+            .find(|e| e["kind"] == kind && e["path"] == json!(path))
+            .unwrap_or_else(|| panic!("no {kind} event for {path}"))
+            .clone()
+    };
+    let expect = [
+        ("mkdir", format!("{out}/sub"), "mode", json!("750")),
+        ("chmod", format!("{out}/sub"), "mode", json!("700")),
+        (
+            "rename",
+            format!("{out}/a"),
+            "to",
+            json!(format!("{out}/b")),
+        ),
+        ("symlink", format!("{out}/ln"), "target", json!("b")),
+        (
+            "link",
+            format!("{out}/b"),
+            "to",
+            json!(format!("{out}/hard")),
+        ),
+        ("truncate", format!("{out}/b"), "length", json!(0)),
+        ("unlink", format!("{out}/hard"), "dir", json!(false)),
+        ("unlink", format!("{out}/sub"), "dir", json!(true)),
+        ("chown", format!("{out}/b"), "owner", json!(65534)),
+    ];
+    for (kind, path, key, value) in expect {
+        let e = find(kind, &path);
+        assert_eq!(e[key], value, "{e}");
+        assert_eq!(
+            (&e["request_id"], &e["tool"], &e["action"]),
+            (&fs_id, &json!("fs_ops"), &json!("allow")),
+            "{e}"
+        );
+        assert_eq!(e["uid"], json!(65534), "{e}");
+    }
+    let fork = all
+        .iter()
+        .find(|e| e["kind"] == "fork" && e["request_id"] == run_id)
+        .expect("a fork for the run call");
+    let child = fork["child"].clone();
+    let exit = all
+        .iter()
+        .find(|e| e["kind"] == "exit" && e["pid"] == child)
+        .expect("the child's exit");
+    assert_eq!(
+        (&exit["code"], &exit["request_id"]),
+        (&json!(7), &run_id),
+        "{exit}"
+    );
+    let host_dir = host.path().display().to_string();
+    let leaked: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["path"].as_str().is_some_and(|p| p.starts_with(&host_dir)))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "events from a process outside the session: {leaked:?}"
+    );
+    assert_nothing_left_behind(Some(&cgroup));
+}
+
+#[test]
+fn a_mutation_under_a_denied_prefix_is_refused_and_kills() {
+    let _guard = serial();
+    let (fx, _out, _host) = fixture();
+    let secret = fx.dir().join("secret").display().to_string();
+    let scenario = json!([{"call": "whoami"}, {"call": "fs_ops", "args": {"directory": secret}}]);
+    let run = Run::through_mcpwarden(&fx, &scenario);
+    let cgroup = run.session_cgroup(0);
+    assert_eq!(
+        run.step(1)["error"]["code"],
+        json!(-32001),
+        "{}",
+        run.step(1)
+    );
+    let kill = events(&fx.events)
+        .into_iter()
+        .find(|e| e["action"] == "killed")
+        .expect("a kill");
+    assert_eq!(
+        (&kill["kind"], &kill["path"]),
+        (&json!("mkdir"), &json!(format!("{secret}/sub"))),
+        "{kill}"
+    );
+    // The sandbox refused the write itself (read-only there); the kernel
+    // killed the tree for trying.
+    assert!(
+        !fx.dir().join("secret/sub").exists(),
+        "the denied mkdir must not have happened"
+    );
+    assert_nothing_left_behind(Some(&cgroup));
+}
+
+#[test]
+fn a_denied_prefix_inside_a_writable_grant_is_killed_after_the_fact() {
+    // The kernel's kill is sent at syscall entry and delivered on return:
+    // an open never gets to read, but a mutation completes. Only the
+    // sandbox prevents it, so the policy warns about this overlap.
+    let _guard = serial();
+    let (fx, _out, _host) = fixture_with(true);
+    let secret = fx.dir().join("secret").display().to_string();
+    let scenario = json!([{"call": "whoami"}, {"call": "fs_ops", "args": {"directory": secret}}]);
+    let run = Run::through_mcpwarden(&fx, &scenario);
+    let cgroup = run.session_cgroup(0);
+    assert_eq!(
+        run.step(1)["error"]["code"],
+        json!(-32001),
+        "{}",
+        run.step(1)
+    );
+    let kill = events(&fx.events)
+        .into_iter()
+        .find(|e| e["action"] == "killed")
+        .expect("a kill");
+    assert_eq!(kill["kind"], json!("mkdir"), "{kill}");
+    assert!(
+        fx.dir().join("secret/sub").exists(),
+        "the mutation lands before the kill (this is what the warning is about)"
+    );
+    assert!(
+        !fx.dir().join("secret/a").exists(),
+        "but nothing after it: the server died on return from mkdir"
+    );
+    assert_nothing_left_behind(Some(&cgroup));
+}
