@@ -126,10 +126,10 @@ fn file_and_process_events_carry_their_calls() {
     assert_nothing_left_behind(Some(&cgroup));
 }
 
-#[test]
-fn a_mutation_under_a_denied_prefix_is_refused_and_kills() {
-    let _guard = serial();
-    let (fx, _out, _host) = fixture();
+/// Runs `fs_ops` on the denied directory and checks the call failed;
+/// returns the fixture, the session cgroup and the kill event.
+fn fs_ops_on_secret(secret_writable: bool) -> (Fixture, std::path::PathBuf, Value) {
+    let (fx, _out, _host) = fixture_with(secret_writable);
     let secret = fx.dir().join("secret").display().to_string();
     let scenario = json!([{"call": "whoami"}, {"call": "fs_ops", "args": {"directory": secret}}]);
     let run = Run::through_mcpwarden(&fx, &scenario);
@@ -149,6 +149,13 @@ fn a_mutation_under_a_denied_prefix_is_refused_and_kills() {
         (&json!("mkdir"), &json!(format!("{secret}/sub"))),
         "{kill}"
     );
+    (fx, cgroup, kill)
+}
+
+#[test]
+fn a_mutation_under_a_denied_prefix_is_refused_and_kills() {
+    let _guard = serial();
+    let (fx, cgroup, _kill) = fs_ops_on_secret(false);
     // The sandbox refused the write itself (read-only there); the kernel
     // killed the tree for trying.
     assert!(
@@ -164,22 +171,7 @@ fn a_denied_prefix_inside_a_writable_grant_is_killed_after_the_fact() {
     // an open never gets to read, but a mutation completes. Only the
     // sandbox prevents it, so the policy warns about this overlap.
     let _guard = serial();
-    let (fx, _out, _host) = fixture_with(true);
-    let secret = fx.dir().join("secret").display().to_string();
-    let scenario = json!([{"call": "whoami"}, {"call": "fs_ops", "args": {"directory": secret}}]);
-    let run = Run::through_mcpwarden(&fx, &scenario);
-    let cgroup = run.session_cgroup(0);
-    assert_eq!(
-        run.step(1)["error"]["code"],
-        json!(-32001),
-        "{}",
-        run.step(1)
-    );
-    let kill = events(&fx.events)
-        .into_iter()
-        .find(|e| e["action"] == "killed")
-        .expect("a kill");
-    assert_eq!(kill["kind"], json!("mkdir"), "{kill}");
+    let (fx, cgroup, _kill) = fs_ops_on_secret(true);
     assert!(
         fx.dir().join("secret/sub").exists(),
         "the mutation lands before the kill (this is what the warning is about)"

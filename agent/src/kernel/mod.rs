@@ -82,6 +82,18 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
 
+/// Inserts one entry into the LPM trie map `name`.
+fn insert_lpm<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    key: Key<K>,
+    value: V,
+) -> Result<(), KernelError> {
+    let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))?;
+    let mut trie: LpmTrie<_, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
+    trie.insert(&key, value, 0).map_err(map_err(name))
+}
+
 fn tracepoint_exists(category: &str, name: &str) -> bool {
     [
         "/sys/kernel/tracing/events",
@@ -221,36 +233,18 @@ impl Tracer {
             let bits = 32 + u32::from(allow.prefix);
             match allow.addr {
                 std::net::IpAddr::V4(a) => {
-                    let map = self
-                        .ebpf
-                        .map_mut(maps::NET4)
-                        .ok_or(KernelError::MissingMap(maps::NET4))?;
-                    let mut trie: LpmTrie<_, NetKey4, NetRule> =
-                        LpmTrie::try_from(map).map_err(map_err(maps::NET4))?;
-                    let key = Key::new(
-                        bits,
-                        NetKey4 {
-                            session: sid,
-                            addr: a.octets(),
-                        },
-                    );
-                    trie.insert(&key, value, 0).map_err(map_err(maps::NET4))?;
+                    let key = NetKey4 {
+                        session: sid,
+                        addr: a.octets(),
+                    };
+                    insert_lpm(&mut self.ebpf, maps::NET4, Key::new(bits, key), value)?;
                 }
                 std::net::IpAddr::V6(a) => {
-                    let map = self
-                        .ebpf
-                        .map_mut(maps::NET6)
-                        .ok_or(KernelError::MissingMap(maps::NET6))?;
-                    let mut trie: LpmTrie<_, NetKey6, NetRule> =
-                        LpmTrie::try_from(map).map_err(map_err(maps::NET6))?;
-                    let key = Key::new(
-                        bits,
-                        NetKey6 {
-                            session: sid,
-                            addr: a.octets(),
-                        },
-                    );
-                    trie.insert(&key, value, 0).map_err(map_err(maps::NET6))?;
+                    let key = NetKey6 {
+                        session: sid,
+                        addr: a.octets(),
+                    };
+                    insert_lpm(&mut self.ebpf, maps::NET6, Key::new(bits, key), value)?;
                 }
             }
         }

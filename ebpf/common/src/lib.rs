@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Event>() % 8, 0);
         assert_eq!(
             core::mem::size_of::<Event>(),
-            8 + 8 + 4 * 7 + 2 + 2 + 16 + 16 + PATH_LEN
+            8 + 8 + 4 * 7 + 2 + 2 + 16 + 16 + PATH_LEN + 8 + 4 + 4 + PATH_LEN
         );
     }
 }
