@@ -26,4 +26,5 @@ lint: setup
 
 # Numbers behind BENCHMARKS.md (root; takes about two minutes).
 bench: setup
+	cargo bench --bench proxy_stdio
 	cargo bench --bench sandbox_spawn

@@ -72,6 +72,14 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     }
 }
 
+impl<T: tokio::io::AsyncRead> LineReader<tokio::io::BufReader<T>> {
+    /// Whether a complete line is already buffered, so that the next
+    /// [`LineReader::next`] returns without waiting.
+    pub fn has_complete_line(&self) -> bool {
+        self.inner.buffer().contains(&b'\n')
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::BufReader;
@@ -107,6 +115,22 @@ mod tests {
                 "buffer size {buf}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn knows_when_a_complete_line_is_waiting() {
+        let mut r = LineReader::new(BufReader::with_capacity(64, &b"one\ntwo\nthr"[..]), 100);
+        assert!(!r.has_complete_line(), "nothing read yet");
+        assert_eq!(
+            r.next().await.expect("read"),
+            Line::Complete(b"one".to_vec())
+        );
+        assert!(r.has_complete_line(), "two is buffered");
+        assert_eq!(
+            r.next().await.expect("read"),
+            Line::Complete(b"two".to_vec())
+        );
+        assert!(!r.has_complete_line(), "only a partial line is left");
     }
 
     #[tokio::test]

@@ -17,12 +17,21 @@ use crate::{
     },
 };
 
+/// The only writer of our stdout. Writes every line already queued, then
+/// flushes once: one syscall for a burst, no delay for a single message.
 pub(super) async fn write_client(mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut out = tokio::io::stdout();
-    while let Some(mut line) = rx.recv().await {
-        line.push(b'\n');
-        if out.write_all(&line).await.is_err() || out.flush().await.is_err() {
-            // The client is gone; the client task sees EOF and tears down.
+    let mut out = tokio::io::BufWriter::with_capacity(64 << 10, tokio::io::stdout());
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(mut line) = next {
+            line.push(b'\n');
+            if out.write_all(&line).await.is_err() {
+                // The client is gone; the client task sees EOF and tears down.
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if out.flush().await.is_err() {
             return;
         }
     }
@@ -36,13 +45,22 @@ async fn send_all(to_client: &mpsc::Sender<Vec<u8>>, lines: Vec<String>) {
 
 pub(super) async fn relay_client(
     core: Shared,
-    mut server_in: ChildStdin,
+    server_in: ChildStdin,
     max: usize,
     to_client: mpsc::Sender<Vec<u8>>,
 ) -> std::io::Result<()> {
     let mut reader = LineReader::new(BufReader::new(tokio::io::stdin()), max);
+    let mut server_in = tokio::io::BufWriter::with_capacity(64 << 10, server_in);
     let mut server_open = true;
     loop {
+        // Flush what was written for the server unless another complete
+        // message is already waiting: bursts cost one write, a lone
+        // message is never held back.
+        if server_open && !reader.has_complete_line() && server_in.flush().await.is_err() {
+            server_open = false;
+            let replies = lock(&core).server_gone("stopped reading its input");
+            send_all(&to_client, replies).await;
+        }
         let line = match reader.next().await? {
             Line::Eof => return Ok(()),
             Line::TooLong { len } => {
