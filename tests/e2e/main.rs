@@ -6,6 +6,7 @@
 //! one at a time (see [`serial`]).
 mod cli;
 mod files;
+mod hardening;
 mod network;
 mod servers;
 mod support;

@@ -1,0 +1,158 @@
+//! Bad input from a client gets the JSON-RPC error the spec prescribes (or
+//! is dropped) and never wedges the session: it goes on answering.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Child, ChildStdin, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use crate::support::{Fixture, assert_nothing_left_behind, mcpwarden, serial};
+
+/// A live `mcpwarden run` session spoken to in raw bytes.
+struct Raw {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Raw {
+    fn start(fx: &Fixture, flags: &[&str]) -> Self {
+        let mut child = mcpwarden()
+            .arg("run")
+            .args(flags)
+            .arg("--policy")
+            .arg(&fx.policy)
+            .arg("--")
+            .args(fx.server_cmd())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mcpwarden");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).expect("write");
+        self.stdin.write_all(b"\n").expect("write");
+        self.stdin.flush().expect("flush");
+    }
+
+    fn recv(&self) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a reply within 20 s");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {line}"))
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin);
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "{status}");
+    }
+}
+
+#[test]
+fn bad_client_input_gets_errors_and_the_session_goes_on() {
+    let _guard = serial();
+    let fx = Fixture::new("enforce");
+    let mut s = Raw::start(&fx, &["--max-message", "4096"]);
+    s.send(br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#);
+    assert_eq!(s.recv()["id"], json!(1));
+    s.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+
+    let cases: [(&str, Vec<u8>, i64, &str); 5] = [
+        (
+            "deep nesting",
+            "[".repeat(3_000).into_bytes(),
+            -32700,
+            "recursion limit",
+        ),
+        (
+            "invalid UTF-8",
+            b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"\xff\xfe\"}".to_vec(),
+            -32700,
+            "parse error",
+        ),
+        ("not an object", b"42".to_vec(), -32600, "invalid request"),
+        (
+            "no method, no result",
+            br#"{"jsonrpc":"2.0","id":3}"#.to_vec(),
+            -32600,
+            "invalid request",
+        ),
+        (
+            "over the size limit",
+            format!(
+                r#"{{"jsonrpc":"2.0","id":4,"method":"ping","params":{{"pad":"{}"}}}}"#,
+                "x".repeat(5000)
+            )
+            .into_bytes(),
+            -32600,
+            "exceeds the limit",
+        ),
+    ];
+    for (name, bytes, code, text) in cases {
+        s.send(&bytes);
+        let reply = s.recv();
+        assert_eq!(reply["error"]["code"], json!(code), "{name}: {reply}");
+        assert_eq!(reply["id"], Value::Null, "{name}: {reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .expect("message")
+                .contains(text),
+            "{name}: {reply}"
+        );
+    }
+
+    // A second request with an id still in flight is refused; the first
+    // one is answered normally.
+    s.send(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"run","arguments":{"argv":["/bin/sleep","1"]}}}"#);
+    s.send(br#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#);
+    let dup = s.recv();
+    assert_eq!(
+        (&dup["id"], &dup["error"]["code"]),
+        (&json!(7), &json!(-32600)),
+        "{dup}"
+    );
+    assert!(
+        dup["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("already in flight"),
+        "{dup}"
+    );
+    let first = s.recv();
+    assert_eq!(
+        (&first["id"], first.get("error")),
+        (&json!(7), None),
+        "{first}"
+    );
+
+    // A response to a request nobody made is passed on (the server decides);
+    // the session still answers.
+    s.send(br#"{"jsonrpc":"2.0","id":"nobody-asked","result":{}}"#);
+    s.send(br#"{"jsonrpc":"2.0","id":8,"method":"ping"}"#);
+    assert_eq!(s.recv(), json!({"jsonrpc": "2.0", "id": 8, "result": {}}));
+    s.finish();
+    assert_nothing_left_behind(None);
+}
