@@ -193,14 +193,11 @@ fn probe_bpf(cgroup: Option<&SessionCgroup>) -> Vec<Check> {
 }
 
 /// The probe program `name`, as program type `T`.
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, String>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    ebpf.program_mut(name)
-        .ok_or_else(|| format!("probe object has no {name}"))?
-        .try_into()
-        .map_err(|e| format!("{name}: {e}"))
+    crate::kernel::program(ebpf, name).map_err(|e| e.to_string())
 }
 
 /// Tracepoint + ring buffer, end to end: attach to getppid, call it, and

@@ -82,6 +82,25 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
 
+/// The program `name` of an object, as program type `T` (tracepoint,
+/// cgroup sock_addr, ...).
+pub(crate) fn program<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(KernelError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| KernelError::Program {
+            name,
+            what: "type".into(),
+            source,
+        })
+}
+
 /// Inserts one entry into the LPM trie map `name`.
 fn insert_lpm<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
@@ -147,15 +166,7 @@ impl Tracer {
                 tracing::debug!("no tracepoint {category}/{tracepoint} on this kernel; skipped");
                 continue;
             }
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| KernelError::Program {
-                    name,
-                    what: "type".into(),
-                    source,
-                })?;
+            let program: &mut TracePoint = program(&mut ebpf, name)?;
             program.load().map_err(|source| KernelError::Program {
                 name,
                 what: "load".into(),
@@ -262,16 +273,7 @@ impl Tracer {
             source,
         })?;
         for &(name, hook) in SOCK_PROGRAMS {
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| KernelError::Program {
-                    name,
-                    what: "type".into(),
-                    source,
-                })?;
+            let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             if program.fd().is_err() {
                 program.load().map_err(|source| KernelError::Program {
                     name,
