@@ -18,6 +18,7 @@ import sys
 import time
 
 import anyio
+import mcp_types as types
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
@@ -76,6 +77,14 @@ def session_procs(whoami):
         return [int(p) for p in f.read().split()]
 
 
+async def sampling(context, params):
+    """A stand-in model: answers a server's sampling request deterministically."""
+    text = params.messages[-1].content.text
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text=f"model says: {text}"), model="stand-in"
+    )
+
+
 def dump(model):
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
@@ -86,7 +95,9 @@ async def main(scenario, command):
     watched = []  # host pids whose death check_gone verifies
     whoami = None
     async with stdio_client(params) as (read, write):
-        async with ClientSession(read, RecordingStream(write, out["sent"]), read_timeout_seconds=20) as session:
+        async with ClientSession(
+            read, RecordingStream(write, out["sent"]), read_timeout_seconds=20, sampling_callback=sampling
+        ) as session:
             out["initialize"] = dump(await session.initialize())
             for step in scenario:
                 if step.get("list_tools"):

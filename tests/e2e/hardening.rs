@@ -16,6 +16,7 @@ struct Raw {
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
+    log: std::thread::JoinHandle<String>,
 }
 
 impl Raw {
@@ -29,10 +30,16 @@ impl Raw {
             .args(fx.server_cmd())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn mcpwarden");
         let stdin = child.stdin.take().expect("stdin");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -46,6 +53,7 @@ impl Raw {
             child,
             stdin,
             lines,
+            log,
         }
     }
 
@@ -63,10 +71,12 @@ impl Raw {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {line}"))
     }
 
-    fn finish(mut self) {
+    /// Ends the session; returns mcpwarden's log.
+    fn finish(mut self) -> String {
         drop(self.stdin);
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "{status}");
+        self.log.join().expect("log reader")
     }
 }
 
@@ -148,11 +158,28 @@ fn bad_client_input_gets_errors_and_the_session_goes_on() {
         "{first}"
     );
 
-    // A response to a request nobody made is passed on (the server decides);
-    // the session still answers.
+    // A response to a request the server never made is dropped (and
+    // logged); the session still answers.
     s.send(br#"{"jsonrpc":"2.0","id":"nobody-asked","result":{}}"#);
     s.send(br#"{"jsonrpc":"2.0","id":8,"method":"ping"}"#);
     assert_eq!(s.recv(), json!({"jsonrpc": "2.0", "id": 8, "result": {}}));
-    s.finish();
+    let log = s.finish();
+    assert!(
+        log.contains("dropping a client response to no server request in flight"),
+        "{log}"
+    );
+    assert_nothing_left_behind(None);
+}
+
+#[test]
+fn server_to_client_requests_pass_through_and_are_answered() {
+    let _guard = serial();
+    let fx = Fixture::new("enforce");
+    // The server's tool asks the client's model (sampling/createMessage, a
+    // request from server to client) and returns its answer.
+    let scenario = json!([{"call": "ask_model", "args": {"prompt": "hello"}}, {"call": "ask_model", "args": {"prompt": "again"}}]);
+    let run = crate::support::Run::through_mcpwarden(&fx, &scenario);
+    assert_eq!(run.text(0), "model says: hello");
+    assert_eq!(run.text(1), "model says: again");
     assert_nothing_left_behind(None);
 }

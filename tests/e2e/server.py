@@ -10,7 +10,8 @@ import os
 import socket
 import subprocess
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import SamplingMessage, TextContent
 
 server = MCPServer("mcpwarden-test-server", version="0.1.0")
 
@@ -51,6 +52,16 @@ def connect(host: str, port: int) -> str:
             return "connected"
     except OSError as e:
         return f"failed: {e}"
+
+
+@server.tool()
+async def ask_model(prompt: str, ctx: Context) -> str:
+    """Ask the client's model (a sampling request from server to client)."""
+    result = await ctx.session.create_message(
+        messages=[SamplingMessage(role="user", content=TextContent(type="text", text=prompt))],
+        max_tokens=32,
+    )
+    return result.content.text
 
 
 @server.tool()

@@ -203,10 +203,15 @@ impl Policy {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (i, prefix) in self.deny.iter().enumerate() {
+            // /tmp and /dev/shm are private mounts in the sandbox: host paths
+            // under them are writable only if granted on their own.
+            let private =
+                |w: &std::path::Path| w == std::path::Path::new("/tmp") || w.starts_with("/dev");
             if let Some(grant) = self
                 .sandbox
                 .write
                 .iter()
+                .filter(|w| !private(w))
                 .find(|w| std::path::Path::new(prefix).starts_with(w))
             {
                 out.push(format!(
@@ -365,7 +370,7 @@ mod tests {
     #[test]
     fn denied_prefixes_inside_writable_grants_are_warned_about() {
         let p = Policy::parse(
-            "[files]\ndeny = [\"/srv/w/secret\", \"/etc/x\"]\n[sandbox]\nwrite = [\"/srv/w\"]\n",
+            "[files]\ndeny = [\"/srv/w/secret\", \"/etc/x\", \"/tmp/y\"]\n[sandbox]\nwrite = [\"/srv/w\"]\n",
             "p.toml",
         )
         .expect("valid");

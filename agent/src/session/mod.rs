@@ -102,7 +102,10 @@ enum ServerState {
 
 /// Everything the tasks share.
 struct Core {
+    /// Client requests in flight (and recently answered).
     tracker: Tracker,
+    /// Server-to-client requests in flight (sampling, elicitation, roots).
+    server_requests: Tracker,
     state: ServerState,
     policy: Policy,
     tracer: Tracer,
@@ -164,6 +167,22 @@ impl Core {
                 })
                 .collect());
         }
+        // Responses answer the server's own requests (sampling,
+        // elicitation, roots): one to a request the server never made, or
+        // already had answered, is dropped.
+        if let Message::Response { id, .. } = msg
+            && self.server_requests.close(id, now).is_none()
+        {
+            tracing::warn!(id = %id.key, "dropping a client response to no server request in flight");
+            return Err(Vec::new());
+        }
+        if let Message::Batch(items) = msg {
+            for item in items {
+                if let Message::Response { id, .. } = item {
+                    let _ = self.server_requests.close(id, now);
+                }
+            }
+        }
         for (id, method, tool) in requests {
             // Cannot fail: duplicates were ruled out above.
             let _ = self
@@ -192,15 +211,34 @@ impl Core {
                 }
                 known
             }
+            Message::Request { id, method, .. } => {
+                // Server-to-client requests are tracked like the client's.
+                let fresh = self
+                    .server_requests
+                    .open(id.clone(), method.clone(), None, now)
+                    .is_ok();
+                if !fresh {
+                    tracing::warn!(id = %id.key, "dropping a server request whose id is already in flight");
+                }
+                fresh
+            }
             Message::Batch(items) => {
                 for item in items {
-                    if let Message::Response { id, .. } = item {
-                        let _ = self.tracker.close(id, now);
+                    match item {
+                        Message::Response { id, .. } => {
+                            let _ = self.tracker.close(id, now);
+                        }
+                        Message::Request { id, method, .. } => {
+                            let _ =
+                                self.server_requests
+                                    .open(id.clone(), method.clone(), None, now);
+                        }
+                        _ => {}
                     }
                 }
                 true
             }
-            _ => true,
+            Message::Notification { .. } => true,
         };
         (forward, replies)
     }
@@ -391,6 +429,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         .map_err(io("cannot duplicate the ring buffer fd"))?;
     let core: Shared = Arc::new(Mutex::new(Core {
         tracker: Tracker::new(),
+        server_requests: Tracker::new(),
         state: ServerState::Running,
         policy,
         tracer,
