@@ -82,7 +82,8 @@ pub fn explain(spec: &Spec) -> String {
     let _ = writeln!(s, "\nIt cannot:");
     let _ = writeln!(
         s,
-        "  - see or touch any other file, or run programs from writable places"
+        "  - see any other file: nothing else of the host exists in its view (its own root,\n    \
+         built from the paths above); nor run programs from writable places"
     );
     if spec.has_network() {
         let _ = writeln!(
@@ -151,6 +152,7 @@ mod tests {
         assert!(text.contains("uid 65534 (nobody)"), "{text}");
         assert!(text.contains("own empty network namespace"), "{text}");
         assert!(text.contains("/usr"), "{text}");
+        assert!(text.contains("nothing else of the host exists"), "{text}");
         assert!(
             text.contains(&format!(
                 "{} system calls are always refused",
