@@ -3,7 +3,7 @@
 CARGO_BUILD_JOBS ?= 2
 export CARGO_BUILD_JOBS
 
-.PHONY: setup build demo test lint bench
+.PHONY: setup build demo test lint bench fuzz
 
 setup:
 	./setup.sh
@@ -28,3 +28,13 @@ lint: setup
 bench: setup
 	cargo bench --bench proxy_stdio
 	cargo bench --bench sandbox_spawn
+
+# Fuzz the message parser and the request tracker (nightly, cargo-fuzz).
+# New inputs go to target/fuzz-corpus; the checked-in seeds stay as they are.
+FUZZ_SECONDS ?= 240
+fuzz: setup
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
+	for t in parse tracker; do \
+		mkdir -p target/fuzz-corpus/$$t && \
+		(cd agent/fuzz && cargo +nightly fuzz run $$t ../../target/fuzz-corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
+	done
