@@ -114,6 +114,17 @@ fn file_and_process_events_carry_their_calls() {
         (&json!(7), &run_id),
         "{exit}"
     );
+    // The program the call ran: its command line and who started it.
+    let exec = all
+        .iter()
+        .find(|e| e["kind"] == "exec" && e["pid"] == child)
+        .expect("the child's exec");
+    assert_eq!(exec["argv"], json!(["/bin/sh", "-c", "exit 7"]), "{exec}");
+    assert_eq!(
+        (&exec["ppid"], &exec["request_id"]),
+        (&fork["pid"], &run_id),
+        "{exec}"
+    );
     let host_dir = host.path().display().to_string();
     let leaked: Vec<&Value> = all
         .iter()

@@ -1,7 +1,7 @@
 //! Decoding the kernel's [`Event`] records.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use mcpwarden_common::{Event, NO_RULE, action, kind};
+use mcpwarden_common::{ARGV_SLOT, Event, NO_RULE, action, kind};
 
 /// What a process did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +100,9 @@ pub struct KernelEvent {
     pub arg: i64,
     /// Real uid of the task.
     pub uid: u32,
+    /// For exec: the head of argv (at most [`mcpwarden_common::ARGV_SLOTS`]
+    /// arguments, each cut at [`mcpwarden_common::ARGV_SLOT`] - 1 bytes).
+    pub argv: Vec<String>,
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -184,6 +187,15 @@ impl KernelEvent {
             fd2: raw.fd2,
             arg: raw.arg,
             uid: raw.uid,
+            argv: if kind == EventKind::Exec {
+                raw.path2
+                    .chunks_exact(ARGV_SLOT)
+                    .map(c_string)
+                    .take_while(|a| !a.is_empty())
+                    .collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -264,6 +276,18 @@ mod tests {
         e.addr = Ipv6Addr::LOCALHOST.octets();
         let d = KernelEvent::decode(&bytes(&e)).expect("decodes");
         assert_eq!(d.addr.as_deref(), Some("[::1]:8080"));
+    }
+
+    #[test]
+    fn exec_events_carry_the_head_of_argv() {
+        let mut e = raw(kind::EXEC);
+        e.path[..7].copy_from_slice(b"/bin/sh");
+        e.path2[..7].copy_from_slice(b"/bin/sh");
+        e.path2[ARGV_SLOT..ARGV_SLOT + 2].copy_from_slice(b"-c");
+        e.path2[2 * ARGV_SLOT..2 * ARGV_SLOT + 6].copy_from_slice(b"exit 7");
+        let d = KernelEvent::decode(&bytes(&e)).expect("decodes");
+        assert_eq!(d.argv, vec!["/bin/sh", "-c", "exit 7"]);
+        assert_eq!(d.path2, None);
     }
 
     #[test]

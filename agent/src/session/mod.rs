@@ -118,6 +118,8 @@ struct Core {
     counts: Counts,
     /// The client closed its side: the server's exit is expected.
     client_closed: bool,
+    /// Who forked whom, from the session's fork events.
+    parents: record::Parents,
 }
 
 #[derive(Debug, Default)]
@@ -261,6 +263,7 @@ impl Core {
     }
 
     fn on_event(&mut self, event: &KernelEvent) -> Vec<String> {
+        self.parents.observe(event);
         let verdict = record::judge(event, &self.policy);
         let requests = self.tracker.at(event.ts_ns);
         let line = record::event_line(
@@ -271,6 +274,14 @@ impl Core {
             &self.label,
             self.realtime_offset_ns,
         );
+        let line = match self.parents.of(event) {
+            Some(ppid) if event.kind == crate::kernel::EventKind::Exec => {
+                let mut v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                v["ppid"] = json!(ppid);
+                v.to_string()
+            }
+            _ => line,
+        };
         self.counts.events += 1;
         if let Some(w) = &mut self.events
             && let Err(e) = writeln!(w, "{line}")
@@ -440,6 +451,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         realtime_offset_ns: realtime_offset_ns(),
         counts: Counts::default(),
         client_closed: false,
+        parents: record::Parents::default(),
     }));
 
     let (to_client, from_core) = mpsc::channel::<Vec<u8>>(1024);

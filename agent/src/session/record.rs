@@ -169,6 +169,45 @@ fn resolve(path: &str, event: &KernelEvent) -> Option<String> {
     Some(normalize(&format!("{}/{path}", base.to_string_lossy())))
 }
 
+/// Parent of each process of a session, learnt from its fork events (the
+/// kernel reports the child's id with the parent's event), so that exec
+/// events can name who started the program.
+#[derive(Debug, Default)]
+pub struct Parents {
+    of: std::collections::HashMap<u32, u32>,
+}
+
+impl Parents {
+    /// At most this many processes are remembered; a session that forks
+    /// more starts over (the oldest parents are the least useful).
+    const MAX: usize = 65_536;
+
+    /// Learns from a fork, forgets on exit.
+    pub fn observe(&mut self, event: &KernelEvent) {
+        match event.kind {
+            EventKind::Fork => {
+                if self.of.len() >= Self::MAX {
+                    self.of.clear();
+                }
+                if let Ok(child) = u32::try_from(event.arg) {
+                    self.of.insert(child, event.pid);
+                }
+            }
+            // exit_group ends the whole process, whichever thread calls it.
+            EventKind::Exit => {
+                self.of.remove(&event.pid);
+            }
+            _ => {}
+        }
+    }
+
+    /// The parent of the event's process, when its fork was seen.
+    #[must_use]
+    pub fn of(&self, event: &KernelEvent) -> Option<u32> {
+        self.of.get(&event.pid).copied()
+    }
+}
+
 /// One event as a JSON line for the events file.
 #[must_use]
 pub fn event_line(
@@ -246,6 +285,9 @@ pub fn event_line(
         _ => None,
     };
     o.insert("uid".into(), json!(event.uid));
+    if event.kind == EventKind::Exec && !event.argv.is_empty() {
+        o.insert("argv".into(), json!(event.argv));
+    }
     if event.kind == EventKind::Connect {
         o.insert("family".into(), json!(event.family));
     }
@@ -292,6 +334,7 @@ mod tests {
             fd2: -100,
             arg: 0,
             uid: 65534,
+            argv: Vec::new(),
         }
     }
 

@@ -6,6 +6,11 @@
 
 /// Bytes of a path carried in an [`Event`] (including the terminating NUL).
 pub const PATH_LEN: usize = 256;
+/// Arguments of an exec carried in [`Event::path2`]: this many slots...
+pub const ARGV_SLOTS: usize = 4;
+/// ...of this many bytes each (NUL-terminated, cut if longer).
+pub const ARGV_SLOT: usize = PATH_LEN / ARGV_SLOTS;
+
 /// Bytes of a task's `comm` (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 /// Bytes of path data in a [`DenyKey`] after the 4-byte session id.
@@ -77,6 +82,8 @@ pub struct NetRule {
 /// attaches to. Kernel program names are cut at 15 bytes; these fit.
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("mcpw_exec", "sched", "sched_process_exec"),
+    ("mcpw_execve", "syscalls", "sys_enter_execve"),
+    ("mcpw_execveat", "syscalls", "sys_enter_execveat"),
     ("mcpw_fork", "sched", "sched_process_fork"),
     ("mcpw_exit", "syscalls", "sys_enter_exit_group"),
     ("mcpw_openat", "syscalls", "sys_enter_openat"),
@@ -226,7 +233,8 @@ pub struct Event {
     pub fd2: i32,
     /// Real uid of the task.
     pub uid: u32,
-    /// Second path: rename and link targets, symlink contents.
+    /// Second path: rename and link targets, symlink contents; for exec,
+    /// the first [`ARGV_SLOTS`] arguments in slots of [`ARGV_SLOT`] bytes.
     pub path2: [u8; PATH_LEN],
 }
 

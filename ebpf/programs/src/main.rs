@@ -27,12 +27,12 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes, generated::bpf_send_signal,
     },
     macros::{cgroup_sock_addr, map, tracepoint},
-    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{SockAddrContext, TracePointContext},
 };
 use mcpwarden_common::{
-    DENY_PATH_LEN, DenyKey, DenyRule, Event, NET_PORTS, NO_RULE, NetKey4, NetKey6, NetRule,
-    PATH_LEN, SESSION_ENFORCE, SESSION_NET_POLICY, SessionConfig, action, kind,
+    ARGV_SLOT, ARGV_SLOTS, DENY_PATH_LEN, DenyKey, DenyRule, Event, NET_PORTS, NO_RULE, NetKey4,
+    NetKey6, NetRule, PATH_LEN, SESSION_ENFORCE, SESSION_NET_POLICY, SessionConfig, action, kind,
 };
 
 #[map]
@@ -54,6 +54,15 @@ static SCRATCH_EVENT: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static SCRATCH_KEY: PerCpuArray<Key<DenyKey>> = PerCpuArray::with_max_entries(1, 0);
+
+/// An exec's arguments, from `sys_enter_execve` (keyed by thread id) to
+/// `sched_process_exec`. LRU: entries of execs that failed age out.
+#[map]
+static ARGV: LruHashMap<u32, [[u8; ARGV_SLOT]; ARGV_SLOTS]> = LruHashMap::with_max_entries(1024, 0);
+
+#[map]
+static SCRATCH_ARGV: PerCpuArray<[[u8; ARGV_SLOT]; ARGV_SLOTS]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static NET4: LpmTrie<NetKey4, NetRule> = LpmTrie::with_max_entries(4096, 0);
@@ -198,11 +207,74 @@ pub fn mcpw_open(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Keeps the head of an exec's argv for [`mcpw_exec`], managed tasks only.
+#[inline(always)]
+fn on_execve(ctx: &TracePointContext, argv_offset: usize) {
+    // SAFETY: helper without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: only the presence of the key is used.
+    if unsafe { SESSIONS.get(cgroup_id) }.is_none() {
+        return;
+    }
+    let Some(buf) = SCRATCH_ARGV.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch memory, exclusive for this program run.
+    let buf = unsafe { &mut *buf };
+    for slot in buf.iter_mut() {
+        slot[0] = 0;
+    }
+    // SAFETY: offset from the tracepoint's format file.
+    let Ok(argv) = (unsafe { ctx.read_at::<*const *const u8>(argv_offset) }) else {
+        return;
+    };
+    for (i, slot) in buf.iter_mut().enumerate() {
+        // SAFETY: user pointers read through fault-tolerant helpers.
+        let Ok(arg) = (unsafe { bpf_probe_read_user(argv.add(i)) }) else {
+            break;
+        };
+        if arg.is_null() {
+            break;
+        }
+        // SAFETY: as above.
+        if unsafe { bpf_probe_read_user_str_bytes(arg, slot) }.is_err() {
+            slot[0] = 0;
+        }
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = ARGV.insert(tid, *buf, 0);
+}
+
+#[tracepoint]
+pub fn mcpw_execve(ctx: TracePointContext) -> u32 {
+    on_execve(&ctx, 24);
+    0
+}
+
+#[tracepoint]
+pub fn mcpw_execveat(ctx: TracePointContext) -> u32 {
+    on_execve(&ctx, 32);
+    0
+}
+
 #[tracepoint]
 pub fn mcpw_exec(ctx: TracePointContext) -> u32 {
     let Some((session, event)) = begin(kind::EXEC) else {
         return 0;
     };
+    // `pid_t old_pid` at offset 16: the thread that called exec.
+    // SAFETY: offset from the tracepoint's format file.
+    let old_pid = unsafe { ctx.read_at::<i32>(16) }.unwrap_or(0) as u32;
+    // SAFETY: the value is copied out at once.
+    if let Some(argv) = unsafe { ARGV.get(old_pid) } {
+        // SAFETY: map value memory of exactly PATH_LEN bytes.
+        if unsafe { bpf_probe_read_kernel_buf(argv.as_ptr().cast::<u8>(), &mut event.path2) }
+            .is_err()
+        {
+            event.path2[0] = 0;
+        }
+        let _ = ARGV.remove(old_pid);
+    }
     // `__data_loc char[] filename` at offset 8: low 16 bits are the offset of
     // the string from the start of the record.
     // SAFETY: offset from the tracepoint's format file.
