@@ -273,15 +273,8 @@ impl Core {
             &self.policy,
             &self.label,
             self.realtime_offset_ns,
+            self.parents.of(event),
         );
-        let line = match self.parents.of(event) {
-            Some(ppid) if event.kind == crate::kernel::EventKind::Exec => {
-                let mut v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                v["ppid"] = json!(ppid);
-                v.to_string()
-            }
-            _ => line,
-        };
         self.counts.events += 1;
         if let Some(w) = &mut self.events
             && let Err(e) = writeln!(w, "{line}")

@@ -217,6 +217,7 @@ pub fn event_line(
     policy: &Policy,
     session: &str,
     realtime_offset_ns: i128,
+    ppid: Option<u32>,
 ) -> String {
     let primary = requests.first();
     let mut o = Map::new();
@@ -285,8 +286,13 @@ pub fn event_line(
         _ => None,
     };
     o.insert("uid".into(), json!(event.uid));
-    if event.kind == EventKind::Exec && !event.argv.is_empty() {
-        o.insert("argv".into(), json!(event.argv));
+    if event.kind == EventKind::Exec {
+        if !event.argv.is_empty() {
+            o.insert("argv".into(), json!(event.argv));
+        }
+        if let Some(ppid) = ppid {
+            o.insert("ppid".into(), json!(ppid));
+        }
     }
     if event.kind == EventKind::Connect {
         o.insert("family".into(), json!(event.family));
@@ -385,7 +391,8 @@ mod tests {
         let p = policy("enforce");
         let v = judge(&e, &p);
         assert_eq!((v.action, v.by), (Action::Killed, Some("agent")));
-        let line: Value = serde_json::from_str(&event_line(&e, &v, &[], &p, "s", 0)).expect("json");
+        let line: Value =
+            serde_json::from_str(&event_line(&e, &v, &[], &p, "s", 0, None)).expect("json");
         assert_eq!(
             (&line["kind"], &line["to"], &line["uid"]),
             (&json!("rename"), &json!("/srv/other"), &json!(65534))
@@ -393,8 +400,25 @@ mod tests {
         let mut f = event(EventKind::Chmod, "/data/x");
         f.arg = 0o100_644;
         let line: Value =
-            serde_json::from_str(&event_line(&f, &judge(&f, &p), &[], &p, "s", 0)).expect("json");
+            serde_json::from_str(&event_line(&f, &judge(&f, &p), &[], &p, "s", 0, None))
+                .expect("json");
         assert_eq!(line["mode"], json!("644"));
+        let mut exec = event(EventKind::Exec, "/bin/sh");
+        exec.argv = vec!["/bin/sh".into(), "-c".into()];
+        let line: Value = serde_json::from_str(&event_line(
+            &exec,
+            &judge(&exec, &p),
+            &[],
+            &p,
+            "s",
+            0,
+            Some(42),
+        ))
+        .expect("json");
+        assert_eq!(
+            (&line["argv"], &line["ppid"]),
+            (&json!(["/bin/sh", "-c"]), &json!(42))
+        );
     }
 
     #[test]
@@ -409,7 +433,7 @@ mod tests {
         let p = policy("enforce");
         let e = event(EventKind::Open, "/data/a.txt");
         let v = judge(&e, &p);
-        let line = event_line(&e, &v, &t.at(e.ts_ns), &p, "s1", 1000);
+        let line = event_line(&e, &v, &t.at(e.ts_ns), &p, "s1", 1000, None);
         let got: Value = serde_json::from_str(&line).expect("json");
         assert_eq!(got["request_id"], json!(3));
         assert_eq!(got["method"], json!("tools/call"));
@@ -420,7 +444,7 @@ mod tests {
         assert_eq!(got["rule"], Value::Null);
         assert_eq!(got["unix_ns"], json!(1150));
         assert!(got.get("in_flight").is_none());
-        let idle = event_line(&e, &v, &[], &p, "s1", 0);
+        let idle = event_line(&e, &v, &[], &p, "s1", 0, None);
         let got: Value = serde_json::from_str(&idle).expect("json");
         assert_eq!(got["request_id"], Value::Null);
     }
