@@ -5,14 +5,24 @@ use std::{ffi::OsString, path::Path, process::Command};
 
 use mcpwarden_sandbox::{CgroupError, Hierarchy, SessionCgroup, Spec, cgroup::Controllers};
 
-/// Creates the session cgroup `label` with the spec's limits, after removing
-/// sessions left by an mcpwarden that died before it could clean up.
-pub fn prepare_cgroup(
-    hierarchy: &Hierarchy,
-    label: &str,
-    spec: &Spec,
-) -> Result<SessionCgroup, CgroupError> {
-    let controllers = Controllers::discover(hierarchy)?;
+/// A new session: its number (the kernel maps' session id), its label and
+/// its cgroup.
+#[derive(Debug)]
+pub struct Session {
+    /// Session id in the kernel maps.
+    pub number: u32,
+    /// `session-<pid>-<nonce>`: starts with our pid so that a later start
+    /// can tell whether its owner is gone.
+    pub label: String,
+    /// The session cgroup, with the spec's limits applied.
+    pub cgroup: SessionCgroup,
+}
+
+/// Creates a session cgroup with the spec's limits, after removing sessions
+/// left by an mcpwarden that died before it could clean up.
+pub fn new_session(spec: &Spec) -> Result<Session, CgroupError> {
+    let hierarchy = Hierarchy::discover()?;
+    let controllers = Controllers::discover(&hierarchy)?;
     let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
     for stale in hierarchy.reap_stale(&controllers, alive)? {
         tracing::warn!(
@@ -20,18 +30,16 @@ pub fn prepare_cgroup(
             stale.display()
         );
     }
-    let mut cgroup = SessionCgroup::create(hierarchy, label)?;
-    cgroup.limit(&controllers, &spec.limits)?;
-    Ok(cgroup)
-}
-
-/// A unique session label; it starts with our pid so that a later start can
-/// tell whether its owner is gone.
-#[must_use]
-pub fn session_label() -> (u32, String) {
     let pid = std::process::id();
-    let n = pid ^ (crate::monotonic_ns() as u32).rotate_left(16);
-    (n, format!("session-{pid}-{n:08x}"))
+    let number = pid ^ (crate::monotonic_ns() as u32).rotate_left(16);
+    let label = format!("session-{pid}-{number:08x}");
+    let mut cgroup = SessionCgroup::create(&hierarchy, &label)?;
+    cgroup.limit(&controllers, &spec.limits)?;
+    Ok(Session {
+        number,
+        label,
+        cgroup,
+    })
 }
 
 /// The helper's command line: `mcpwarden sandbox-exec --spec JSON

@@ -8,7 +8,7 @@ use mcpwarden::{
     proxy::lines::DEFAULT_MAX_LINE,
     session::{self, RunOptions},
 };
-use mcpwarden_sandbox::{Hierarchy, Spec, exec, explain::explain};
+use mcpwarden_sandbox::{Spec, exec, explain::explain};
 
 /// Host-level defence for AI agents' MCP tool servers.
 #[derive(Debug, Parser)]
@@ -204,9 +204,9 @@ fn sandbox_run(
     let policy = Policy::load(policy).map_err(|e| e.to_string())?;
     let mut spec = policy.sandbox;
     spec.dry_run = dry_run;
-    let hierarchy = Hierarchy::discover().map_err(|e| e.to_string())?;
-    let (_, label) = launch::session_label();
-    let cgroup = launch::prepare_cgroup(&hierarchy, &label, &spec).map_err(|e| e.to_string())?;
+    let cgroup = launch::new_session(&spec)
+        .map_err(|e| e.to_string())?
+        .cgroup;
     let status = launch::helper_command(&cgroup, &spec, command)
         .and_then(|mut cmd| cmd.status())
         .map_err(|e| format!("cannot start the sandbox helper: {e}"))?;

@@ -310,14 +310,11 @@ pub fn build(spec: &Spec) -> Result<(), MountError> {
 
 fn copy_owner_and_mode(from: &Path, to: &Path) -> Result<(), MountError> {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    let fail = |e: &std::io::Error| MountError {
-        what: "copy owner and mode to",
-        path: to.to_owned(),
-        source: io_errno(e),
-    };
-    let meta = fs::metadata(from).map_err(|e| fail(&e))?;
-    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid())).map_err(|e| fail(&e))?;
-    fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(|e| fail(&e))
+    let what = "copy owner and mode to";
+    let meta = fs::metadata(from).map_err(io_fail(what, to))?;
+    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid())).map_err(io_fail(what, to))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(io_fail(what, to))
 }
 
 /// Dry run: each writable directory becomes an overlay whose upper layer
@@ -330,13 +327,7 @@ fn overlay_all(writable: &[&PathBuf]) -> Result<(), MountError> {
     // Under /tmp, which is already a private tmpfs: invisible to the host
     // and gone with the namespace.
     let scratch = Path::new("/tmp/.mcpwarden-dry-run");
-    let mk = |p: &Path| {
-        fs::create_dir_all(p).map_err(|e| MountError {
-            what: "create",
-            path: p.to_owned(),
-            source: io_errno(&e),
-        })
-    };
+    let mk = |p: &Path| fs::create_dir_all(p).map_err(io_fail("create", p));
     mk(scratch)?;
     for (i, path) in writable.iter().enumerate() {
         if path.is_dir() {
@@ -364,11 +355,7 @@ fn overlay_all(writable: &[&PathBuf]) -> Result<(), MountError> {
             .map_err(fail("mount overlay on", path))?;
         } else {
             let copy = scratch.join(format!("{i}.file"));
-            fs::copy(path, &copy).map_err(|e| MountError {
-                what: "copy for dry run",
-                path: (*path).clone(),
-                source: io_errno(&e),
-            })?;
+            fs::copy(path, &copy).map_err(io_fail("copy for dry run", path))?;
             bind(&copy, path)?;
         }
     }

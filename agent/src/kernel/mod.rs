@@ -113,21 +113,28 @@ fn insert_lpm<K: aya::Pod, V: aya::Pod>(
     trie.insert(&key, value, 0).map_err(map_err(name))
 }
 
+/// Where tracefs's `events` directory may be: its own mount, or under
+/// debugfs on older set-ups.
+const TRACEFS_EVENTS: [&str; 2] = [
+    "/sys/kernel/tracing/events",
+    "/sys/kernel/debug/tracing/events",
+];
+
 fn tracepoint_exists(category: &str, name: &str) -> bool {
-    [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ]
-    .iter()
-    .any(|root| Path::new(root).join(category).join(name).exists())
+    TRACEFS_EVENTS
+        .iter()
+        .any(|root| Path::new(root).join(category).join(name).exists())
 }
 
 /// Makes sure tracefs is mounted: aya finds tracepoint ids there.
 pub fn ensure_tracefs() -> Result<(), KernelError> {
-    let tracing = Path::new("/sys/kernel/tracing");
-    if tracing.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+    if TRACEFS_EVENTS
+        .iter()
+        .any(|events| Path::new(events).exists())
+    {
         return Ok(());
     }
+    let tracing = Path::new("/sys/kernel/tracing");
     nix::mount::mount(
         Some("tracefs"),
         tracing,

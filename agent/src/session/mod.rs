@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use mcpwarden_sandbox::{CgroupError, Hierarchy, SessionCgroup, Spec};
+use mcpwarden_sandbox::{CgroupError, SessionCgroup, Spec};
 use serde_json::{Value, json};
 use tokio::{
     process::{ChildStdin, ChildStdout, Command},
@@ -322,19 +322,30 @@ impl Core {
             "action": "killed",
             "policy": self.policy.source,
         });
-        let now = monotonic_ns();
-        let failed = self.tracker.fail_all(now);
         let blocked = format!(
             "mcpwarden blocked this call: {what}; the tool server's process tree was killed"
         );
-        let out = failed
+        let later = format!(
+            "mcpwarden: the tool server is no longer running: it was killed because {what}; start a new session"
+        );
+        self.end_server((code::BLOCKED, &blocked), later, data)
+    }
+
+    /// The server is gone: answers every request in flight with `reply`
+    /// (code, message), forgets its own pending requests, and makes every
+    /// later request get `later`.
+    fn end_server(&mut self, reply: (i64, &str), later: String, data: Value) -> Vec<String> {
+        let now = monotonic_ns();
+        let (code, message) = reply;
+        let out = self
+            .tracker
+            .fail_all(now)
             .iter()
-            .map(|r| error_response(Some(&r.id), code::BLOCKED, &blocked, Some(data.clone())))
+            .map(|r| error_response(Some(&r.id), code, message, Some(data.clone())))
             .collect();
+        self.server_requests.fail_all(now);
         self.state = ServerState::Gone {
-            message: format!(
-                "mcpwarden: the tool server is no longer running: it was killed because {what}; start a new session"
-            ),
+            message: later,
             data,
         };
         out
@@ -359,11 +370,8 @@ impl Core {
                 tracing::warn!("{message}");
             }
             let data = json!({ "action": "server_exited", "detail": how });
-            let failed = self.tracker.fail_all(monotonic_ns());
-            out.extend(failed.iter().map(|r| {
-                error_response(Some(&r.id), code::SERVER_GONE, &message, Some(data.clone()))
-            }));
-            self.state = ServerState::Gone { message, data };
+            let reply = message.clone();
+            out.extend(self.end_server((code::SERVER_GONE, &reply), message, data));
         }
         out
     }
@@ -406,11 +414,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         )),
         None => None,
     };
-    let hierarchy = Hierarchy::discover()?;
     let mut spec = policy.sandbox.clone();
     spec.dry_run = opts.dry_run;
-    let (session_no, label) = launch::session_label();
-    let cgroup = launch::prepare_cgroup(&hierarchy, &label, &spec)?;
+    let launch::Session {
+        number: session_no,
+        label,
+        cgroup,
+    } = launch::new_session(&spec)?;
     let mut tracer = Tracer::load()?;
     tracer.add_session(
         cgroup.id(),
