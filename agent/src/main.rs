@@ -26,7 +26,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run an MCP stdio server confined and traced, relaying MCP on stdio.
+    /// Run an MCP server confined and traced, relaying MCP between it and a
+    /// client. Each side is stdio unless told otherwise: `--listen` serves
+    /// clients over Streamable HTTP, `--upstream` reaches a server that
+    /// speaks it (started from CMD, confined, or already running).
     Run {
         /// Policy file (TOML), see policies/.
         #[arg(long)]
@@ -40,8 +43,21 @@ enum Cmd {
         /// Give the server throw-away copies of its writable paths.
         #[arg(long)]
         dry_run: bool,
+        /// Serve MCP clients over Streamable HTTP at http://ADDR/mcp
+        /// (e.g. 127.0.0.1:8931) instead of stdio.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// The server speaks Streamable HTTP at this URL (e.g.
+        /// http://127.0.0.1:3001/mcp). With CMD, mcpwarden starts it confined
+        /// and waits for it to listen; without, it only relays.
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
+        /// A browser origin allowed to call the endpoint besides loopback
+        /// ones (repeatable).
+        #[arg(long = "allow-origin", value_name = "ORIGIN")]
+        allow_origins: Vec<String>,
         /// The server command and its arguments.
-        #[arg(last = true, required = true)]
+        #[arg(last = true, required_unless_present = "upstream")]
         command: Vec<OsString>,
     },
     /// The sandbox (PES) on its own.
@@ -120,6 +136,9 @@ fn main() -> ExitCode {
             events,
             max_message,
             dry_run,
+            listen,
+            upstream,
+            allow_origins,
             command,
         } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -136,6 +155,9 @@ fn main() -> ExitCode {
                 max_message,
                 command,
                 dry_run,
+                listen,
+                upstream,
+                allow_origins,
             };
             match runtime.block_on(session::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

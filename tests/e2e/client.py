@@ -1,6 +1,7 @@
 """Drives an MCP stdio server with the official Python SDK client.
 
     client.py SCENARIO_JSON -- CMD [ARGS...]
+    client.py SCENARIO_JSON --url URL     (a Streamable HTTP server)
 
 The scenario is a list of steps: {"call": TOOL, "args": {...}},
 {"list_tools": true}, {"procs": true} (record the host pids now in the
@@ -21,6 +22,7 @@ import anyio
 import mcp_types as types
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 
@@ -89,12 +91,18 @@ def dump(model):
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-async def main(scenario, command):
-    params = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
+def transport(target):
+    if target[0] == "--url":
+        return streamable_http_client(target[1])
+    command = target[1:]
+    return stdio_client(StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ)))
+
+
+async def main(scenario, target):
     out = {"steps": [], "sent": []}
     watched = []  # host pids whose death check_gone verifies
     whoami = None
-    async with stdio_client(params) as (read, write):
+    async with transport(target) as (read, write):
         async with ClientSession(
             read, RecordingStream(write, out["sent"]), read_timeout_seconds=20, sampling_callback=sampling
         ) as session:
@@ -132,5 +140,4 @@ async def main(scenario, command):
 
 
 if __name__ == "__main__":
-    sep = sys.argv.index("--")
-    anyio.run(main, json.loads(sys.argv[1]), sys.argv[sep + 1 :])
+    anyio.run(main, json.loads(sys.argv[1]), sys.argv[2:])

@@ -94,4 +94,12 @@ def send_udp(host: str, port: int) -> str:
 
 
 if __name__ == "__main__":
-    server.run()
+    # server.py [--http PORT [--json]]: Streamable HTTP on 127.0.0.1:PORT/mcp
+    # (SSE answers, or JSON ones with --json) instead of stdio.
+    import sys
+
+    if "--http" in sys.argv:
+        port = int(sys.argv[sys.argv.index("--http") + 1])
+        server.run("streamable-http", port=port, json_response="--json" in sys.argv)
+    else:
+        server.run()

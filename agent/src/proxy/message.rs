@@ -16,6 +16,8 @@ pub mod code {
     /// The tool server is gone (killed by policy or exited); the session
     /// cannot serve requests any more.
     pub const SERVER_GONE: i64 = -32002;
+    /// mcpwarden could not get an answer from an upstream HTTP server.
+    pub const UPSTREAM: i64 = -32003;
 }
 
 /// A request id: JSON-RPC allows strings and numbers. `key` is its JSON text,
@@ -32,6 +34,21 @@ impl RequestId {
     fn new(value: Value) -> Self {
         let key = value.to_string();
         Self { value, key }
+    }
+
+    /// The same id inside `scope` (an MCP session of a transport that carries
+    /// many): its key is prefixed, its value unchanged. Scopes are
+    /// `Mcp-Session-Id` values, visible ASCII without spaces, so the prefix
+    /// cannot be confused with an id.
+    #[must_use]
+    pub fn in_scope(&self, scope: &str) -> Self {
+        if scope.is_empty() {
+            return self.clone();
+        }
+        Self {
+            value: self.value.clone(),
+            key: format!("{scope} {}", self.key),
+        }
     }
 }
 

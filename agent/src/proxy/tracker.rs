@@ -83,7 +83,12 @@ impl Tracker {
     /// Records the response to `id` read at `now`; returns the request, or
     /// `None` if no such request is in flight.
     pub fn close(&mut self, id: &RequestId, now: u64) -> Option<Request> {
-        let mut request = self.open.remove(&id.key)?;
+        self.close_key(&id.key, now)
+    }
+
+    /// [`Tracker::close`] by the id's key.
+    pub fn close_key(&mut self, key: &str, now: u64) -> Option<Request> {
+        let mut request = self.open.remove(key)?;
         request.closed_ns = Some(now);
         self.history.push_back(request.clone());
         self.prune(now);

@@ -1,48 +1,65 @@
-//! `mcpwarden run`: one protected stdio session.
+//! `mcpwarden run`: one protected session.
 //!
 //! ```text
-//! client stdin ──► [client task] ──► server stdin      (requests tracked)
-//! client stdout ◄── [writer] ◄──┬── [server task] ◄── server stdout
-//!                               └── [event task]  ◄── kernel ring buffer
+//! client ──► [client side] ──► core.admit ──► [server side] ──► server
+//! client ◄── [client side] ◄── core.on_server_message ◄──────── server
+//!                          ◄── core.drain_events ◄── kernel ring buffer
 //! ```
-//! All shared state lives in [`Core`] behind one mutex, held only for short
-//! non-blocking sections. Kill decisions are made where events are drained,
-//! and the server task drains the ring buffer before it reports a server as
-//! exited, so a kill is always explained by its rule, never as a crash.
+//! Either side is stdio or Streamable HTTP ([`route`]): the client side is
+//! our stdin/stdout or an HTTP endpoint ([`http_front`]); the server side is
+//! the confined server's stdin/stdout or an HTTP upstream
+//! ([`upstream_link`], or relayed by the endpoint). All shared state lives in
+//! [`core::Core`] behind one mutex, held only for short non-blocking
+//! sections. Kill decisions are made where events are drained, and every
+//! server message is preceded by a drain, so a kill is always explained by
+//! its rule, never as a crash.
+mod core;
+mod http_front;
+mod http_host;
 mod record;
 mod relay;
+mod route;
+mod upstream_link;
 
 use std::{
     ffi::OsString,
-    fmt::Write as _,
     fs::File,
     io::{BufWriter, Write as _},
+    net::SocketAddr,
     path::PathBuf,
     process::Stdio,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use mcpwarden_sandbox::{CgroupError, SessionCgroup, Spec};
-use serde_json::{Value, json};
 use tokio::{
     process::{ChildStdin, ChildStdout, Command},
     sync::{mpsc, watch},
+    task::JoinHandle,
 };
 
-use self::relay::{pump_events, relay_client, relay_server, write_client};
+pub use self::http_front::ENDPOINT;
+use self::{
+    core::{Confined, Core, Shared, lock},
+    http_front::{Front, Mode as FrontMode},
+    http_host::Host,
+    relay::{pump_events, relay_client, relay_server, server_ended, write_lines, write_server},
+    route::{ToClient, ToServer},
+    upstream_link::UpstreamLink,
+};
 use crate::{
-    kernel::{KernelError, KernelEvent, Tracer},
-    launch, monotonic_ns,
+    kernel::{KernelError, Tracer},
+    launch,
     policy::{Mode, Policy, PolicyError},
     proxy::{
-        message::{self, Message, code, error_response},
-        tracker::Tracker,
+        streams::Router,
+        upstream::{Upstream, UpstreamError},
     },
 };
 
 /// What `mcpwarden run` needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Policy file.
     pub policy: PathBuf,
@@ -50,20 +67,31 @@ pub struct RunOptions {
     pub events: Option<PathBuf>,
     /// Largest message accepted from either side, in bytes.
     pub max_message: usize,
-    /// The server command and its arguments.
+    /// The server command and its arguments (none: an upstream that
+    /// mcpwarden does not start).
     pub command: Vec<OsString>,
     /// Run with throw-away copies of the writable paths.
     pub dry_run: bool,
+    /// Serve clients on this address (Streamable HTTP) instead of stdio.
+    pub listen: Option<SocketAddr>,
+    /// The server speaks Streamable HTTP at this URL instead of stdio.
+    pub upstream: Option<String>,
+    /// Browser origins allowed on the endpoint besides loopback ones.
+    pub allow_origins: Vec<String>,
 }
 
 /// Why a session could not start or end cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// `run` needs root to load kernel programs and create cgroups.
-    #[error("mcpwarden run must run as root (it loads kernel programs and creates cgroups)")]
+    /// Starting a confined server needs root.
+    #[error(
+        "mcpwarden run must run as root to start a server confined (it loads kernel programs and creates cgroups)"
+    )]
     NotRoot,
     /// No server command was given.
-    #[error("no server command given: mcpwarden run --policy FILE -- CMD [ARGS...]")]
+    #[error(
+        "no server command given: mcpwarden run --policy FILE [--upstream URL] -- CMD [ARGS...], or --upstream URL alone for a server mcpwarden does not start"
+    )]
     NoCommand,
     /// The policy is unusable.
     #[error(transparent)]
@@ -74,6 +102,17 @@ pub enum RunError {
     /// Kernel programs could not be loaded.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// The upstream URL is unusable.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The server started but never answered at its URL.
+    #[error("the tool server did not start serving at {url}: {why}")]
+    UpstreamDown {
+        /// The upstream URL.
+        url: String,
+        /// What happened instead.
+        why: String,
+    },
     /// An I/O operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -89,324 +128,43 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     move |source| RunError::Io { what, source }
 }
 
-/// Whether the server can still take requests.
-#[derive(Debug)]
-enum ServerState {
-    Running,
-    /// Gone, with the explanation later requests get.
-    Gone {
-        message: String,
-        data: Value,
-    },
+/// A server mcpwarden started: its pipes (stdio servers) and how it ended.
+struct Started {
+    pipes: Option<(ChildStdin, ChildStdout)>,
+    exit_rx: watch::Receiver<Option<String>>,
 }
 
-/// Everything the tasks share.
-struct Core {
-    /// Client requests in flight (and recently answered).
-    tracker: Tracker,
-    /// Server-to-client requests in flight (sampling, elicitation, roots).
-    server_requests: Tracker,
-    state: ServerState,
-    policy: Policy,
-    tracer: Tracer,
-    cgroup: SessionCgroup,
-    label: String,
-    events: Option<BufWriter<File>>,
-    events_path: Option<PathBuf>,
-    /// `CLOCK_REALTIME - CLOCK_MONOTONIC` at start, to give events wall time.
-    realtime_offset_ns: i128,
-    counts: Counts,
-    /// The client closed its side: the server's exit is expected.
-    client_closed: bool,
-    /// Who forked whom, from the session's fork events.
-    parents: record::Parents,
-}
-
-#[derive(Debug, Default)]
-struct Counts {
-    events: u64,
-    killed: u64,
-    alerts: u64,
-    denied: u64,
-}
-
-type Shared = Arc<Mutex<Core>>;
-
-fn lock(core: &Shared) -> MutexGuard<'_, Core> {
-    // A panic while holding the lock is a bug; keep serving rather than
-    // cascading it, the state is still consistent enough to tear down.
-    core.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Core {
-    /// Decides what to do with a client message: forward it (and track its
-    /// requests) or answer it here.
-    fn admit(&mut self, msg: &Message, now: u64) -> Result<(), Vec<String>> {
-        let requests = requests_of(msg);
-        if let ServerState::Gone { message, data } = &self.state {
-            return Err(requests
-                .iter()
-                .map(|(id, _, _)| {
-                    error_response(Some(id), code::SERVER_GONE, message, Some(data.clone()))
-                })
-                .collect());
-        }
-        let mut seen = std::collections::HashSet::new();
-        let duplicate = requests
-            .iter()
-            .any(|(id, _, _)| !seen.insert(&id.key) || self.tracker.is_open(id));
-        if duplicate {
-            return Err(requests
-                .iter()
-                .map(|(id, _, _)| {
-                    error_response(
-                        Some(id),
-                        code::INVALID_REQUEST,
-                        "mcpwarden: request id is already in flight",
-                        None,
-                    )
-                })
-                .collect());
-        }
-        // Responses answer the server's own requests (sampling,
-        // elicitation, roots): one to a request the server never made, or
-        // already had answered, is dropped.
-        if let Message::Response { id, .. } = msg
-            && self.server_requests.close(id, now).is_none()
-        {
-            tracing::warn!(id = %id.key, "dropping a client response to no server request in flight");
-            return Err(Vec::new());
-        }
-        if let Message::Batch(items) = msg {
-            for item in items {
-                if let Message::Response { id, .. } = item {
-                    let _ = self.server_requests.close(id, now);
-                }
-            }
-        }
-        for (id, method, tool) in requests {
-            // Cannot fail: duplicates were ruled out above.
-            let _ = self
-                .tracker
-                .open(id.clone(), method.to_owned(), tool.map(str::to_owned), now);
-        }
-        Ok(())
-    }
-
-    /// Bookkeeping for a server message. First judges every kernel event
-    /// already in the ring buffer: whatever the server did before it wrote
-    /// this message is in there, so a response never reaches the client
-    /// ahead of the verdict on the actions that produced it. Returns whether
-    /// to forward the message, and replies for requests a kill failed.
-    fn on_server_message(&mut self, msg: &Message, now: u64) -> (bool, Vec<String>) {
-        let replies = self.drain_events();
-        if !matches!(self.state, ServerState::Running) {
-            tracing::warn!("dropping a message from a tool server that was stopped");
-            return (false, replies);
-        }
-        let forward = match msg {
-            Message::Response { id, .. } => {
-                let known = self.tracker.close(id, now).is_some();
-                if !known {
-                    tracing::warn!(id = %id.key, "dropping a server response to no request in flight");
-                }
-                known
-            }
-            Message::Request { id, method, .. } => {
-                // Server-to-client requests are tracked like the client's.
-                let fresh = self
-                    .server_requests
-                    .open(id.clone(), method.clone(), None, now)
-                    .is_ok();
-                if !fresh {
-                    tracing::warn!(id = %id.key, "dropping a server request whose id is already in flight");
-                }
-                fresh
-            }
-            Message::Batch(items) => {
-                for item in items {
-                    match item {
-                        Message::Response { id, .. } => {
-                            let _ = self.tracker.close(id, now);
-                        }
-                        Message::Request { id, method, .. } => {
-                            let _ =
-                                self.server_requests
-                                    .open(id.clone(), method.clone(), None, now);
-                        }
-                        _ => {}
-                    }
-                }
-                true
-            }
-            Message::Notification { .. } => true,
-        };
-        (forward, replies)
-    }
-
-    /// Reads every waiting kernel event, records it, and enforces. Returns
-    /// the error responses to send for requests failed by a kill.
-    fn drain_events(&mut self) -> Vec<String> {
-        let mut batch = Vec::new();
-        self.tracer.drain(|e| batch.push(e));
-        let mut out = Vec::new();
-        for event in batch {
-            out.extend(self.on_event(&event));
-        }
-        if let Some(w) = &mut self.events
-            && let Err(e) = w.flush()
-        {
-            tracing::error!("cannot write events file: {e}");
-        }
-        out
-    }
-
-    fn on_event(&mut self, event: &KernelEvent) -> Vec<String> {
-        self.parents.observe(event);
-        let verdict = record::judge(event, &self.policy);
-        let requests = self.tracker.at(event.ts_ns);
-        let line = record::event_line(
-            event,
-            &verdict,
-            &requests,
-            &self.policy,
-            &self.label,
-            self.realtime_offset_ns,
-            self.parents.of(event),
-        );
-        self.counts.events += 1;
-        if let Some(w) = &mut self.events
-            && let Err(e) = writeln!(w, "{line}")
-        {
-            tracing::error!("cannot write events file: {e}");
-        }
-        match verdict.action {
-            record::Action::Alert => {
-                self.counts.alerts += 1;
-                tracing::warn!(
-                    "policy alert (monitor mode): {}",
-                    verdict.describe(event, &self.policy)
-                );
-                Vec::new()
-            }
-            record::Action::Killed => {
-                self.counts.killed += 1;
-                self.kill(event, &verdict)
-            }
-            record::Action::Denied => {
-                self.counts.denied += 1;
-                tracing::warn!("{}", verdict.describe(event, &self.policy));
-                Vec::new()
-            }
-            record::Action::Allow => Vec::new(),
-        }
-    }
-
-    /// Kills the server's tree (the kernel already sent `SIGKILL` to the offending
-    /// task when it caught it) and fails every request in flight.
-    fn kill(&mut self, event: &KernelEvent, verdict: &record::Verdict) -> Vec<String> {
-        if let Err(e) = self.cgroup.kill() {
-            tracing::error!("cannot kill the session cgroup: {e}");
-        }
-        if !matches!(self.state, ServerState::Running) {
-            return Vec::new();
-        }
-        let what = verdict.describe(event, &self.policy);
-        tracing::error!("killed the tool server: {what}");
-        let data = json!({
-            "rule": verdict.rule.map(|r| self.policy.rule_name(r)),
-            "kind": event.kind.as_str(),
-            "path": verdict.path,
-            "pid": event.pid,
-            "action": "killed",
-            "policy": self.policy.source,
-        });
-        let blocked = format!(
-            "mcpwarden blocked this call: {what}; the tool server's process tree was killed"
-        );
-        let later = format!(
-            "mcpwarden: the tool server is no longer running: it was killed because {what}; start a new session"
-        );
-        self.end_server((code::BLOCKED, &blocked), later, data)
-    }
-
-    /// The server is gone: answers every request in flight with `reply`
-    /// (code, message), forgets its own pending requests, and makes every
-    /// later request get `later`.
-    fn end_server(&mut self, reply: (i64, &str), later: String, data: Value) -> Vec<String> {
-        let now = monotonic_ns();
-        let (code, message) = reply;
-        let out = self
-            .tracker
-            .fail_all(now)
-            .iter()
-            .map(|r| error_response(Some(&r.id), code, message, Some(data.clone())))
-            .collect();
-        self.server_requests.fail_all(now);
-        self.state = ServerState::Gone {
-            message: later,
-            data,
-        };
-        out
-    }
-
-    /// The server closed its output: fail what is in flight.
-    fn server_gone(&mut self, how: &str) -> Vec<String> {
-        let mut out = self.drain_events();
-        if matches!(self.state, ServerState::Running) {
-            let mut message = format!("mcpwarden: the tool server {how}");
-            if !how.contains("status 0") {
-                let _ = write!(
-                    message,
-                    " (it runs sandboxed as uid {}: if it was refused a file, a port or a \
-                     system call, its stderr says so; see `mcpwarden sandbox explain --policy {}`)",
-                    self.policy.sandbox.uid, self.policy.source
-                );
-            }
-            if self.client_closed && self.tracker.in_flight() == 0 {
-                tracing::info!("the tool server {how} after the client closed");
-            } else {
-                tracing::warn!("{message}");
-            }
-            let data = json!({ "action": "server_exited", "detail": how });
-            let reply = message.clone();
-            out.extend(self.end_server((code::SERVER_GONE, &reply), message, data));
-        }
-        out
-    }
-}
-
-/// The requests in a message: (id, method, tool).
-fn requests_of(msg: &Message) -> Vec<(&message::RequestId, &str, Option<&str>)> {
-    match msg {
-        Message::Request { id, method, tool } => vec![(id, method.as_str(), tool.as_deref())],
-        Message::Batch(items) => items.iter().flat_map(requests_of).collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn realtime_offset_ns() -> i128 {
-    let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).map_or(0, |t| {
-        i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
-    });
-    real - i128::from(monotonic_ns())
-}
-
-/// Runs one session to its end. Returns when the client closes its input
-/// (or on SIGINT/SIGTERM), after the server, its cgroup and the kernel
-/// programs are gone.
+/// Runs one session to its end. Returns when the client is done (stdin
+/// closed, or DELETE of its HTTP session) or on SIGINT/SIGTERM, after the
+/// server, its cgroup and the kernel programs are gone.
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(RunError::NotRoot);
-    }
-    if opts.command.is_empty() {
+    let confine = !opts.command.is_empty();
+    if !confine && opts.upstream.is_none() {
         return Err(RunError::NoCommand);
+    }
+    if confine && !nix::unistd::geteuid().is_root() {
+        return Err(RunError::NotRoot);
     }
     let policy = Policy::load(&opts.policy)?;
     for warning in policy.warnings() {
         tracing::warn!("{warning}");
     }
+    let upstream = opts
+        .upstream
+        .as_deref()
+        .map(|url| Upstream::new(url, opts.max_message))
+        .transpose()?;
+    let listener = match opts.listen {
+        Some(addr) => {
+            http_front::warn_if_exposed(addr);
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(io(format!("cannot listen on {addr}")))?,
+            )
+        }
+        None => None,
+    };
     let events = match &opts.events {
         Some(path) => Some(BufWriter::new(
             File::create(path)
@@ -414,6 +172,43 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         )),
         None => None,
     };
+
+    let (started, confined, label) = if confine {
+        let (started, confined, label) = start_confined(&opts, &policy, upstream.is_none())?;
+        (Some(started), Some(confined), label)
+    } else {
+        let label = format!("relay-{}", std::process::id());
+        tracing::info!(session = %label, "relaying to {} (not started by mcpwarden: no sandbox, no kernel tracing)", opts.upstream.as_deref().unwrap_or_default());
+        (None, None, label)
+    };
+    let ring_fd = match &confined {
+        Some(c) => Some(
+            c.tracer
+                .ring_fd()
+                .map_err(io("cannot duplicate the ring buffer fd"))?,
+        ),
+        None => None,
+    };
+    let core: Shared = Arc::new(Mutex::new(Core::new(
+        policy,
+        confined,
+        label,
+        events,
+        opts.events.clone(),
+    )));
+    let exit_rx = started.as_ref().map(|s| s.exit_rx.clone());
+    let result = serve_session(&opts, &core, started, upstream, listener, ring_fd).await;
+    let ended = teardown(&core, exit_rx);
+    result.and(ended)
+}
+
+/// Loads the kernel programs, creates the session cgroup and starts the
+/// server in it.
+fn start_confined(
+    opts: &RunOptions,
+    policy: &Policy,
+    stdio: bool,
+) -> Result<(Started, Confined, String), RunError> {
     let mut spec = policy.sandbox.clone();
     spec.dry_run = opts.dry_run;
     let launch::Session {
@@ -436,71 +231,229 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         session = %label, cgroup = %cgroup.path().display(), mode = %policy.mode, deny = ?policy.deny,
         "protecting {:?}", opts.command
     );
+    let started = spawn_server(&cgroup, &spec, &opts.command, stdio)?;
+    Ok((started, Confined { tracer, cgroup }, label))
+}
 
-    let (server_in, server_out, exit_rx) = spawn_server(&cgroup, &spec, &opts.command)?;
-    let ring_fd = tracer
-        .ring_fd()
-        .map_err(io("cannot duplicate the ring buffer fd"))?;
-    let core: Shared = Arc::new(Mutex::new(Core {
-        tracker: Tracker::new(),
-        server_requests: Tracker::new(),
-        state: ServerState::Running,
-        policy,
-        tracer,
-        cgroup,
-        label,
-        events,
-        events_path: opts.events.clone(),
-        realtime_offset_ns: realtime_offset_ns(),
-        counts: Counts::default(),
-        client_closed: false,
-        parents: record::Parents::default(),
-    }));
-
-    let (to_client, from_core) = mpsc::channel::<Vec<u8>>(1024);
-    let writer = tokio::spawn(write_client(from_core));
-    let events_task = tokio::spawn(pump_events(Arc::clone(&core), ring_fd, to_client.clone()));
-    let server_task = tokio::spawn(relay_server(
-        Arc::clone(&core),
-        server_out,
-        opts.max_message,
-        to_client.clone(),
-        exit_rx.clone(),
-    ));
+/// Wires the two sides to the core and runs until the client is done.
+async fn serve_session(
+    opts: &RunOptions,
+    core: &Shared,
+    started: Option<Started>,
+    upstream: Option<Upstream>,
+    listener: Option<tokio::net::TcpListener>,
+    ring_fd: Option<std::os::fd::OwnedFd>,
+) -> Result<(), RunError> {
+    let max = opts.max_message;
+    let mut tasks = Tasks::default();
+    // The client side's sink.
+    let (to_client, stdout) = match &listener {
+        None => {
+            let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+            tasks.writer = Some(tokio::spawn(async move {
+                // An error means the client is gone; stdin's EOF ends the run.
+                let _ = write_lines(rx, tokio::io::stdout()).await;
+            }));
+            (ToClient::Stdio(tx.clone()), Some(tx))
+        }
+        Some(_) => (
+            ToClient::Http(Arc::new(Router::new(upstream.is_none()))),
+            None,
+        ),
+    };
+    let (closing_tx, closing_rx) = watch::channel(false);
+    // The server side.
+    let (pipes, exit_rx) = match started {
+        Some(s) => (s.pipes, Some(s.exit_rx)),
+        None => (None, None),
+    };
+    let to_server = match (&upstream, pipes) {
+        (None, Some((stdin, stdout_pipe))) => {
+            let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+            tasks.server_side.push(tokio::spawn(write_server(
+                Arc::clone(core),
+                rx,
+                stdin,
+                to_client.clone(),
+                closing_rx.clone(),
+            )));
+            tasks.server_side.push(tokio::spawn(relay_server(
+                Arc::clone(core),
+                stdout_pipe,
+                max,
+                to_client.clone(),
+                exit_rx.clone().unwrap_or_else(|| watch::channel(None).1),
+            )));
+            Some(ToServer::Stdio(tx))
+        }
+        (Some(up), _) => {
+            if let Some(exit_rx) = &exit_rx {
+                wait_until_serving(up, exit_rx.clone()).await?;
+                // The server's exit fails what is in flight, as on stdio.
+                let (core, exit_rx, to_client) =
+                    (Arc::clone(core), exit_rx.clone(), to_client.clone());
+                tasks.server_side.push(tokio::spawn(async move {
+                    let mut rx = exit_rx.clone();
+                    let _ = rx.wait_for(Option::is_some).await;
+                    server_ended(&core, exit_rx, &to_client).await;
+                }));
+            }
+            listener.is_none().then(|| {
+                ToServer::Http(Arc::new(UpstreamLink::new(
+                    up.clone(),
+                    Arc::clone(core),
+                    to_client.clone(),
+                )))
+            })
+        }
+        (None, None) => unreachable!("a stdio server always has pipes"),
+    };
+    if let Some(fd) = ring_fd {
+        tasks.pump = Some(tokio::spawn(pump_events(
+            Arc::clone(core),
+            fd,
+            to_client.clone(),
+        )));
+    }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("cannot handle SIGTERM"))?;
-    tokio::select! {
-        r = relay_client(Arc::clone(&core), server_in, opts.max_message, to_client.clone()) => {
-            if let Err(e) = r { tracing::error!("client side: {e}"); }
-        }
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-        _ = sigterm.recv() => tracing::info!("terminated"),
+    let link = match &to_server {
+        Some(ToServer::Http(link)) => Some(Arc::clone(link)),
+        _ => None,
+    };
+    let client = serve_client(
+        opts, core, listener, stdout, upstream, to_server, &to_client,
+    );
+    let result = tokio::select! {
+        r = client => r,
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted"); Ok(()) }
+        _ = sigterm.recv() => { tracing::info!("terminated"); Ok(()) }
+    };
+    if let Some(link) = link {
+        link.close().await;
     }
+    lock(core).client_closed = true;
+    // The server's input closes: a stdio server sees EOF and exits.
+    let _ = closing_tx.send(true);
+    drop(to_client);
+    tasks.finish(exit_rx, core).await;
+    result
+}
 
-    teardown(core, exit_rx, server_task, events_task, writer, to_client).await
+/// The client's side, until the client is done: stdin to EOF, or the HTTP
+/// endpoint until DELETE.
+async fn serve_client(
+    opts: &RunOptions,
+    core: &Shared,
+    listener: Option<tokio::net::TcpListener>,
+    stdout: Option<mpsc::Sender<Vec<u8>>>,
+    upstream: Option<Upstream>,
+    to_server: Option<ToServer>,
+    to_client: &ToClient,
+) -> Result<(), RunError> {
+    let max = opts.max_message;
+    match (listener, stdout) {
+        (Some(listener), _) => {
+            let addr = listener.local_addr().map_err(io("listener address"))?;
+            let ToClient::Http(router) = to_client.clone() else {
+                unreachable!("an HTTP client side has a router")
+            };
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let mode = match (upstream, to_server) {
+                (Some(up), _) => FrontMode::Relay(up),
+                (None, Some(to_server)) => FrontMode::Host(Host::new(to_server, stop_tx)),
+                (None, None) => unreachable!("a stdio server has a writer"),
+            };
+            let front = Arc::new(Front {
+                core: Arc::clone(core),
+                router,
+                mode,
+                max,
+                origins: opts.allow_origins.clone(),
+                loopback: addr.ip().is_loopback(),
+            });
+            tracing::info!("serving MCP (Streamable HTTP) at http://{addr}{ENDPOINT}");
+            http_front::serve(front, listener, stop_rx)
+                .await
+                .map_err(io("serving HTTP"))
+        }
+        (None, Some(stdout)) => {
+            let to_server = to_server
+                .unwrap_or_else(|| unreachable!("a stdio client always has a server side"));
+            relay_client(Arc::clone(core), to_server, max, stdout)
+                .await
+                .map_err(io("reading the client"))
+        }
+        (None, None) => unreachable!("stdio clients have stdout"),
+    }
+}
+
+/// Polls the upstream URL's port until the server started there accepts
+/// connections (or exits, or 30 s pass).
+async fn wait_until_serving(
+    upstream: &Upstream,
+    mut exit_rx: watch::Receiver<Option<String>>,
+) -> Result<(), RunError> {
+    let down = |why: String| RunError::UpstreamDown {
+        url: upstream.url().to_owned(),
+        why,
+    };
+    let url = reqwest::Url::parse(upstream.url()).map_err(|e| down(e.to_string()))?;
+    let host = url
+        .host_str()
+        .unwrap_or("127.0.0.1")
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if let Some(how) = exit_rx.borrow_and_update().clone() {
+            return Err(down(format!("it {how}")));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(down("nothing listens there after 30 s".to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Starts the server through the exec helper (`mcpwarden sandbox-exec`),
-/// which joins the session cgroup before it execs the command. Returns the
-/// server's pipes and a channel that will carry how it ended.
+/// which joins the session cgroup before it execs the command. A stdio
+/// server gets pipes; an HTTP server's stdout goes to our stderr (its log).
 fn spawn_server(
     cgroup: &SessionCgroup,
     spec: &Spec,
     command: &[OsString],
-) -> Result<(ChildStdin, ChildStdout, watch::Receiver<Option<String>>), RunError> {
+    stdio: bool,
+) -> Result<Started, RunError> {
     let helper = launch::helper_command(cgroup, spec, command)
         .map_err(io("cannot build the sandbox helper's command"))?;
-    let mut child = Command::from(helper)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+    let mut cmd = Command::from(helper);
+    if stdio {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    } else {
+        cmd.stdin(Stdio::null()).stdout(std::io::stderr());
+    }
+    let mut child = cmd
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .map_err(io("cannot start the server"))?;
-    let pipe = |what: &str| io(what.to_owned())(std::io::ErrorKind::BrokenPipe.into());
-    let server_in = child.stdin.take().ok_or_else(|| pipe("server stdin"))?;
-    let server_out = child.stdout.take().ok_or_else(|| pipe("server stdout"))?;
+    let pipes = if stdio {
+        let pipe = |what: &str| io(what.to_owned())(std::io::ErrorKind::BrokenPipe.into());
+        let server_in = child.stdin.take().ok_or_else(|| pipe("server stdin"))?;
+        let server_out = child.stdout.take().ok_or_else(|| pipe("server stdout"))?;
+        Some((server_in, server_out))
+    } else {
+        None
+    };
     // How the server ended, once it has.
     let (exit_tx, exit_rx) = watch::channel::<Option<String>>(None);
     tokio::spawn(async move {
@@ -517,85 +470,92 @@ fn spawn_server(
         };
         let _ = exit_tx.send(Some(how));
     });
-
-    Ok((server_in, server_out, exit_rx))
+    Ok(Started { pipes, exit_rx })
 }
 
-/// The client is gone. Gives the server a moment to exit on its own after
-/// its stdin closed, kills it otherwise, stops every task, then [`finish`]es.
-async fn teardown(
-    core: Shared,
-    mut exit_rx: watch::Receiver<Option<String>>,
-    server_task: tokio::task::JoinHandle<()>,
-    events_task: tokio::task::JoinHandle<()>,
-    writer: tokio::task::JoinHandle<()>,
-    to_client: mpsc::Sender<Vec<u8>>,
-) -> Result<(), RunError> {
-    lock(&core).client_closed = true;
-    let grace = Duration::from_secs(3);
-    if tokio::time::timeout(grace, exit_rx.wait_for(Option::is_some))
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "the server did not exit within 3 s of its input closing; killing its cgroup"
-        );
-        if let Err(e) = lock(&core).cgroup.kill() {
-            tracing::error!("{e}");
+/// A session's background tasks.
+#[derive(Default)]
+struct Tasks {
+    /// Our stdout's writer (stdio clients).
+    writer: Option<JoinHandle<()>>,
+    /// The server's input and output relays, the exit watch.
+    server_side: Vec<JoinHandle<()>>,
+    /// The kernel event pump (never ends on its own).
+    pump: Option<JoinHandle<()>>,
+}
+
+impl Tasks {
+    /// The client is gone. Gives the server a moment to exit on its own
+    /// after its input closed, kills it otherwise, lets the relays pass on
+    /// its last words, stops the pump, and lets the writer drain.
+    async fn finish(self, exit_rx: Option<watch::Receiver<Option<String>>>, core: &Shared) {
+        let grace = Duration::from_secs(3);
+        if let Some(mut exit_rx) = exit_rx {
+            let exited = tokio::time::timeout(grace, exit_rx.wait_for(Option::is_some))
+                .await
+                .is_ok();
+            if !exited {
+                tracing::warn!(
+                    "the server did not exit within 3 s of its input closing; killing its cgroup"
+                );
+                lock(core).kill_tree();
+                let _ = tokio::time::timeout(grace, exit_rx.wait_for(Option::is_some)).await;
+            }
         }
-        let _ = tokio::time::timeout(grace, exit_rx.wait_for(Option::is_some)).await;
+        let wait = |task: JoinHandle<()>| async move {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        };
+        for task in self.server_side {
+            wait(task).await;
+        }
+        if let Some(pump) = self.pump {
+            pump.abort();
+            let _ = pump.await;
+        }
+        if let Some(writer) = self.writer {
+            wait(writer).await;
+        }
     }
-    // Each task holds a handle on the core: wait until every one has ended.
-    let server_abort = server_task.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(2), server_task)
-        .await
-        .is_err()
-    {
-        server_abort.abort();
-    }
-    events_task.abort();
-    let _ = events_task.await;
-    drop(to_client);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    let core = Arc::into_inner(core).ok_or_else(|| {
-        io("session teardown")(std::io::Error::other(
-            "a task still holds the session state",
-        ))
-    })?;
-    finish(
-        core.into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    )
 }
 
 /// Final drain, removal of the cgroup, unloading of the kernel programs.
-fn finish(mut core: Core) -> Result<(), RunError> {
+fn teardown(
+    core: &Shared,
+    exit_rx: Option<watch::Receiver<Option<String>>>,
+) -> Result<(), RunError> {
+    drop(exit_rx);
+    let mut core = lock(core);
     let _ = core.drain_events();
-    let dropped = core.tracer.dropped().unwrap_or(0);
+    let confined = core.confined.take();
+    let dropped = confined
+        .as_ref()
+        .map_or(0, |c| c.tracer.dropped().unwrap_or(0));
     if dropped > 0 {
         tracing::error!(
             dropped,
             "the kernel dropped events: the ring buffer was full"
         );
     }
-    let Core {
-        tracer,
-        cgroup,
-        events,
-        counts,
-        label,
-        events_path,
-        ..
-    } = core;
-    if let Some(mut w) = events {
+    if let Some(mut w) = core.events.take() {
         w.flush().map_err(io("cannot write events file"))?;
     }
-    let removed = cgroup.remove(Duration::from_secs(5));
-    drop(tracer);
+    let counts = &core.counts;
     tracing::info!(
-        session = %label, events = counts.events, alerts = counts.alerts, kills = counts.killed,
+        session = %core.label, events = counts.events, alerts = counts.alerts, kills = counts.killed,
         denied = counts.denied, dropped,
-        events_file = ?events_path, "session ended"
+        events_file = ?core.events_path, "session ended"
     );
-    removed.map_err(RunError::from)
+    drop(core);
+    if let Some(Confined { tracer, cgroup }) = confined {
+        let removed = cgroup.remove(Duration::from_secs(5));
+        drop(tracer);
+        removed?;
+    }
+    Ok(())
 }

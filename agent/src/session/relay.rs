@@ -1,14 +1,17 @@
-//! The session's tasks: the client relay, the server relay, the kernel event
-//! pump and the single writer of the client's stdout.
+//! The stdio tasks: the client's stdin reader and stdout writer, the
+//! server's stdin writer and stdout reader, and the kernel event pump.
 use std::{os::fd::OwnedFd, time::Duration};
 
 use tokio::{
-    io::{AsyncWriteExt as _, BufReader},
-    process::{ChildStdin, ChildStdout},
+    io::{AsyncWrite, AsyncWriteExt as _, BufReader},
+    process::ChildStdout,
     sync::{mpsc, watch},
 };
 
-use super::{Shared, lock};
+use super::{
+    core::{Shared, lock},
+    route::{ToClient, ToServer},
+};
 use crate::{
     monotonic_ns,
     proxy::{
@@ -17,61 +20,71 @@ use crate::{
     },
 };
 
-/// The only writer of our stdout. Writes every line already queued, then
-/// flushes once: one syscall for a burst, no delay for a single message.
-pub(super) async fn write_client(mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut out = tokio::io::BufWriter::with_capacity(64 << 10, tokio::io::stdout());
+/// Writes lines to `out`: every line already queued, then one flush, so a
+/// burst costs one write and a lone message is never held back. Returns
+/// when the channel closes or `out` fails.
+pub(super) async fn write_lines(
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    out: impl AsyncWrite + Unpin,
+) -> std::io::Result<()> {
+    let mut out = tokio::io::BufWriter::with_capacity(64 << 10, out);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(mut line) = next {
             line.push(b'\n');
-            if out.write_all(&line).await.is_err() {
-                // The client is gone; the client task sees EOF and tears down.
-                return;
-            }
+            out.write_all(&line).await?;
             next = rx.try_recv().ok();
         }
-        if out.flush().await.is_err() {
-            return;
-        }
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+/// The server's stdin, until the channel closes or `closing` turns true
+/// (an HTTP client is done). When the server stops reading, every request
+/// in flight is answered.
+pub(super) async fn write_server(
+    core: Shared,
+    rx: mpsc::Receiver<Vec<u8>>,
+    server_in: impl AsyncWrite + Unpin,
+    to_client: ToClient,
+    mut closing: watch::Receiver<bool>,
+) {
+    let written = tokio::select! {
+        r = write_lines(rx, server_in) => r,
+        _ = closing.wait_for(|c| *c) => Ok(()),
+    };
+    if let Err(e) = written {
+        tracing::warn!("cannot write to the server: {e}");
+        let replies = lock(&core).server_gone("stopped reading its input");
+        to_client.replies(replies).await;
     }
 }
 
-async fn send_all(to_client: &mpsc::Sender<Vec<u8>>, lines: Vec<String>) {
+async fn send_lines(to_client: &mpsc::Sender<Vec<u8>>, lines: Vec<String>) {
     for line in lines {
         let _ = to_client.send(line.into_bytes()).await;
     }
 }
 
+/// Our stdin: the client's messages, checked and passed to the server.
 pub(super) async fn relay_client(
     core: Shared,
-    server_in: ChildStdin,
+    to_server: ToServer,
     max: usize,
     to_client: mpsc::Sender<Vec<u8>>,
 ) -> std::io::Result<()> {
     let mut reader = LineReader::new(BufReader::new(tokio::io::stdin()), max);
-    let mut server_in = tokio::io::BufWriter::with_capacity(64 << 10, server_in);
     let mut server_open = true;
     loop {
-        // Flush what was written for the server unless another complete
-        // message is already waiting: bursts cost one write, a lone
-        // message is never held back.
-        if server_open && !reader.has_complete_line() && server_in.flush().await.is_err() {
-            server_open = false;
-            let replies = lock(&core).server_gone("stopped reading its input");
-            send_all(&to_client, replies).await;
-        }
         let line = match reader.next().await? {
             Line::Eof => return Ok(()),
             Line::TooLong { len } => {
                 let msg =
                     format!("mcpwarden: message of {len} bytes exceeds the limit of {max} bytes");
                 tracing::warn!("{msg}");
-                send_all(
-                    &to_client,
-                    vec![error_response(None, code::INVALID_REQUEST, &msg, None)],
-                )
-                .await;
+                let reply = error_response(None, code::INVALID_REQUEST, &msg, None);
+                send_lines(&to_client, vec![reply]).await;
                 continue;
             }
             Line::Complete(line) => line,
@@ -83,30 +96,17 @@ pub(super) async fn relay_client(
             Ok(msg) => msg,
             Err(e) => {
                 tracing::warn!("client sent {e}");
-                send_all(
-                    &to_client,
-                    vec![error_response(
-                        None,
-                        e.code(),
-                        &format!("mcpwarden: {e}"),
-                        None,
-                    )],
-                )
-                .await;
+                let reply = error_response(None, e.code(), &format!("mcpwarden: {e}"), None);
+                send_lines(&to_client, vec![reply]).await;
                 continue;
             }
         };
-        let admitted = lock(&core).admit(&msg, monotonic_ns());
+        let admitted = lock(&core).admit(&msg, "", monotonic_ns());
         match admitted {
-            Err(replies) => send_all(&to_client, replies).await,
+            Err(replies) => send_lines(&to_client, replies).await,
             Ok(()) if server_open => {
-                let mut framed = line;
-                framed.push(b'\n');
-                if let Err(e) = server_in.write_all(&framed).await {
-                    tracing::warn!("cannot write to the server: {e}");
+                if !to_server.send(line, &msg).await {
                     server_open = false;
-                    let replies = lock(&core).server_gone("stopped reading its input");
-                    send_all(&to_client, replies).await;
                 }
             }
             Ok(()) => {}
@@ -114,12 +114,14 @@ pub(super) async fn relay_client(
     }
 }
 
+/// The server's stdout: each message judged by the core (after the kernel
+/// events before it), then passed to the client.
 pub(super) async fn relay_server(
     core: Shared,
     server_out: ChildStdout,
     max: usize,
-    to_client: mpsc::Sender<Vec<u8>>,
-    mut exit_rx: watch::Receiver<Option<String>>,
+    to_client: ToClient,
+    exit_rx: watch::Receiver<Option<String>>,
 ) {
     let mut reader = LineReader::new(BufReader::new(server_out), max);
     loop {
@@ -128,15 +130,16 @@ pub(super) async fn relay_server(
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let (forward, replies) = match message::parse(&line) {
-                    Ok(msg) => lock(&core).on_server_message(&msg, monotonic_ns()),
+                let msg = match message::parse(&line) {
+                    Ok(msg) => msg,
                     Err(e) => {
                         tracing::warn!("dropping a server line that is not JSON-RPC ({e})");
-                        (false, Vec::new())
+                        continue;
                     }
                 };
-                send_all(&to_client, replies).await;
-                if forward && to_client.send(line).await.is_err() {
+                let (forward, replies) = lock(&core).on_server_message(&msg, "", monotonic_ns());
+                to_client.replies(replies).await;
+                if forward && !to_client.server_message(line, &msg, "").await {
                     return;
                 }
             }
@@ -150,18 +153,29 @@ pub(super) async fn relay_server(
             }
         }
     }
-    // Output closed: wait (briefly) for the exit status to say why.
+    server_ended(&core, exit_rx, &to_client).await;
+}
+
+/// The server's output closed (or, for an HTTP server, it exited): waits
+/// (briefly) for the exit status to say why, and fails what is in flight.
+pub(super) async fn server_ended(
+    core: &Shared,
+    mut exit_rx: watch::Receiver<Option<String>>,
+    to_client: &ToClient,
+) {
     let how = match tokio::time::timeout(Duration::from_secs(2), exit_rx.wait_for(Option::is_some))
         .await
     {
         Ok(Ok(how)) => how.clone().unwrap_or_default(),
         _ => "closed its output".to_owned(),
     };
-    let replies = lock(&core).server_gone(&how);
-    send_all(&to_client, replies).await;
+    let replies = lock(core).server_gone(&how);
+    to_client.replies(replies).await;
 }
 
-pub(super) async fn pump_events(core: Shared, ring_fd: OwnedFd, to_client: mpsc::Sender<Vec<u8>>) {
+/// Judges kernel events as they arrive (not only before server messages),
+/// so a kill happens even while the server is silent.
+pub(super) async fn pump_events(core: Shared, ring_fd: OwnedFd, to_client: ToClient) {
     // SAFETY: the AsyncFd takes ownership of `ring_fd`, an OwnedFd nobody
     // else holds, so it stays open and refers to the same ring buffer until
     // the AsyncFd is dropped.
@@ -186,6 +200,6 @@ pub(super) async fn pump_events(core: Shared, ring_fd: OwnedFd, to_client: mpsc:
         // Clear first: data that lands while we drain re-arms readiness.
         guard.clear_ready();
         let replies = lock(&core).drain_events();
-        send_all(&to_client, replies).await;
+        to_client.replies(replies).await;
     }
 }

@@ -1,0 +1,438 @@
+//! The state every task of a session shares, and the decisions made on it:
+//! which client messages go to the server, which server messages go to the
+//! client, and what a kernel event means for the requests in flight.
+//!
+//! Transports (stdio, Streamable HTTP) call in with a *scope*: the MCP
+//! session a message belongs to ("" on stdio, the `Mcp-Session-Id` on HTTP),
+//! so that two HTTP sessions may both use request id 1.
+use std::{
+    collections::HashSet,
+    fmt::Write as _,
+    fs::File,
+    io::{BufWriter, Write as _},
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use mcpwarden_sandbox::SessionCgroup;
+use serde_json::{Value, json};
+
+use super::record;
+use crate::{
+    kernel::{KernelEvent, Tracer},
+    monotonic_ns,
+    policy::Policy,
+    proxy::{
+        message::{Message, RequestId, code, error_response},
+        tracker::Tracker,
+    },
+};
+
+/// mcpwarden's own answer to a request that will not get the server's (the
+/// call was killed, the server is gone): `key` is the request's scoped key,
+/// so a transport with many streams knows where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub key: String,
+    pub line: String,
+}
+
+/// Whether the server can still take requests.
+#[derive(Debug)]
+pub(crate) enum ServerState {
+    Running,
+    /// Gone, with the explanation later requests get.
+    Gone {
+        message: String,
+        data: Value,
+    },
+}
+
+/// The confined, traced server process tree, when mcpwarden started one
+/// (an HTTP upstream may be a server mcpwarden did not start).
+pub(crate) struct Confined {
+    pub tracer: Tracer,
+    pub cgroup: SessionCgroup,
+}
+
+/// Everything the tasks share.
+pub(crate) struct Core {
+    /// Client requests in flight (and recently answered).
+    tracker: Tracker,
+    /// Server-to-client requests in flight (sampling, elicitation, roots).
+    server_requests: Tracker,
+    pub state: ServerState,
+    pub policy: Policy,
+    pub confined: Option<Confined>,
+    pub label: String,
+    pub events: Option<BufWriter<File>>,
+    pub events_path: Option<PathBuf>,
+    /// `CLOCK_REALTIME - CLOCK_MONOTONIC` at start, to give events wall time.
+    realtime_offset_ns: i128,
+    pub counts: Counts,
+    /// The client closed its side: the server's exit is expected.
+    pub client_closed: bool,
+    /// Who forked whom, from the session's fork events.
+    parents: record::Parents,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub events: u64,
+    pub killed: u64,
+    pub alerts: u64,
+    pub denied: u64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("label", &self.label)
+            .field("state", &self.state)
+            .field("in_flight", &self.tracker.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) type Shared = Arc<Mutex<Core>>;
+
+pub(crate) fn lock(core: &Shared) -> MutexGuard<'_, Core> {
+    // A panic while holding the lock is a bug; keep serving rather than
+    // cascading it, the state is still consistent enough to tear down.
+    core.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Core {
+    /// A session's state, before any message.
+    pub fn new(
+        policy: Policy,
+        confined: Option<Confined>,
+        label: String,
+        events: Option<BufWriter<File>>,
+        events_path: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            tracker: Tracker::new(),
+            server_requests: Tracker::new(),
+            state: ServerState::Running,
+            policy,
+            confined,
+            label,
+            events,
+            events_path,
+            realtime_offset_ns: realtime_offset_ns(),
+            counts: Counts::default(),
+            client_closed: false,
+            parents: record::Parents::default(),
+        }
+    }
+
+    /// Decides what to do with a client message: forward it (and track its
+    /// requests) or answer it here (the error lines to send back).
+    pub fn admit(&mut self, msg: &Message, scope: &str, now: u64) -> Result<(), Vec<String>> {
+        let requests = requests_of(msg, scope);
+        if let ServerState::Gone { message, data } = &self.state {
+            return Err(requests
+                .iter()
+                .map(|(id, _, _)| {
+                    error_response(Some(id), code::SERVER_GONE, message, Some(data.clone()))
+                })
+                .collect());
+        }
+        let mut seen = HashSet::new();
+        let duplicate = requests
+            .iter()
+            .any(|(id, _, _)| !seen.insert(&id.key) || self.tracker.is_open(id));
+        if duplicate {
+            return Err(requests
+                .iter()
+                .map(|(id, _, _)| {
+                    error_response(
+                        Some(id),
+                        code::INVALID_REQUEST,
+                        "mcpwarden: request id is already in flight",
+                        None,
+                    )
+                })
+                .collect());
+        }
+        // Responses answer the server's own requests (sampling,
+        // elicitation, roots): one to a request the server never made, or
+        // already had answered, is dropped.
+        if let Message::Response { id, .. } = msg
+            && self
+                .server_requests
+                .close(&id.in_scope(scope), now)
+                .is_none()
+        {
+            tracing::warn!(id = %id.key, "dropping a client response to no server request in flight");
+            return Err(Vec::new());
+        }
+        if let Message::Batch(items) = msg {
+            for item in items {
+                if let Message::Response { id, .. } = item {
+                    let _ = self.server_requests.close(&id.in_scope(scope), now);
+                }
+            }
+        }
+        for (id, method, tool) in requests {
+            // Cannot fail: duplicates were ruled out above.
+            let _ = self
+                .tracker
+                .open(id, method.to_owned(), tool.map(str::to_owned), now);
+        }
+        Ok(())
+    }
+
+    /// Stops tracking requests whose answers cannot come any more (the
+    /// upstream refused the HTTP request that carried them), answering each
+    /// still in flight with `code` and `message`.
+    pub fn fail(&mut self, ids: &[RequestId], code: i64, message: &str) -> Vec<Reply> {
+        let now = monotonic_ns();
+        ids.iter()
+            .filter_map(|id| self.tracker.close(id, now))
+            .map(|r| Reply {
+                key: r.id.key.clone(),
+                line: error_response(Some(&r.id), code, message, None),
+            })
+            .collect()
+    }
+
+    /// Kills the server's process tree, if mcpwarden started it.
+    pub fn kill_tree(&self) {
+        if let Some(confined) = &self.confined
+            && let Err(e) = confined.cgroup.kill()
+        {
+            tracing::error!("cannot kill the session cgroup: {e}");
+        }
+    }
+
+    /// Bookkeeping for a server message. First judges every kernel event
+    /// already in the ring buffer: whatever the server did before it wrote
+    /// this message is in there, so a response never reaches the client
+    /// ahead of the verdict on the actions that produced it. Returns whether
+    /// to forward the message, and replies for requests a kill failed.
+    pub fn on_server_message(
+        &mut self,
+        msg: &Message,
+        scope: &str,
+        now: u64,
+    ) -> (bool, Vec<Reply>) {
+        let replies = self.drain_events();
+        if !matches!(self.state, ServerState::Running) {
+            tracing::warn!("dropping a message from a tool server that was stopped");
+            return (false, replies);
+        }
+        let forward = match msg {
+            Message::Response { id, .. } => {
+                let known = self.tracker.close(&id.in_scope(scope), now).is_some();
+                if !known {
+                    tracing::warn!(id = %id.key, "dropping a server response to no request in flight");
+                }
+                known
+            }
+            Message::Request { id, method, .. } => {
+                // Server-to-client requests are tracked like the client's.
+                let fresh = self
+                    .server_requests
+                    .open(id.in_scope(scope), method.clone(), None, now)
+                    .is_ok();
+                if !fresh {
+                    tracing::warn!(id = %id.key, "dropping a server request whose id is already in flight");
+                }
+                fresh
+            }
+            Message::Batch(items) => {
+                for item in items {
+                    match item {
+                        Message::Response { id, .. } => {
+                            let _ = self.tracker.close(&id.in_scope(scope), now);
+                        }
+                        Message::Request { id, method, .. } => {
+                            let _ = self.server_requests.open(
+                                id.in_scope(scope),
+                                method.clone(),
+                                None,
+                                now,
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                true
+            }
+            Message::Notification { .. } => true,
+        };
+        (forward, replies)
+    }
+
+    /// Reads every waiting kernel event, records it, and enforces. Returns
+    /// the error responses to send for requests failed by a kill.
+    pub fn drain_events(&mut self) -> Vec<Reply> {
+        let mut batch = Vec::new();
+        if let Some(confined) = &mut self.confined {
+            confined.tracer.drain(|e| batch.push(e));
+        }
+        let mut out = Vec::new();
+        for event in batch {
+            out.extend(self.on_event(&event));
+        }
+        if let Some(w) = &mut self.events
+            && let Err(e) = w.flush()
+        {
+            tracing::error!("cannot write events file: {e}");
+        }
+        out
+    }
+
+    fn on_event(&mut self, event: &KernelEvent) -> Vec<Reply> {
+        self.parents.observe(event);
+        let verdict = record::judge(event, &self.policy);
+        let requests = self.tracker.at(event.ts_ns);
+        let line = record::event_line(
+            event,
+            &verdict,
+            &requests,
+            &self.policy,
+            &self.label,
+            self.realtime_offset_ns,
+            self.parents.of(event),
+        );
+        self.counts.events += 1;
+        if let Some(w) = &mut self.events
+            && let Err(e) = writeln!(w, "{line}")
+        {
+            tracing::error!("cannot write events file: {e}");
+        }
+        match verdict.action {
+            record::Action::Alert => {
+                self.counts.alerts += 1;
+                tracing::warn!(
+                    "policy alert (monitor mode): {}",
+                    verdict.describe(event, &self.policy)
+                );
+                Vec::new()
+            }
+            record::Action::Killed => {
+                self.counts.killed += 1;
+                self.kill(event, &verdict)
+            }
+            record::Action::Denied => {
+                self.counts.denied += 1;
+                tracing::warn!("{}", verdict.describe(event, &self.policy));
+                Vec::new()
+            }
+            record::Action::Allow => Vec::new(),
+        }
+    }
+
+    /// Kills the server's tree (the kernel already sent `SIGKILL` to the offending
+    /// task when it caught it) and fails every request in flight.
+    fn kill(&mut self, event: &KernelEvent, verdict: &record::Verdict) -> Vec<Reply> {
+        self.kill_tree();
+        if !matches!(self.state, ServerState::Running) {
+            return Vec::new();
+        }
+        let what = verdict.describe(event, &self.policy);
+        tracing::error!("killed the tool server: {what}");
+        let data = json!({
+            "rule": verdict.rule.map(|r| self.policy.rule_name(r)),
+            "kind": event.kind.as_str(),
+            "path": verdict.path,
+            "pid": event.pid,
+            "action": "killed",
+            "policy": self.policy.source,
+        });
+        let blocked = format!(
+            "mcpwarden blocked this call: {what}; the tool server's process tree was killed"
+        );
+        let later = format!(
+            "mcpwarden: the tool server is no longer running: it was killed because {what}; start a new session"
+        );
+        self.end_server((code::BLOCKED, &blocked), later, data)
+    }
+
+    /// The server is gone: answers every request in flight with `reply`
+    /// (code, message), forgets its own pending requests, and makes every
+    /// later request get `later`.
+    fn end_server(&mut self, reply: (i64, &str), later: String, data: Value) -> Vec<Reply> {
+        let now = monotonic_ns();
+        let (code, message) = reply;
+        let out = self
+            .tracker
+            .fail_all(now)
+            .iter()
+            .map(|r| Reply {
+                key: r.id.key.clone(),
+                line: error_response(Some(&r.id), code, message, Some(data.clone())),
+            })
+            .collect();
+        self.server_requests.fail_all(now);
+        self.state = ServerState::Gone {
+            message: later,
+            data,
+        };
+        out
+    }
+
+    /// The server closed its output: fail what is in flight.
+    pub fn server_gone(&mut self, how: &str) -> Vec<Reply> {
+        let mut out = self.drain_events();
+        if matches!(self.state, ServerState::Running) {
+            let mut message = format!("mcpwarden: the tool server {how}");
+            if !how.contains("status 0") {
+                let _ = write!(
+                    message,
+                    " (it runs sandboxed as uid {}: if it was refused a file, a port or a \
+                     system call, its stderr says so; see `mcpwarden sandbox explain --policy {}`)",
+                    self.policy.sandbox.uid, self.policy.source
+                );
+            }
+            if self.client_closed && self.tracker.in_flight() == 0 {
+                tracing::info!("the tool server {how} after the client closed");
+            } else {
+                tracing::warn!("{message}");
+            }
+            let data = json!({ "action": "server_exited", "detail": how });
+            let reply = message.clone();
+            out.extend(self.end_server((code::SERVER_GONE, &reply), message, data));
+        }
+        out
+    }
+}
+
+/// The requests in a message, their ids in `scope`: (id, method, tool).
+fn requests_of<'m>(msg: &'m Message, scope: &str) -> Vec<(RequestId, &'m str, Option<&'m str>)> {
+    match msg {
+        Message::Request { id, method, tool } => {
+            vec![(id.in_scope(scope), method.as_str(), tool.as_deref())]
+        }
+        Message::Batch(items) => items.iter().flat_map(|m| requests_of(m, scope)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The scoped ids of the requests in a message (where their answers go).
+pub(crate) fn request_ids(msg: &Message, scope: &str) -> Vec<RequestId> {
+    requests_of(msg, scope)
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect()
+}
+
+/// The scoped key of the (first) response in a server message.
+pub(crate) fn response_key(msg: &Message, scope: &str) -> Option<String> {
+    match msg {
+        Message::Response { id, .. } => Some(id.in_scope(scope).key),
+        Message::Batch(items) => items.iter().find_map(|m| response_key(m, scope)),
+        _ => None,
+    }
+}
+
+fn realtime_offset_ns() -> i128 {
+    let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).map_or(0, |t| {
+        i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
+    });
+    real - i128::from(monotonic_ns())
+}
