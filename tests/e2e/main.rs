@@ -7,6 +7,7 @@
 mod cli;
 mod files;
 mod hardening;
+mod http;
 mod network;
 mod servers;
 mod support;

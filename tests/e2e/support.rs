@@ -55,6 +55,11 @@ pub fn mcpwarden() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mcpwarden"))
 }
 
+/// The path of the mcpwarden binary under test.
+pub fn mcpwarden_path() -> String {
+    env!("CARGO_BIN_EXE_mcpwarden").to_owned()
+}
+
 fn nix_is_root() -> bool {
     // Effective uid, the third field of `Uid:`.
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
@@ -154,12 +159,23 @@ pub struct Run {
 }
 
 impl Run {
-    fn client(scenario: &Value, command: Vec<String>) -> Self {
+    /// The SDK client talking stdio to `command`.
+    pub fn client(scenario: &Value, command: Vec<String>) -> Self {
+        let mut target = vec!["--".to_owned()];
+        target.extend(command);
+        Self::client_with(scenario, &target)
+    }
+
+    /// The SDK client talking Streamable HTTP to `url`.
+    pub fn over_http(scenario: &Value, url: &str) -> Self {
+        Self::client_with(scenario, &["--url".to_owned(), url.to_owned()])
+    }
+
+    fn client_with(scenario: &Value, target: &[String]) -> Self {
         let mut cmd = Command::new(python());
         cmd.arg(repo().join("tests/e2e/client.py"))
             .arg(scenario.to_string())
-            .arg("--")
-            .args(command);
+            .args(target);
         let out = cmd
             .stderr(Stdio::inherit())
             .output()
@@ -405,4 +421,100 @@ pub fn raw_exchange(fx: Option<&Fixture>, lines: &[&str], extra: &[&str]) -> Vec
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status}");
     got
+}
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("exited before listening on {port}: {status}");
+        }
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `mcpwarden run --listen` in the background: an MCP endpoint over HTTP.
+pub struct Endpoint {
+    pub child: std::process::Child,
+    pub url: String,
+    pub port: u16,
+    /// Reads mcpwarden's stderr as it comes, so the pipe never fills.
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Endpoint {
+    /// Starts `mcpwarden run --policy P --listen 127.0.0.1:PORT FLAGS -- CMD`
+    /// (no `--` when `command` is empty) and waits until it listens.
+    pub fn start(policy: &Path, flags: &[&str], command: &[String]) -> Self {
+        Self::start_with_env(policy, flags, command, &[])
+    }
+
+    /// [`Endpoint::start`] with extra environment variables for mcpwarden
+    /// (a policy's `sandbox.env` passes them on to the server).
+    pub fn start_with_env(
+        policy: &Path,
+        flags: &[&str],
+        command: &[String],
+        env: &[(&str, String)],
+    ) -> Self {
+        let port = free_port();
+        let mut cmd = mcpwarden();
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        cmd.args(["run", "--policy"])
+            .arg(policy)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(flags);
+        if !command.is_empty() {
+            cmd.arg("--").args(command);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mcpwarden");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        wait_for_port(port, &mut child);
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/mcp"),
+            port,
+            log: Some(log),
+        }
+    }
+
+    /// Waits (up to `secs`) for mcpwarden to end on its own; SIGTERM after.
+    /// Returns its exit status and what it logged.
+    pub fn finish(mut self, secs: u64) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.child.try_wait().expect("try_wait").is_none() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        }
+        let status = self.child.wait().expect("wait for mcpwarden");
+        let log = self
+            .log
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status, log)
+    }
 }

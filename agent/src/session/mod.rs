@@ -332,6 +332,7 @@ async fn serve_session(
     };
     if let Some(link) = link {
         link.close().await;
+        drop(link);
     }
     lock(core).client_closed = true;
     // The server's input closes: a stdio server sees EOF and exits.

@@ -36,6 +36,10 @@ pub(crate) struct UpstreamLink {
     session: Mutex<Option<String>>,
     protocol: Mutex<Option<String>>,
     get_started: AtomicBool,
+    /// The exchanges in flight, awaited (briefly) by [`UpstreamLink::close`].
+    tasks: Mutex<tokio::task::JoinSet<()>>,
+    /// The GET stream's task, which never ends on its own.
+    get_task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl UpstreamLink {
@@ -47,6 +51,8 @@ impl UpstreamLink {
             session: Mutex::new(None),
             protocol: Mutex::new(None),
             get_started: AtomicBool::new(false),
+            tasks: Mutex::new(tokio::task::JoinSet::new()),
+            get_task: Mutex::new(None),
         }
     }
 
@@ -71,7 +77,7 @@ impl UpstreamLink {
             return;
         }
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        self.spawn(async move {
             let accepted = this.exchange(line, ids).await;
             if initialized
                 && accepted
@@ -79,9 +85,23 @@ impl UpstreamLink {
                     .get_started
                     .swap(true, std::sync::atomic::Ordering::SeqCst)
             {
-                tokio::spawn(Arc::clone(&this).get_stream());
+                let get = tokio::spawn(Arc::clone(&this).get_stream());
+                *this
+                    .get_task
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(get.abort_handle());
             }
         });
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Reap finished ones so the set stays small.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
     }
 
     /// One POST and its answer. Returns whether the upstream accepted it.
@@ -274,8 +294,32 @@ impl UpstreamLink {
         tracing::warn!("giving up on the upstream's GET stream after {GET_RETRIES} failures");
     }
 
-    /// Ends the upstream session (DELETE), best effort.
+    /// The client is done: lets the exchanges in flight deliver their
+    /// answers (3 s at most), stops the GET stream, and ends the upstream
+    /// session (DELETE), best effort.
     pub async fn close(&self) {
+        if let Some(get) = self
+            .get_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            get.abort();
+        }
+        let mut tasks = std::mem::take(
+            &mut *self
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let drained = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(3), drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("upstream answers still in flight 3 s after the client closed: dropped");
+            tasks.abort_all();
+        }
         let (Some(session), protocol) = self.ids() else {
             return;
         };
