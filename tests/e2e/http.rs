@@ -57,7 +57,7 @@ fn a_stdio_server_is_served_over_http_traced_and_killed() {
     let _guard = serial();
     let fx = Fixture::new("enforce");
     let events_flag = fx.events.display().to_string();
-    let endpoint = Endpoint::start(&fx.policy, &["--events", &events_flag], &fx.server_cmd());
+    let mut endpoint = Endpoint::start(&fx.policy, &["--events", &events_flag], &fx.server_cmd());
     let run = Run::over_http(&scenario(&fx), &endpoint.url);
     // The SDK client ends its session with DELETE: mcpwarden ends the run.
     let (status, log) = endpoint.finish(10);
@@ -79,7 +79,7 @@ fn an_http_server_is_relayed_confined_with_sse_and_json_answers() {
         if json_answers {
             server.push("--json".to_owned());
         }
-        let endpoint = Endpoint::start(
+        let mut endpoint = Endpoint::start(
             &fx.policy,
             &["--events", &events_flag, "--upstream", &upstream],
             &server,

@@ -8,6 +8,7 @@ mod cli;
 mod files;
 mod hardening;
 mod http;
+mod http_hardening;
 mod network;
 mod servers;
 mod support;

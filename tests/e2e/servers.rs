@@ -106,7 +106,7 @@ fn the_official_filesystem_server_works_over_http() {
         {"call": "list_directory", "args": {"path": data}},
         {"call": "read_text_file", "args": {"path": "/etc/hostname"}},
     ]);
-    let endpoint = crate::support::Endpoint::start(&fx.policy, &[], &cmd);
+    let mut endpoint = crate::support::Endpoint::start(&fx.policy, &[], &cmd);
     let run = Run::over_http(&scenario, &endpoint.url);
     let (status, log) = endpoint.finish(10);
     assert!(status.success(), "{status}: {log}");
@@ -163,7 +163,7 @@ fn the_official_everything_server_answers_alike_over_every_transport() {
 
     // HTTP client, stdio server.
     let fx = policy(free_port());
-    let endpoint = Endpoint::start(&fx.policy, &[], &node("stdio"));
+    let mut endpoint = Endpoint::start(&fx.policy, &[], &node("stdio"));
     let run = Run::over_http(&scenario, &endpoint.url);
     let (status, log) = endpoint.finish(10);
     assert!(status.success(), "{status}: {log}");
@@ -192,7 +192,7 @@ fn the_official_everything_server_answers_alike_over_every_transport() {
     let port = free_port();
     let fx = policy(port);
     let upstream = format!("http://127.0.0.1:{port}/mcp");
-    let endpoint = Endpoint::start_with_env(
+    let mut endpoint = Endpoint::start_with_env(
         &fx.policy,
         &["--upstream", &upstream],
         &node("streamableHttp"),

@@ -443,6 +443,17 @@ pub fn wait_for_port(port: u16, child: &mut std::process::Child) {
     }
 }
 
+impl Drop for Endpoint {
+    /// A failed test still stops its mcpwarden (and so its server).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// `mcpwarden run --listen` in the background: an MCP endpoint over HTTP.
 pub struct Endpoint {
     pub child: std::process::Child,
@@ -500,7 +511,7 @@ impl Endpoint {
 
     /// Waits (up to `secs`) for mcpwarden to end on its own; SIGTERM after.
     /// Returns its exit status and what it logged.
-    pub fn finish(mut self, secs: u64) -> (std::process::ExitStatus, String) {
+    pub fn finish(&mut self, secs: u64) -> (std::process::ExitStatus, String) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while self.child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

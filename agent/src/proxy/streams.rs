@@ -29,6 +29,8 @@ pub struct Frame {
     /// Event id: ours when the router numbers events, the upstream's when it
     /// relays them.
     pub id: Option<String>,
+    /// SSE `retry:` to pass on (relayed priming events).
+    pub retry: Option<u64>,
     /// The message's JSON text.
     pub data: Bytes,
 }
@@ -171,9 +173,9 @@ impl Router {
             let Some(s) = inner.streams.get_mut(&stream) else {
                 return Ok((None, replay));
             };
-            if s.tx.as_ref().is_some_and(|t| !t.is_closed()) {
-                return Err(Conflict);
-            }
+            // The client says the old connection broke, even if we have not
+            // noticed yet: the new one takes the stream over (the old one's
+            // channel is dropped, which ends its body).
             s.tx = Some(tx);
             return Ok((Some(stream), replay));
         }
@@ -251,7 +253,11 @@ impl Router {
                     tracing::warn!("no GET stream open: dropping the oldest queued server message");
                     inner.backlog.pop_front();
                 }
-                inner.backlog.push_back(Frame { id, data });
+                inner.backlog.push_back(Frame {
+                    id,
+                    retry: None,
+                    data,
+                });
                 return None;
             }
             tracing::warn!("dropping a message for a stream that is gone");
@@ -260,7 +266,11 @@ impl Router {
         let frame = if self.numbered {
             inner.log_frame(stream, data)
         } else {
-            Frame { id, data }
+            Frame {
+                id,
+                retry: None,
+                data,
+            }
         };
         let s = inner.streams.get_mut(&stream)?;
         let tx = s.tx.clone();
@@ -269,6 +279,24 @@ impl Router {
             inner.finish(stream);
         }
         Some(Delivery { stream, tx, frame })
+    }
+
+    /// A relayed event that carries no message (the upstream's priming
+    /// event): goes to `stream` as it is.
+    pub fn route_frame(
+        &self,
+        data: Bytes,
+        id: Option<String>,
+        retry: Option<u64>,
+        stream: StreamId,
+    ) -> Option<Delivery> {
+        let inner = self.lock();
+        let tx = inner.streams.get(&stream)?.tx.clone();
+        Some(Delivery {
+            stream,
+            tx,
+            frame: Frame { id, retry, data },
+        })
     }
 
     /// Sends a routed message. A client that went away loses its channel;
@@ -336,6 +364,7 @@ impl Inner {
         let event = self.next_event;
         let frame = Frame {
             id: Some(event.to_string()),
+            retry: None,
             data,
         };
         self.log_bytes += frame.data.len();

@@ -18,21 +18,31 @@ pub const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-v
 /// SSE resumption header.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
-/// Request headers a relay passes from the client to the upstream.
-pub static FORWARD_REQUEST: [HeaderName; 6] = [
+/// Request headers a relay passes from the client to the upstream (the
+/// Origin and CORS ones too: the upstream may have its own rules).
+pub static FORWARD_REQUEST: [HeaderName; 9] = [
     header::ACCEPT,
     header::CONTENT_TYPE,
     header::AUTHORIZATION,
+    header::ORIGIN,
+    header::ACCESS_CONTROL_REQUEST_METHOD,
+    header::ACCESS_CONTROL_REQUEST_HEADERS,
     SESSION_ID,
     PROTOCOL_VERSION,
     LAST_EVENT_ID,
 ];
 /// Response headers a relay passes from the upstream to the client.
-pub static FORWARD_RESPONSE: [HeaderName; 6] = [
+pub static FORWARD_RESPONSE: [HeaderName; 12] = [
     header::CONTENT_TYPE,
     header::WWW_AUTHENTICATE,
     header::RETRY_AFTER,
     header::ALLOW,
+    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    header::ACCESS_CONTROL_ALLOW_METHODS,
+    header::ACCESS_CONTROL_ALLOW_HEADERS,
+    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+    header::ACCESS_CONTROL_MAX_AGE,
+    header::VARY,
     SESSION_ID,
     PROTOCOL_VERSION,
 ];
@@ -194,6 +204,8 @@ pub fn mcp_headers(session: Option<&str>, protocol: Option<&str>) -> HeaderMap {
 pub struct Incoming {
     /// Its SSE event id.
     pub id: Option<String>,
+    /// The SSE `retry:` the server asked for (ms).
+    pub retry: Option<u64>,
     /// The message's JSON text.
     pub data: Bytes,
 }
@@ -250,8 +262,9 @@ impl Answer {
     }
 
     /// The next message; `None` at the end. A JSON body is one message (or
-    /// batch); an SSE event without data is skipped; an oversized SSE event
-    /// is dropped and logged; an oversized JSON body is an error.
+    /// batch); an SSE event without data comes with empty `data` if it has
+    /// an id or retry (a priming event), else is skipped; an oversized SSE
+    /// event is dropped and logged; an oversized JSON body is an error.
     pub async fn next(&mut self) -> Result<Option<Incoming>, UpstreamError> {
         loop {
             if let Some(m) = self.queue.pop_front() {
@@ -272,10 +285,20 @@ impl Answer {
                 (Some(bytes), Some(decoder)) => {
                     for item in decoder.feed(&bytes) {
                         match item {
-                            Item::Event(e) if e.data.trim().is_empty() => {}
+                            // Data-less events matter only for their id
+                            // (priming) or retry.
+                            Item::Event(e)
+                                if e.data.trim().is_empty()
+                                    && e.id.is_none()
+                                    && e.retry.is_none() => {}
                             Item::Event(e) => self.queue.push_back(Incoming {
                                 id: e.id,
-                                data: Bytes::from(e.data),
+                                retry: e.retry,
+                                data: if e.data.trim().is_empty() {
+                                    Bytes::new()
+                                } else {
+                                    Bytes::from(e.data)
+                                },
                             }),
                             Item::TooLong { len } => tracing::warn!(
                                 "dropping an upstream SSE event of {len} bytes (limit {})",
@@ -300,6 +323,7 @@ impl Answer {
                     if sse.is_none() && !body.iter().all(u8::is_ascii_whitespace) {
                         self.queue.push_back(Incoming {
                             id: None,
+                            retry: None,
                             data: Bytes::from(body),
                         });
                     }

@@ -199,6 +199,20 @@ impl Core {
             .collect()
     }
 
+    /// Asks the server's processes to stop (SIGTERM), if mcpwarden started
+    /// them: an HTTP server has no stdin to close.
+    pub fn terminate_tree(&self) {
+        let Some(confined) = &self.confined else {
+            return;
+        };
+        for pid in confined.cgroup.pids().unwrap_or_default() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+
     /// Kills the server's process tree, if mcpwarden started it.
     pub fn kill_tree(&self) {
         if let Some(confined) = &self.confined

@@ -33,7 +33,10 @@ use crate::{
         message::{self, Message, RequestId, code, error_response},
         sse,
         streams::{Frame, Router, STREAM_QUEUE, StreamId},
-        upstream::{FORWARD_REQUEST, FORWARD_RESPONSE, SESSION_ID, Upstream, is_sse},
+        upstream::{
+            FORWARD_REQUEST, FORWARD_RESPONSE, LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID,
+            Upstream, is_sse,
+        },
     },
 };
 
@@ -69,9 +72,23 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Routes::new()
-        .route(ENDPOINT, post(on_post).get(on_get).delete(on_delete))
+        .route(
+            ENDPOINT,
+            post(on_post)
+                .get(on_get)
+                .delete(on_delete)
+                .options(on_options),
+        )
         .with_state(front);
     let mut stop2 = stop.clone();
+    // Answers are small writes that must leave at once: without
+    // TCP_NODELAY, Nagle holds an SSE event behind its headers until the
+    // client's delayed ACK, 40 ms later.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a client connection: {e}");
+        }
+    });
     let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|s| *s).await;
     });
@@ -115,6 +132,29 @@ pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The checks every request gets before anything else: DNS rebinding
+/// (see [`request_allowed`]) and MCP headers given more than once (which
+/// copy would the server read?).
+fn screen(front: &Front, headers: &HeaderMap) -> Option<Response> {
+    if !request_allowed(headers, front.loopback, &front.origins) {
+        return Some(refuse(
+            StatusCode::FORBIDDEN,
+            code::INVALID_REQUEST,
+            "mcpwarden: this Host or Origin may not call the MCP endpoint (DNS rebinding protection)",
+        ));
+    }
+    for name in [SESSION_ID, PROTOCOL_VERSION, LAST_EVENT_ID] {
+        if headers.get_all(&name).iter().count() > 1 {
+            return Some(refuse(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                &format!("mcpwarden: the {name} header appears more than once"),
+            ));
+        }
+    }
+    None
 }
 
 /// Whether a request may reach a loopback endpoint: its `Host` must name
@@ -168,6 +208,9 @@ pub(crate) fn accepts_both(headers: &HeaderMap) -> bool {
     accepts(headers, "application/json") && accepts(headers, "text/event-stream")
 }
 
+/// Whether `Accept` names `what` itself: the spec asks clients to name
+/// the types they take, and a wildcard would let a client that cannot read
+/// an event stream open one.
 pub(crate) fn accepts(headers: &HeaderMap, what: &str) -> bool {
     headers
         .get_all(header::ACCEPT)
@@ -175,16 +218,20 @@ pub(crate) fn accepts(headers: &HeaderMap, what: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|v| v.split(';').next().unwrap_or_default().trim())
-        .any(|v| v == what || v == "*/*")
+        .any(|v| v == what)
 }
 
-/// An SSE body from a stream's channel, after `first` frames.
+/// An SSE body from a stream's channel, after `first` frames. With no
+/// first frame it opens with a comment line, so the response's head leaves
+/// at once (a client waits for it before it reads anything).
 pub(crate) fn sse_body(first: Vec<Frame>, rx: mpsc::Receiver<Frame>) -> Body {
     let encode = |f: Frame| {
-        let data = String::from_utf8_lossy(&f.data).into_owned();
-        Ok::<_, std::convert::Infallible>(Bytes::from(sse::Event::message(f.id, data).encode()))
+        let mut event = sse::Event::message(f.id, String::from_utf8_lossy(&f.data).into_owned());
+        event.retry = f.retry;
+        Ok::<_, std::convert::Infallible>(Bytes::from(event.encode()))
     };
-    let replay = stream::iter(first.into_iter().map(encode));
+    let opener = first.is_empty().then(|| Ok(Bytes::from_static(b":\n\n")));
+    let replay = stream::iter(opener.into_iter().chain(first.into_iter().map(encode)));
     let live = stream::unfold(rx, move |mut rx| async move {
         rx.recv().await.map(|f| (encode(f), rx))
     });
@@ -211,12 +258,8 @@ pub(crate) struct Checked {
 
 async fn read_message(front: &Front, request: Request) -> Result<(HeaderMap, Checked), Response> {
     let (parts, body) = request.into_parts();
-    if !request_allowed(&parts.headers, front.loopback, &front.origins) {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            code::INVALID_REQUEST,
-            "mcpwarden: this Host or Origin may not call the MCP endpoint (DNS rebinding protection)",
-        ));
+    if let Some(refusal) = screen(front, &parts.headers) {
+        return Err(refusal);
     }
     let body = axum::body::to_bytes(body, front.max).await.map_err(|_| {
         refuse(
@@ -252,12 +295,8 @@ async fn on_post(State(front): State<Arc<Front>>, request: Request) -> Response 
 
 async fn on_get(State(front): State<Arc<Front>>, request: Request) -> Response {
     let headers = request.headers();
-    if !request_allowed(headers, front.loopback, &front.origins) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            code::INVALID_REQUEST,
-            "mcpwarden: this Host or Origin may not call the MCP endpoint (DNS rebinding protection)",
-        );
+    if let Some(refusal) = screen(&front, headers) {
+        return refusal;
     }
     match &front.mode {
         Mode::Host(host) => host.get(&front, headers),
@@ -267,16 +306,26 @@ async fn on_get(State(front): State<Arc<Front>>, request: Request) -> Response {
 
 async fn on_delete(State(front): State<Arc<Front>>, request: Request) -> Response {
     let headers = request.headers();
-    if !request_allowed(headers, front.loopback, &front.origins) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            code::INVALID_REQUEST,
-            "mcpwarden: this Host or Origin may not call the MCP endpoint (DNS rebinding protection)",
-        );
+    if let Some(refusal) = screen(&front, headers) {
+        return refusal;
     }
     match &front.mode {
         Mode::Host(host) => host.delete(headers),
         Mode::Relay(upstream) => relay_plain(upstream, Method::DELETE, headers, None).await,
+    }
+}
+
+/// CORS preflight: relayed to an upstream (its answer decides what a
+/// browser may do, and our own Host/Origin screen still applies to the
+/// request that follows); a stdio server behind us gets no CORS.
+async fn on_options(State(front): State<Arc<Front>>, request: Request) -> Response {
+    let headers = request.headers();
+    if let Some(refusal) = screen(&front, headers) {
+        return refusal;
+    }
+    match &front.mode {
+        Mode::Host(_) => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+        Mode::Relay(upstream) => relay_plain(upstream, Method::OPTIONS, headers, None).await,
     }
 }
 
@@ -437,6 +486,18 @@ async fn pump_relayed(
                 break;
             }
         };
+        if incoming.data.is_empty() {
+            // The upstream's priming event (an id, maybe a retry, no data):
+            // the client needs it to resume this stream.
+            if let Some(d) =
+                front
+                    .router
+                    .route_frame(incoming.data, incoming.id, incoming.retry, stream)
+            {
+                front.router.deliver(d).await;
+            }
+            continue;
+        }
         let msg = match message::parse(&incoming.data) {
             Ok(m) => m,
             Err(e) => {

@@ -193,7 +193,12 @@ impl Host {
         let last = headers.get(LAST_EVENT_ID).and_then(|v| v.to_str().ok());
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         match front.router.attach_get(tx, last) {
-            Ok((Some(_), replay)) => sse_response(HeaderMap::new(), sse_body(replay, rx)),
+            Ok((Some(stream), mut replay)) => {
+                if replay.is_empty() {
+                    replay.extend(front.router.prime(stream));
+                }
+                sse_response(HeaderMap::new(), sse_body(replay, rx))
+            }
             Ok((None, replay)) => {
                 // The stream being resumed has ended: its replay, then EOF.
                 drop(rx);

@@ -267,6 +267,7 @@ async fn serve_session(
         Some(s) => (s.pipes, Some(s.exit_rx)),
         None => (None, None),
     };
+    let upstream_started = upstream.is_some() && exit_rx.is_some();
     let to_server = match (&upstream, pipes) {
         (None, Some((stdin, stdout_pipe))) => {
             let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
@@ -335,8 +336,12 @@ async fn serve_session(
         drop(link);
     }
     lock(core).client_closed = true;
-    // The server's input closes: a stdio server sees EOF and exits.
+    // The server's input closes: a stdio server sees EOF and exits. An HTTP
+    // server is asked with SIGTERM.
     let _ = closing_tx.send(true);
+    if upstream_started {
+        lock(core).terminate_tree();
+    }
     drop(to_client);
     tasks.finish(exit_rx, core).await;
     result

@@ -198,6 +198,10 @@ impl UpstreamLink {
     ) -> Result<(), UpstreamError> {
         let was_waiting = !waiting.is_empty();
         while let Some(incoming) = answer.next().await? {
+            if incoming.data.is_empty() {
+                // A priming event: its id is kept by the answer for resuming.
+                continue;
+            }
             let msg = match message::parse(&incoming.data) {
                 Ok(m) => m,
                 Err(e) => {
