@@ -5,6 +5,7 @@
 //! Tests that load kernel programs and check that none are left behind run
 //! one at a time (see [`serial`]).
 mod cli;
+mod conformance;
 mod files;
 mod hardening;
 mod http;
