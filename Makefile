@@ -27,14 +27,18 @@ lint: setup
 # Numbers behind BENCHMARKS.md (root; takes about two minutes).
 bench: setup
 	cargo bench --bench proxy_stdio
+	cargo bench --bench proxy_http
+	cargo bench --bench proxy_flood
+	cargo bench --bench proxy_parts
 	cargo bench --bench sandbox_spawn
 
-# Fuzz the message parser and the request tracker (nightly, cargo-fuzz).
+# Fuzz the message parser, the request tracker and the SSE decoder
+# (nightly, cargo-fuzz).
 # New inputs go to target/fuzz-corpus; the checked-in seeds stay as they are.
 FUZZ_SECONDS ?= 240
 fuzz: setup
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
-	for t in parse tracker; do \
+	for t in parse tracker sse; do \
 		mkdir -p target/fuzz-corpus/$$t && \
 		(cd agent/fuzz && cargo +nightly fuzz run $$t ../../target/fuzz-corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
 	done

@@ -159,7 +159,12 @@ fn main() -> ExitCode {
                 upstream,
                 allow_origins,
             };
-            match runtime.block_on(session::run(opts)) {
+            let result = runtime.block_on(session::run(opts));
+            // A blocking write to a client that stopped reading (our stdout
+            // is a full pipe) must not keep the process alive: the session
+            // has ended and its server is gone.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e.to_string()),
             }

@@ -79,6 +79,8 @@ struct Inner {
     log_bytes: usize,
     /// Server messages for a GET stream not opened yet.
     backlog: VecDeque<Frame>,
+    /// How many of those were dropped because the queue was full.
+    backlog_dropped: u64,
 }
 
 /// A message on its way to one stream: send it with [`Router::deliver`].
@@ -250,8 +252,15 @@ impl Router {
         let Some(stream) = stream else {
             if key.is_none() && via.is_none() {
                 if inner.backlog.len() >= GET_BACKLOG {
-                    tracing::warn!("no GET stream open: dropping the oldest queued server message");
                     inner.backlog.pop_front();
+                    inner.backlog_dropped += 1;
+                    // Logged at 1, 2, 4, 8...: a flood must not flood the log.
+                    if inner.backlog_dropped.is_power_of_two() {
+                        tracing::warn!(
+                            dropped = inner.backlog_dropped,
+                            "no GET stream open: dropped the oldest queued server messages (the queue holds {GET_BACKLOG})"
+                        );
+                    }
                 }
                 inner.backlog.push_back(Frame {
                     id,
