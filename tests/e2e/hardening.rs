@@ -14,20 +14,24 @@ use crate::support::{Fixture, assert_nothing_left_behind, mcpwarden, serial};
 /// A live `mcpwarden run` session spoken to in raw bytes.
 struct Raw {
     child: Child,
-    stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
     log: std::thread::JoinHandle<String>,
 }
 
 impl Raw {
     fn start(fx: &Fixture, flags: &[&str]) -> Self {
+        Self::start_server(fx, flags, &fx.server_cmd())
+    }
+
+    fn start_server(fx: &Fixture, flags: &[&str], server: &[String]) -> Self {
         let mut child = mcpwarden()
             .arg("run")
             .args(flags)
             .arg("--policy")
             .arg(&fx.policy)
             .arg("--")
-            .args(fx.server_cmd())
+            .args(server)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -51,16 +55,27 @@ impl Raw {
         });
         Self {
             child,
-            stdin,
+            stdin: Some(stdin),
             lines,
             log,
         }
     }
 
     fn send(&mut self, bytes: &[u8]) {
-        self.stdin.write_all(bytes).expect("write");
-        self.stdin.write_all(b"\n").expect("write");
-        self.stdin.flush().expect("flush");
+        self.send_raw(bytes);
+        self.send_raw(b"\n");
+    }
+
+    /// Sends bytes as they are (no newline added).
+    fn send_raw(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("input still open");
+        stdin.write_all(bytes).expect("write");
+        stdin.flush().expect("flush");
+    }
+
+    /// Closes mcpwarden's stdin (EOF), as a client that is done does.
+    fn close_input(&mut self) {
+        self.stdin = None;
     }
 
     fn recv(&self) -> Value {
@@ -73,7 +88,7 @@ impl Raw {
 
     /// Ends the session; returns mcpwarden's log.
     fn finish(mut self) -> String {
-        drop(self.stdin);
+        self.close_input();
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "{status}");
         self.log.join().expect("log reader")
@@ -181,5 +196,59 @@ fn server_to_client_requests_pass_through_and_are_answered() {
     let run = crate::support::Run::through_mcpwarden(&fx, &scenario);
     assert_eq!(run.text(0), "model says: hello");
     assert_eq!(run.text(1), "model says: again");
+    assert_nothing_left_behind(None);
+}
+
+const INIT: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+#[test]
+fn a_last_message_without_a_newline_is_still_answered() {
+    let _guard = serial();
+    let fx = Fixture::new("enforce");
+    let mut s = Raw::start(&fx, &[]);
+    s.send(INIT);
+    assert_eq!(s.recv()["id"], json!(1));
+    s.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    // The client's last message ends at EOF, without its newline.
+    s.send_raw(br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#);
+    s.close_input();
+    assert_eq!(s.recv(), json!({"jsonrpc": "2.0", "id": 2, "result": {}}));
+    s.finish();
+    assert_nothing_left_behind(None);
+}
+
+#[test]
+fn a_server_dying_mid_message_fails_the_call_and_later_ones() {
+    let _guard = serial();
+    let fx = Fixture::new("enforce");
+    // A server that answers initialize, then crashes halfway through its
+    // answer to the next request.
+    let script = r#"read -r l; echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"crash","version":"0"}}}'; read -r l; read -r l; printf '{"jsonrpc":"2.0","id":'; exit 3"#;
+    let server = ["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()];
+    let mut s = Raw::start_server(&fx, &[], &server);
+    s.send(INIT);
+    assert_eq!(s.recv()["id"], json!(1));
+    s.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    s.send(br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"anything","arguments":{}}}"#);
+    let failed = s.recv();
+    assert_eq!(
+        (&failed["id"], &failed["error"]["code"]),
+        (&json!(2), &json!(-32002)),
+        "{failed}"
+    );
+    let message = failed["error"]["message"].as_str().expect("message");
+    assert!(message.contains("exited with status 3"), "{message}");
+    s.send(br#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#);
+    let later = s.recv();
+    assert_eq!(
+        (&later["id"], &later["error"]["code"]),
+        (&json!(3), &json!(-32002)),
+        "{later}"
+    );
+    let log = s.finish();
+    assert!(
+        log.contains("not JSON-RPC"),
+        "the half message is dropped and logged: {log}"
+    );
     assert_nothing_left_behind(None);
 }

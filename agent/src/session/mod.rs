@@ -44,7 +44,10 @@ use self::{
     core::{Confined, Core, Shared, lock},
     http_front::{Front, Mode as FrontMode},
     http_host::Host,
-    relay::{pump_events, relay_client, relay_server, server_ended, write_lines, write_server},
+    relay::{
+        client_gone, pump_events, relay_client, relay_server, server_ended, write_lines,
+        write_server,
+    },
     route::{ToClient, ToServer},
     upstream_link::UpstreamLink,
 };
@@ -387,9 +390,12 @@ async fn serve_client(
         (None, Some(stdout)) => {
             let to_server = to_server
                 .unwrap_or_else(|| unreachable!("a stdio client always has a server side"));
-            relay_client(Arc::clone(core), to_server, max, stdout)
-                .await
-                .map_err(io("reading the client"))
+            tokio::select! {
+                r = relay_client(Arc::clone(core), to_server, max, stdout) => {
+                    r.map_err(io("reading the client"))
+                }
+                () = client_gone() => Ok(()),
+            }
         }
         (None, None) => unreachable!("stdio clients have stdout"),
     }

@@ -1,6 +1,9 @@
 //! The stdio tasks: the client's stdin reader and stdout writer, the
 //! server's stdin writer and stdout reader, and the kernel event pump.
-use std::{os::fd::OwnedFd, time::Duration};
+use std::{
+    os::fd::{AsFd as _, OwnedFd},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt as _, BufReader},
@@ -111,6 +114,33 @@ pub(super) async fn relay_client(
             }
             Ok(()) => {}
         }
+    }
+}
+
+/// Resolves when the client stops reading for good: the read end of our
+/// stdout (a pipe) closed. A client that dies while mcpwarden waits on a
+/// server that does not read would otherwise never be noticed, since
+/// nothing is being written to it. Never resolves when stdout is not
+/// something epoll can watch (a file).
+pub(super) async fn client_gone() {
+    let watched = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| {
+            // SAFETY: `fd` is a fresh duplicate of stdout that only this
+            // AsyncFd owns, so it stays open and names the same pipe until
+            // the AsyncFd is dropped.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::ERROR)
+            }
+            .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+    match watched {
+        Ok(fd) => {
+            let _ = fd.ready(tokio::io::Interest::ERROR).await;
+            tracing::info!("the client closed its end of our output");
+        }
+        Err(_) => std::future::pending().await,
     }
 }
 
