@@ -104,7 +104,7 @@ fn bad_client_input_gets_errors_and_the_session_goes_on() {
     assert_eq!(s.recv()["id"], json!(1));
     s.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
 
-    let cases: [(&str, Vec<u8>, i64, &str); 5] = [
+    let cases: [(&str, Vec<u8>, i64, &str); 6] = [
         (
             "deep nesting",
             "[".repeat(3_000).into_bytes(),
@@ -118,6 +118,12 @@ fn bad_client_input_gets_errors_and_the_session_goes_on() {
             "parse error",
         ),
         ("not an object", b"42".to_vec(), -32600, "invalid request"),
+        (
+            "a response without an id",
+            br#"{"jsonrpc":"2.0","result":{}}"#.to_vec(),
+            -32600,
+            "invalid request",
+        ),
         (
             "no method, no result",
             br#"{"jsonrpc":"2.0","id":3}"#.to_vec(),

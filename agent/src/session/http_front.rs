@@ -1,9 +1,9 @@
 //! The server side of Streamable HTTP: mcpwarden's endpoint for HTTP
 //! clients, at `http://ADDR/mcp`.
 //!
-//! Two modes. *Host*: the tool server speaks stdio and mcpwarden is the HTTP
+//! Two modes. *Host* ([`super::http_host`]): the tool server speaks stdio and mcpwarden is the HTTP
 //! server of record for its one MCP session (session id, SSE streams,
-//! numbered events, resumption). *Relay*: the tool server is itself an HTTP
+//! numbered events, resumption). *Relay* ([`super::http_relay`]): the tool server is itself an HTTP
 //! server; each request goes upstream with the client's MCP headers, each
 //! answer comes back judged message by message, and sessions, event ids and
 //! resumption are the upstream's. Both check `Origin` (DNS rebinding), the
@@ -23,21 +23,15 @@ use futures_util::stream;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    core::{Shared, lock, request_ids, response_key},
+    core::Shared,
     http_host::Host,
-    route::ToClient,
+    http_relay::{relay_get, relay_plain, relay_post},
 };
-use crate::{
-    monotonic_ns,
-    proxy::{
-        message::{self, Message, RequestId, code, error_response},
-        sse,
-        streams::{Frame, Router, STREAM_QUEUE, StreamId},
-        upstream::{
-            FORWARD_REQUEST, FORWARD_RESPONSE, LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID,
-            Upstream, is_sse,
-        },
-    },
+use crate::proxy::{
+    message::{self, Message, code, error_response},
+    sse,
+    streams::{Frame, Router},
+    upstream::{LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID, Upstream},
 };
 
 /// The path of the MCP endpoint.
@@ -337,274 +331,6 @@ pub(crate) fn refused(replies: &[String]) -> Response {
         [one] => json_response(StatusCode::OK, one.clone().into_bytes()),
         many => json_response(StatusCode::OK, format!("[{}]", many.join(",")).into_bytes()),
     }
-}
-
-/// The client's session id: the scope of its request ids.
-fn scope_of(headers: &HeaderMap) -> String {
-    headers
-        .get(SESSION_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn forward_headers(from: &HeaderMap, names: &[header::HeaderName]) -> HeaderMap {
-    let mut to = HeaderMap::new();
-    for name in names {
-        for value in from.get_all(name) {
-            to.append(name.clone(), value.clone());
-        }
-    }
-    to
-}
-
-async fn relay_post(
-    front: &Arc<Front>,
-    upstream: &Upstream,
-    headers: &HeaderMap,
-    checked: Checked,
-) -> Response {
-    let scope = scope_of(headers);
-    let Checked { body, msg } = checked;
-    if let Err(replies) = lock(&front.core).admit(&msg, &scope, monotonic_ns()) {
-        return refused(&replies);
-    }
-    let ids = request_ids(&msg, &scope);
-    let keys: Vec<String> = ids.iter().map(|id| id.key.clone()).collect();
-    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    // Registered before the request leaves: a kill while the upstream works
-    // on it is answered on this stream, even before the upstream answers.
-    let stream = (!ids.is_empty()).then(|| front.router.open(&keys, tx, false));
-    let sent = upstream
-        .send(
-            Method::POST,
-            forward_headers(headers, &FORWARD_REQUEST),
-            Some(body),
-        )
-        .await;
-    let response = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!("{e}");
-            let why = format!("mcpwarden could not reach the upstream server: {e}");
-            let replies = lock(&front.core).fail(&ids, code::UPSTREAM, &why);
-            let router = Arc::clone(&front.router);
-            tokio::spawn(async move {
-                ToClient::Http(Arc::clone(&router)).replies(replies).await;
-                if let Some(stream) = stream {
-                    router.close(stream);
-                }
-            });
-            let frames = collect(rx).await;
-            if frames.is_empty() {
-                return refuse(StatusCode::BAD_GATEWAY, code::UPSTREAM, &why);
-            }
-            return json_response(StatusCode::OK, join_frames(&frames));
-        }
-    };
-    let status = response.status();
-    let out_headers = forward_headers(response.headers(), &FORWARD_RESPONSE);
-    let Some(stream) = stream.filter(|_| status.is_success() && status != StatusCode::ACCEPTED)
-    else {
-        // Nothing to judge: an HTTP error, or an accepted notification.
-        if let Some(stream) = stream {
-            front.router.close(stream);
-        }
-        let _ = lock(&front.core).fail(&ids, code::UPSTREAM, "");
-        let body = read_limited(response, front.max).await;
-        return (status, out_headers, body).into_response();
-    };
-    let sse = is_sse(response.headers());
-    let answer = upstream.answer(response);
-    let pump = tokio::spawn(pump_relayed(
-        Arc::clone(front),
-        answer,
-        scope,
-        stream,
-        ids.clone(),
-        sse,
-    ));
-    if sse {
-        // The pump ends when the client goes away (its channel closes).
-        drop(pump);
-        return (status, sse_response(out_headers, sse_body(Vec::new(), rx))).into_response();
-    }
-    let frames = collect(rx).await;
-    let _ = pump.await;
-    if frames.is_empty() {
-        return StatusCode::ACCEPTED.into_response();
-    }
-    (status, out_headers, join_frames(&frames)).into_response()
-}
-
-async fn collect(mut rx: mpsc::Receiver<Frame>) -> Vec<Frame> {
-    let mut frames = Vec::new();
-    while let Some(f) = rx.recv().await {
-        frames.push(f);
-    }
-    frames
-}
-
-/// One JSON body for the frames of a POST: the message itself, or an array.
-fn join_frames(frames: &[Frame]) -> Vec<u8> {
-    if let [one] = frames {
-        return one.data.to_vec();
-    }
-    let mut out = b"[".to_vec();
-    for (i, f) in frames.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(&f.data);
-    }
-    out.push(b']');
-    out
-}
-
-/// Reads an upstream answer into the router: each message judged by the
-/// core, then routed to its stream. Stops when the client has gone: the
-/// upstream's stream is left for the client to resume (by GET with
-/// `Last-Event-ID`, relayed like the rest).
-async fn pump_relayed(
-    front: Arc<Front>,
-    mut answer: crate::proxy::upstream::Answer,
-    scope: String,
-    stream: StreamId,
-    ids: Vec<RequestId>,
-    sse: bool,
-) {
-    while front.router.is_open(stream) {
-        let incoming = tokio::select! {
-            next = answer.next() => next,
-            () = front.router.client_gone(stream) => break,
-        };
-        let incoming = match incoming {
-            Ok(Some(i)) => i,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!("{e}");
-                break;
-            }
-        };
-        if incoming.data.is_empty() {
-            // The upstream's priming event (an id, maybe a retry, no data):
-            // the client needs it to resume this stream.
-            if let Some(d) =
-                front
-                    .router
-                    .route_frame(incoming.data, incoming.id, incoming.retry, stream)
-            {
-                front.router.deliver(d).await;
-            }
-            continue;
-        }
-        let msg = match message::parse(&incoming.data) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("dropping an upstream message that is not JSON-RPC ({e})");
-                continue;
-            }
-        };
-        let (forward, replies) = lock(&front.core).on_server_message(&msg, &scope, monotonic_ns());
-        ToClient::Http(Arc::clone(&front.router))
-            .replies(replies)
-            .await;
-        if forward {
-            let key = response_key(&msg, &scope);
-            if let Some(d) =
-                front
-                    .router
-                    .route(incoming.data, key.as_deref(), incoming.id, Some(stream))
-            {
-                front.router.deliver(d).await;
-            }
-        }
-    }
-    let pending = front.router.close(stream);
-    if !sse && !pending.is_empty() {
-        // A JSON answer is complete: what it did not answer never will be.
-        let left: Vec<RequestId> = ids
-            .into_iter()
-            .filter(|id| pending.contains(&id.key))
-            .collect();
-        let _ = lock(&front.core).fail(&left, code::UPSTREAM, "");
-    }
-}
-
-async fn relay_get(front: &Arc<Front>, upstream: &Upstream, headers: &HeaderMap) -> Response {
-    let response = match upstream
-        .send(
-            Method::GET,
-            forward_headers(headers, &FORWARD_REQUEST),
-            None,
-        )
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!("{e}");
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                code::UPSTREAM,
-                &format!("mcpwarden could not reach the upstream server: {e}"),
-            );
-        }
-    };
-    let status = response.status();
-    let out_headers = forward_headers(response.headers(), &FORWARD_RESPONSE);
-    if !status.is_success() || !is_sse(response.headers()) {
-        let body = read_limited(response, front.max).await;
-        return (status, out_headers, body).into_response();
-    }
-    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    let stream = front.router.open(&[], tx, true);
-    let answer = upstream.answer(response);
-    tokio::spawn(pump_relayed(
-        Arc::clone(front),
-        answer,
-        scope_of(headers),
-        stream,
-        Vec::new(),
-        true,
-    ));
-    (status, sse_response(out_headers, sse_body(Vec::new(), rx))).into_response()
-}
-
-async fn relay_plain(
-    upstream: &Upstream,
-    method: Method,
-    headers: &HeaderMap,
-    body: Option<Bytes>,
-) -> Response {
-    match upstream
-        .send(method, forward_headers(headers, &FORWARD_REQUEST), body)
-        .await
-    {
-        Ok(r) => {
-            let status = r.status();
-            let out_headers = forward_headers(r.headers(), &FORWARD_RESPONSE);
-            let body = read_limited(r, 1 << 20).await;
-            (status, out_headers, body).into_response()
-        }
-        Err(e) => refuse(
-            StatusCode::BAD_GATEWAY,
-            code::UPSTREAM,
-            &format!("mcpwarden could not reach the upstream server: {e}"),
-        ),
-    }
-}
-
-/// An upstream body, at most `max` bytes of it.
-async fn read_limited(mut response: reqwest::Response, max: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        if body.len() + chunk.len() > max {
-            tracing::warn!("truncating an upstream error body at {max} bytes");
-            break;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    body
 }
 
 /// Where the endpoint listens: loopback unless asked otherwise.

@@ -16,6 +16,7 @@
 mod core;
 mod http_front;
 mod http_host;
+mod http_relay;
 mod record;
 mod relay;
 mod route;
