@@ -1,12 +1,13 @@
 //! The server side of Streamable HTTP: mcpwarden's endpoint for HTTP
 //! clients, at `http://ADDR/mcp`.
 //!
-//! Two modes. *Host* ([`super::http_host`]): the tool server speaks stdio and mcpwarden is the HTTP
-//! server of record for its one MCP session (session id, SSE streams,
-//! numbered events, resumption). *Relay* ([`super::http_relay`]): the tool server is itself an HTTP
-//! server; each request goes upstream with the client's MCP headers, each
-//! answer comes back judged message by message, and sessions, event ids and
-//! resumption are the upstream's. Both check `Origin` (DNS rebinding), the
+//! Two modes. *Host* ([`super::http_host`]): the tool server speaks stdio
+//! and mcpwarden is the HTTP server of record for its one MCP session
+//! (session id, SSE streams, numbered events, resumption). *Relay*
+//! ([`super::http_relay`]): the tool server is itself an HTTP server; each
+//! request goes upstream with the client's MCP headers, each answer comes
+//! back judged message by message, and sessions, event ids and resumption
+//! are the upstream's. Both check `Host` and `Origin` (DNS rebinding), the
 //! body size, the JSON-RPC, and the request ids in flight before anything
 //! goes upstream.
 use std::{net::SocketAddr, sync::Arc};
