@@ -163,8 +163,15 @@ impl Decoder {
             return self.dispatch();
         }
         self.size?;
-        // Lines that are not UTF-8 are replaced, as browsers do.
+        // Lines that are not UTF-8 are replaced, as browsers do. Each bad
+        // byte becomes three (U+FFFD): count what the line grew by, so the
+        // limit holds on what is kept, not only on what was read.
+        let raw_len = line.len();
         let line = String::from_utf8_lossy(line);
+        if line.len() > raw_len {
+            self.grow(line.len() - raw_len);
+            self.size?;
+        }
         if line.starts_with(':') {
             return None;
         }
@@ -275,6 +282,22 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(got[1], Item::Event(Event::message(None, "ok".into())));
+    }
+
+    #[test]
+    fn invalid_utf8_cannot_grow_an_event_past_the_limit() {
+        // Found by the sse fuzz target: 0xff bytes within the limit tripled
+        // in size once replaced.
+        let mut d = Decoder::new(64);
+        let mut wire = b"data: ".to_vec();
+        wire.extend([0xff; 40]);
+        wire.extend_from_slice(b"\n\n");
+        assert!(matches!(d.feed(&wire)[..], [Item::TooLong { .. }]));
+        let mut d = Decoder::new(256);
+        match &d.feed(&wire)[..] {
+            [Item::Event(e)] => assert_eq!(e.data, "\u{fffd}".repeat(40)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
