@@ -46,8 +46,8 @@ use self::{
     http_front::{Front, Mode as FrontMode},
     http_host::Host,
     relay::{
-        client_gone, pump_events, relay_client, relay_server, server_ended, write_lines,
-        write_server,
+        ServerInput, client_gone, pump_events, relay_client, relay_server, server_ended,
+        write_lines, write_server,
     },
     route::{ToClient, ToServer},
     upstream_link::UpstreamLink,
@@ -272,47 +272,16 @@ async fn serve_session(
         None => (None, None),
     };
     let upstream_started = upstream.is_some() && exit_rx.is_some();
-    let to_server = match (&upstream, pipes) {
-        (None, Some((stdin, stdout_pipe))) => {
-            let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
-            tasks.server_side.push(tokio::spawn(write_server(
-                Arc::clone(core),
-                rx,
-                stdin,
-                to_client.clone(),
-                closing_rx.clone(),
-            )));
-            tasks.server_side.push(tokio::spawn(relay_server(
-                Arc::clone(core),
-                stdout_pipe,
-                max,
-                to_client.clone(),
-                exit_rx.clone().unwrap_or_else(|| watch::channel(None).1),
-            )));
-            Some(ToServer::Stdio(tx))
-        }
-        (Some(up), _) => {
-            if let Some(exit_rx) = &exit_rx {
-                wait_until_serving(up, exit_rx.clone()).await?;
-                // The server's exit fails what is in flight, as on stdio.
-                let (core, exit_rx, to_client) =
-                    (Arc::clone(core), exit_rx.clone(), to_client.clone());
-                tasks.server_side.push(tokio::spawn(async move {
-                    let mut rx = exit_rx.clone();
-                    let _ = rx.wait_for(Option::is_some).await;
-                    server_ended(&core, exit_rx, &to_client).await;
-                }));
-            }
-            listener.is_none().then(|| {
-                ToServer::Http(Arc::new(UpstreamLink::new(
-                    up.clone(),
-                    Arc::clone(core),
-                    to_client.clone(),
-                )))
-            })
-        }
-        (None, None) => unreachable!("a stdio server always has pipes"),
-    };
+    let (to_server, stdin_pipe) = wire_server(
+        core,
+        upstream.as_ref(),
+        pipes,
+        exit_rx.as_ref(),
+        listener.is_none(),
+        (&to_client, &closing_rx, max),
+        &mut tasks,
+    )
+    .await?;
     if let Some(fd) = ring_fd {
         tasks.pump = Some(tokio::spawn(pump_events(
             Arc::clone(core),
@@ -328,7 +297,13 @@ async fn serve_session(
         _ => None,
     };
     let client = serve_client(
-        opts, core, listener, stdout, upstream, to_server, &to_client,
+        opts,
+        core,
+        listener,
+        stdout,
+        upstream,
+        (to_server, stdin_pipe),
+        &to_client,
     );
     let result = tokio::select! {
         r = client => r,
@@ -351,6 +326,71 @@ async fn serve_session(
     result
 }
 
+/// The server's side: a stdio server's relays (its stdin written by the
+/// stdio client's own task, or by a writer the HTTP endpoint shares), or an
+/// HTTP upstream (waited for when mcpwarden started it, linked to a stdio
+/// client). Returns where client messages go.
+async fn wire_server(
+    core: &Shared,
+    upstream: Option<&Upstream>,
+    pipes: Option<(ChildStdin, ChildStdout)>,
+    exit_rx: Option<&watch::Receiver<Option<String>>>,
+    stdio_client: bool,
+    (to_client, closing_rx, max): (&ToClient, &watch::Receiver<bool>, usize),
+    tasks: &mut Tasks,
+) -> Result<(Option<ToServer>, Option<ChildStdin>), RunError> {
+    let mut stdin_pipe = None;
+    let to_server = match (upstream, pipes) {
+        (None, Some((stdin, stdout_pipe))) => {
+            let to_server = if stdio_client {
+                // stdio to stdio: the client's task writes the pipe itself.
+                stdin_pipe = Some(stdin);
+                None
+            } else {
+                let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+                tasks.server_side.push(tokio::spawn(write_server(
+                    Arc::clone(core),
+                    rx,
+                    stdin,
+                    to_client.clone(),
+                    closing_rx.clone(),
+                )));
+                Some(ToServer::Stdio(tx))
+            };
+            tasks.server_side.push(tokio::spawn(relay_server(
+                Arc::clone(core),
+                stdout_pipe,
+                max,
+                to_client.clone(),
+                exit_rx.cloned().unwrap_or_else(|| watch::channel(None).1),
+            )));
+            to_server
+        }
+        (Some(up), _) => {
+            if let Some(exit_rx) = exit_rx {
+                wait_until_serving(up, exit_rx.clone()).await?;
+                // The server's exit fails what is in flight, as on stdio.
+                let (core, exit_rx, to_client) =
+                    (Arc::clone(core), exit_rx.clone(), to_client.clone());
+                tasks.server_side.push(tokio::spawn(async move {
+                    let mut rx = exit_rx.clone();
+                    let _ = rx.wait_for(Option::is_some).await;
+                    server_ended(&core, exit_rx, &to_client).await;
+                }));
+            }
+            stdio_client.then(|| {
+                ToServer::Http(Arc::new(UpstreamLink::new(
+                    up.clone(),
+                    Arc::clone(core),
+                    to_client.clone(),
+                )))
+            })
+        }
+        (None, None) => unreachable!("a stdio server always has pipes"),
+    };
+    Ok((to_server, stdin_pipe))
+}
+
 /// The client's side, until the client is done: stdin to EOF, or the HTTP
 /// endpoint until DELETE.
 async fn serve_client(
@@ -359,7 +399,7 @@ async fn serve_client(
     listener: Option<tokio::net::TcpListener>,
     stdout: Option<mpsc::Sender<Vec<u8>>>,
     upstream: Option<Upstream>,
-    to_server: Option<ToServer>,
+    (to_server, stdin_pipe): (Option<ToServer>, Option<ChildStdin>),
     to_client: &ToClient,
 ) -> Result<(), RunError> {
     let max = opts.max_message;
@@ -389,10 +429,13 @@ async fn serve_client(
                 .map_err(io("serving HTTP"))
         }
         (None, Some(stdout)) => {
-            let to_server = to_server
-                .unwrap_or_else(|| unreachable!("a stdio client always has a server side"));
+            let input = match (stdin_pipe, to_server) {
+                (Some(pipe), _) => ServerInput::Pipe(pipe),
+                (None, Some(to_server)) => ServerInput::Routed(to_server),
+                (None, None) => unreachable!("a stdio client always has a server side"),
+            };
             tokio::select! {
-                r = relay_client(Arc::clone(core), to_server, max, stdout) => {
+                r = relay_client(Arc::clone(core), input, max, stdout) => {
                     r.map_err(io("reading the client"))
                 }
                 () = client_gone() => Ok(()),

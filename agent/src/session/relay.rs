@@ -7,7 +7,7 @@ use std::{
 
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt as _, BufReader},
-    process::ChildStdout,
+    process::{ChildStdin, ChildStdout},
     sync::{mpsc, watch},
 };
 
@@ -70,16 +70,44 @@ async fn send_lines(to_client: &mpsc::Sender<Vec<u8>>, lines: Vec<String>) {
     }
 }
 
+/// Where a stdio client's messages go.
+#[derive(Debug)]
+pub(super) enum ServerInput {
+    /// Straight into a stdio server's stdin, written by the client's own
+    /// task: no task hop per message, and a burst costs one write.
+    Pipe(ChildStdin),
+    /// Through a transport (an HTTP upstream).
+    Routed(ToServer),
+}
+
 /// Our stdin: the client's messages, checked and passed to the server.
 pub(super) async fn relay_client(
     core: Shared,
-    to_server: ToServer,
+    input: ServerInput,
     max: usize,
     to_client: mpsc::Sender<Vec<u8>>,
 ) -> std::io::Result<()> {
     let mut reader = LineReader::new(BufReader::new(tokio::io::stdin()), max);
+    let (mut pipe, routed) = match input {
+        ServerInput::Pipe(stdin) => (
+            Some(tokio::io::BufWriter::with_capacity(64 << 10, stdin)),
+            None,
+        ),
+        ServerInput::Routed(to_server) => (None, Some(to_server)),
+    };
     let mut server_open = true;
     loop {
+        // Flush what was written for the server unless another complete
+        // message is already waiting: bursts cost one write, a lone
+        // message is never held back.
+        if let Some(w) = &mut pipe
+            && server_open
+            && !reader.has_complete_line()
+            && w.flush().await.is_err()
+        {
+            server_open = false;
+            server_stopped_reading(&core, &to_client).await;
+        }
         let line = match reader.next().await? {
             Line::Eof => return Ok(()),
             Line::TooLong { len } => {
@@ -105,16 +133,31 @@ pub(super) async fn relay_client(
             }
         };
         let admitted = lock(&core).admit(&msg, "", monotonic_ns());
-        match admitted {
-            Err(replies) => send_lines(&to_client, replies).await,
-            Ok(()) if server_open => {
+        match (admitted, &mut pipe, &routed) {
+            (Err(replies), _, _) => send_lines(&to_client, replies).await,
+            (Ok(()), _, _) if !server_open => {}
+            (Ok(()), Some(w), _) => {
+                let mut framed = line;
+                framed.push(b'\n');
+                if let Err(e) = w.write_all(&framed).await {
+                    tracing::warn!("cannot write to the server: {e}");
+                    server_open = false;
+                    server_stopped_reading(&core, &to_client).await;
+                }
+            }
+            (Ok(()), None, Some(to_server)) => {
                 if !to_server.send(line, &msg).await {
                     server_open = false;
                 }
             }
-            Ok(()) => {}
+            (Ok(()), None, None) => unreachable!("a client relay has a server side"),
         }
     }
+}
+
+async fn server_stopped_reading(core: &Shared, to_client: &mpsc::Sender<Vec<u8>>) {
+    let replies = lock(core).server_gone("stopped reading its input");
+    send_lines(to_client, replies.into_iter().map(|r| r.line).collect()).await;
 }
 
 /// Resolves when the client stops reading for good: the read end of our
