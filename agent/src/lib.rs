@@ -1,8 +1,9 @@
 //! mcpwarden: a host-level defence for AI agents' MCP tool servers.
 //!
-//! The walking skeleton wires one path through the whole product: the stdio
-//! proxy ([`proxy`]) relays MCP between a client and a tool server started in
-//! a cgroup of its own ([`mcpwarden_sandbox`]); kernel programs ([`kernel`])
+//! The walking skeleton wires one path through the whole product: the proxy
+//! ([`proxy`], stdio or Streamable HTTP on either side) relays MCP between a
+//! client and a tool server started in a cgroup of its own
+//! ([`mcpwarden_sandbox`]); kernel programs ([`kernel`])
 //! report what that server's process tree does; each kernel event is tied to
 //! the request in flight ([`session`]) and checked against the policy
 //! ([`policy`]), and a denied open kills the tree.
