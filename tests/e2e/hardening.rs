@@ -258,3 +258,48 @@ fn a_server_dying_mid_message_fails_the_call_and_later_ones() {
     );
     assert_nothing_left_behind(None);
 }
+
+#[test]
+fn a_client_that_disconnects_mid_request_ends_the_session() {
+    use std::io::Read as _;
+    let _guard = serial();
+    let fx = Fixture::new("enforce");
+    let mut child = mcpwarden()
+        .args(["run", "--policy"])
+        .arg(&fx.policy)
+        .arg("--")
+        .args(fx.server_cmd())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mcpwarden");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    stdin.write_all(INIT).expect("write");
+    stdin.write_all(b"\n").expect("write");
+    let mut first = [0u8; 64];
+    let n = stdout.read(&mut first).expect("the initialize answer");
+    assert!(n > 0);
+    // A long call in flight, then the client vanishes: both pipes close.
+    stdin
+        .write_all(br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"run","arguments":{"argv":["/bin/sleep","30"]}}}"#)
+        .expect("write");
+    stdin.write_all(b"\n").expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stdin);
+    drop(stdout);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "mcpwarden outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.code().is_some(), "{status}");
+    assert_nothing_left_behind(None);
+}
