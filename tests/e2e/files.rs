@@ -3,7 +3,7 @@
 //! with its paths and argument, attributed to the call that caused it; a
 //! mutation under a denied prefix kills like an open; processes outside the
 //! session produce none of them.
-use std::os::unix::fs::PermissionsExt as _;
+use std::{os::unix::fs::PermissionsExt as _, path::Path};
 
 use serde_json::{Value, json};
 
@@ -190,6 +190,49 @@ fn a_denied_prefix_inside_a_writable_grant_is_killed_after_the_fact() {
     assert!(
         !fx.dir().join("secret/a").exists(),
         "but nothing after it: the server died on return from mkdir"
+    );
+    assert_nothing_left_behind(Some(&cgroup));
+}
+
+#[test]
+fn a_rename_into_a_denied_directory_kills_like_an_open() {
+    // The destination of a rename is checked against the denied prefixes
+    // as well as its source: moving a file into the secret directory is
+    // as denied as reading from it.
+    let _guard = serial();
+    let (fx, out, _host) = fixture_with(false);
+    let source = format!("{out}/draft.txt");
+    let destination = fx.dir().join("secret/planted").display().to_string();
+    let scenario = json!([
+        {"call": "whoami"},
+        {"call": "run", "args": {"argv": ["/bin/sh", "-c", format!("echo x > {source}")]}},
+        {"call": "move", "args": {"source": source, "destination": destination}},
+    ]);
+    let run = Run::through_mcpwarden(&fx, &scenario);
+    let cgroup = run.session_cgroup(0);
+    let blocked = &run.step(2)["error"];
+    assert_eq!(blocked["code"], json!(-32001), "{}", run.raw);
+    assert!(
+        blocked["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("files.deny[0]") && m.contains("secret/planted")),
+        "{blocked}"
+    );
+    let kill = events(&fx.events)
+        .into_iter()
+        .find(|e| e["action"] == "killed")
+        .expect("a kill");
+    assert_eq!(
+        (&kill["kind"], &kill["path"], &kill["to"]),
+        (&json!("rename"), &json!(source), &json!(destination)),
+        "{kill}"
+    );
+    // The verdict names the path that matched: the destination.
+    assert_eq!(kill["resolved_path"], json!(destination), "{kill}");
+    assert_eq!(kill["detected_by"], json!("kernel"), "{kill}");
+    assert!(
+        !Path::new(&destination).exists(),
+        "the sandbox refused the move itself"
     );
     assert_nothing_left_behind(Some(&cgroup));
 }

@@ -65,6 +65,13 @@ async def ask_model(prompt: str, ctx: Context) -> str:
 
 
 @server.tool()
+def move(source: str, destination: str) -> str:
+    """Move a file, as an editing tool does when it saves."""
+    os.rename(source, destination)
+    return "moved"
+
+
+@server.tool()
 def fs_ops(directory: str) -> str:
     """Make, change and remove files under a directory, as an editing tool would."""
     d = directory

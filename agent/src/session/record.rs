@@ -113,9 +113,24 @@ pub fn judge(event: &KernelEvent, policy: &Policy) -> Verdict {
         };
     }
     let path = if event.kind.touches_path() {
-        event.path.as_deref().and_then(|p| resolve(p, event))
+        event
+            .path
+            .as_deref()
+            .and_then(|p| resolve(p, event, event.fd))
     } else {
         None
+    };
+    // The destination of a rename or link (and the link of a symlink).
+    let path2 = event
+        .path2
+        .as_deref()
+        .and_then(|p| resolve(p, event, event.fd2));
+    let matching = |rule: usize| {
+        [&path, &path2]
+            .into_iter()
+            .flatten()
+            .find(|p| policy.deny_match(p) == Some(rule))
+            .cloned()
     };
     if let Some(rule) = event.rule {
         let action = if event.action == mcpwarden_common::action::KILLED {
@@ -127,10 +142,14 @@ pub fn judge(event: &KernelEvent, policy: &Policy) -> Verdict {
             action,
             rule: Some(rule as usize),
             by: Some("kernel"),
-            path,
+            path: matching(rule as usize).or(path),
         };
     }
-    if let Some(rule) = path.as_deref().and_then(|p| policy.deny_match(p)) {
+    let denied = [&path, &path2]
+        .into_iter()
+        .flatten()
+        .find_map(|p| Some((policy.deny_match(p)?, p.clone())));
+    if let Some((rule, path)) = denied {
         let action = match policy.mode {
             Mode::Enforce => Action::Killed,
             Mode::Monitor => Action::Alert,
@@ -139,7 +158,7 @@ pub fn judge(event: &KernelEvent, policy: &Policy) -> Verdict {
             action,
             rule: Some(rule),
             by: Some("agent"),
-            path,
+            path: Some(path),
         };
     }
     Verdict {
@@ -150,9 +169,10 @@ pub fn judge(event: &KernelEvent, policy: &Policy) -> Verdict {
     }
 }
 
-/// The absolute, normalised form of an event's path, using the process's
-/// cwd or directory fd for relative paths (if the process still exists).
-fn resolve(path: &str, event: &KernelEvent) -> Option<String> {
+/// The absolute, normalised form of one of an event's paths, using the
+/// process's cwd or the directory `fd` for relative paths (if the process
+/// still exists).
+fn resolve(path: &str, event: &KernelEvent, fd: i32) -> Option<String> {
     const AT_FDCWD: i32 = -100;
     if path.starts_with('/') {
         return Some(normalize(path));
@@ -160,10 +180,10 @@ fn resolve(path: &str, event: &KernelEvent) -> Option<String> {
     if path.is_empty() {
         return None;
     }
-    let base = if event.kind == EventKind::Exec || event.fd == AT_FDCWD {
+    let base = if event.kind == EventKind::Exec || fd == AT_FDCWD {
         format!("/proc/{}/cwd", event.pid)
     } else {
-        format!("/proc/{}/fd/{}", event.pid, event.fd)
+        format!("/proc/{}/fd/{}", event.pid, fd)
     };
     let base = std::fs::read_link(Path::new(&base)).ok()?;
     Some(normalize(&format!("{}/{path}", base.to_string_lossy())))

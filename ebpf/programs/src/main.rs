@@ -112,39 +112,48 @@ fn begin(event_kind: u32) -> Option<(SessionConfig, &'static mut Event)> {
     Some((session, event))
 }
 
-/// Looks `event.path` up in the session's denied prefixes and, on a match,
-/// records the rule and kills the task in enforce mode.
+/// The session's denied rule whose prefix `path` starts with, at a
+/// component boundary.
 #[inline(always)]
-fn check_deny(session: &SessionConfig, event: &mut Event) {
-    let Some(key) = SCRATCH_KEY.get_ptr_mut(0) else {
-        return;
-    };
+fn deny_rule(session: &SessionConfig, path: &[u8; PATH_LEN]) -> Option<u32> {
+    let key = SCRATCH_KEY.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch memory, exclusive for this program run.
     let key = unsafe { &mut *key };
     key.prefix_len = ((4 + DENY_PATH_LEN) * 8) as u32;
     key.data.session = session.session.to_be_bytes();
-    // The path in the event is NUL-terminated: bytes after the NUL can never
-    // match a stored prefix, since stored prefixes contain no NUL.
+    // The path is NUL-terminated: bytes after the NUL can never match a
+    // stored prefix, since stored prefixes contain no NUL.
     // SAFETY: both buffers are valid kernel memory of at least
     // DENY_PATH_LEN bytes.
-    if unsafe { bpf_probe_read_kernel_buf(event.path.as_ptr(), &mut key.data.path) }.is_err() {
-        return;
-    }
-    let Some(rule) = DENY.get(&*key) else {
-        return;
-    };
+    unsafe { bpf_probe_read_kernel_buf(path.as_ptr(), &mut key.data.path) }.ok()?;
+    let rule = DENY.get(&*key)?;
     // Require a component boundary right after the prefix.
-    let next = event.path[rule.len as usize & (PATH_LEN - 1)];
+    let next = path[rule.len as usize & (PATH_LEN - 1)];
     if next != 0 && next != b'/' {
-        return;
+        return None;
     }
-    event.rule = rule.rule;
+    Some(rule.rule)
+}
+
+/// Records a denied rule and kills the task in enforce mode.
+#[inline(always)]
+fn act_on_deny(session: &SessionConfig, event: &mut Event, rule: u32) {
+    event.rule = rule;
     if session.flags & SESSION_ENFORCE != 0 {
         event.action = action::KILLED;
         // SAFETY: the helper signals the current task; SIGKILL is valid.
         unsafe { bpf_send_signal(SIGKILL) };
     } else {
         event.action = action::ALERT;
+    }
+}
+
+/// Looks `event.path` up in the session's denied prefixes and acts on a
+/// match.
+#[inline(always)]
+fn check_deny(session: &SessionConfig, event: &mut Event) {
+    if let Some(rule) = deny_rule(session, &event.path) {
+        act_on_deny(session, event, rule);
     }
 }
 
@@ -364,8 +373,8 @@ fn read_fd(ctx: &TracePointContext, offset: Option<usize>) -> i32 {
 }
 
 /// Unlink, rename, mkdir, chmod, chown, truncate, symlink, link: the path
-/// (checked against the session's denied prefixes, like an open), a second
-/// path where the call has one, and the call's argument.
+/// and, where the call has one, the second path (both checked against the
+/// session's denied prefixes, like an open), and the call's argument.
 #[inline(always)]
 fn on_path_op(ctx: &TracePointContext, op: PathOp) {
     let Some((session, event)) = begin(op.kind) else {
@@ -393,7 +402,16 @@ fn on_path_op(ctx: &TracePointContext, op: PathOp) {
         Some(off) => unsafe { ctx.read_at::<i64>(off) }.unwrap_or(0),
         None => op.fixed_arg,
     };
-    check_deny(&session, event);
+    // A rename or link into a denied directory is as denied as one out of
+    // it: the second path (the destination) is checked too.
+    let rule = match deny_rule(&session, &event.path) {
+        Some(rule) => Some(rule),
+        None if op.path2.is_some() => deny_rule(&session, &event.path2),
+        None => None,
+    };
+    if let Some(rule) = rule {
+        act_on_deny(&session, event, rule);
+    }
     submit(event);
 }
 
