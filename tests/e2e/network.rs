@@ -107,3 +107,36 @@ fn monitor_mode_lets_them_through_and_reports_them() {
     assert_eq!(ev["action"], json!("alert"), "{ev}");
     assert_nothing_left_behind(Some(&cgroup));
 }
+
+#[test]
+fn ipv4_mapped_ipv6_destinations_follow_the_ipv4_rules() {
+    // An AF_INET6 socket reaching ::ffff:127.0.0.1 goes to the IPv4 host:
+    // the IPv4 allow list decides, not the IPv6 one.
+    let _guard = serial();
+    let (fx, allowed, refused, _udp) = fixture("enforce");
+    let (a, r) = (
+        allowed.local_addr().expect("a").port(),
+        refused.local_addr().expect("r").port(),
+    );
+    let scenario = json!([
+        {"call": "whoami"},
+        {"call": "connect", "args": {"host": "::ffff:127.0.0.1", "port": a}},
+        {"call": "connect", "args": {"host": "::ffff:127.0.0.1", "port": r}},
+    ]);
+    let run = Run::through_mcpwarden(&fx, &scenario);
+    let cgroup = run.session_cgroup(0);
+    assert_eq!(run.text(1), "connected", "{}", run.raw);
+    assert_eq!(run.text(2), "failed: [Errno 1] Operation not permitted");
+    let evs = connect_events(&fx);
+    let refused_event = evs
+        .iter()
+        .find(|e| e["action"] == "denied")
+        .unwrap_or_else(|| panic!("no denied connect in {evs:?}"));
+    assert!(
+        refused_event["addr"]
+            .as_str()
+            .is_some_and(|s| s.contains("ffff:127.0.0.1") && s.ends_with(&format!(":{r}"))),
+        "{refused_event}"
+    );
+    assert_nothing_left_behind(Some(&cgroup));
+}

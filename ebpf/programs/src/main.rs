@@ -620,12 +620,16 @@ fn sock_verdict(family: u16, addr: &[u8; 16], port: u16, report_allowed: bool) -
         return 1;
     }
     let sid = session.session.to_be_bytes();
-    let rule = if family == AF_INET {
+    // An IPv4-mapped IPv6 destination (::ffff:a.b.c.d, an AF_INET6 socket
+    // reaching an IPv4 host) is that IPv4 host: judged by the IPv4 rules.
+    let mapped = family == AF_INET6 && is_v4_mapped(addr);
+    let rule = if family == AF_INET || mapped {
+        let at = if mapped { 12 } else { 0 };
         let key = Key::new(
             64,
             NetKey4 {
                 session: sid,
-                addr: [addr[0], addr[1], addr[2], addr[3]],
+                addr: [addr[at], addr[at + 1], addr[at + 2], addr[at + 3]],
             },
         );
         NET4.get(&key).copied()
@@ -660,6 +664,19 @@ fn sock_verdict(family: u16, addr: &[u8; 16], port: u16, report_allowed: bool) -
     };
     submit(event);
     i32::from(!enforce)
+}
+
+/// `::ffff:0:0/96`.
+#[inline(always)]
+fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 10 {
+        if addr[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    addr[10] == 0xff && addr[11] == 0xff
 }
 
 fn inet4(ctx: &SockAddrContext) -> ([u8; 16], u16) {
