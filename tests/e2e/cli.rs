@@ -42,6 +42,17 @@ fn bad_policies_are_refused_with_the_key_at_fault() {
         err.contains("network.allow[0]") && err.contains("names are not accepted"),
         "{err}"
     );
+
+    let out = run_with_policy(
+        "[network]
+bind = [\"127.0.0.1\", \"localhost:80\"]
+",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("network.bind[1]") && err.contains("names are not accepted"),
+        "{err}"
+    );
 }
 
 #[test]

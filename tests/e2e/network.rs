@@ -1,6 +1,7 @@
 //! In-kernel network enforcement: cgroup `sock_addr` programs refuse, with
 //! EPERM and before any packet leaves, every destination the policy's
-//! `[network] allow` does not list, for TCP connects and UDP datagrams.
+//! `[network] allow` does not list, for TCP connects and UDP datagrams, and
+//! every local address its `[network] bind` does not list.
 use serde_json::{Value, json};
 
 use crate::support::{Fixture, Run, assert_nothing_left_behind, events, serial};
@@ -138,5 +139,58 @@ fn ipv4_mapped_ipv6_destinations_follow_the_ipv4_rules() {
             .is_some_and(|s| s.contains("ffff:127.0.0.1") && s.ends_with(&format!(":{r}"))),
         "{refused_event}"
     );
+    assert_nothing_left_behind(Some(&cgroup));
+}
+
+#[test]
+fn binds_are_limited_to_the_listed_local_addresses() {
+    // `[network] bind` lists what the server may listen on; the sandbox
+    // (landlock) grants both ports, so only the kernel programs decide.
+    let _guard = serial();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port()
+    };
+    let (p, q) = (free(), free());
+    let extra = format!(
+        "[sandbox.network]\nbind = [{p}, {q}]\n[network]\nallow = []\nbind = [\"127.0.0.1:{p}\"]\n"
+    );
+    let fx = Fixture::with_sandbox("enforce", &extra);
+    let scenario = json!([
+        {"call": "whoami"},
+        {"call": "listen", "args": {"host": "127.0.0.1", "port": p}},
+        {"call": "listen", "args": {"host": "0.0.0.0", "port": p}},
+        {"call": "listen", "args": {"host": "127.0.0.1", "port": q}},
+    ]);
+    let run = Run::through_mcpwarden(&fx, &scenario);
+    let cgroup = run.session_cgroup(0);
+    assert_eq!(run.text(1), "listening", "{}", run.raw);
+    let eperm = "failed: [Errno 1] Operation not permitted";
+    assert_eq!(run.text(2), eperm, "beyond loopback");
+    assert_eq!(run.text(3), eperm, "an unlisted port");
+    let binds: Vec<Value> = events(&fx.events)
+        .into_iter()
+        .filter(|e| e["kind"] == "bind")
+        .collect();
+    let at = |addr: String| {
+        binds
+            .iter()
+            .find(|e| e["addr"] == json!(addr))
+            .unwrap_or_else(|| panic!("no bind event for {addr} in {binds:?}"))
+    };
+    assert_eq!(at(format!("127.0.0.1:{p}"))["action"], json!("allow"));
+    let wide = at(format!("0.0.0.0:{p}"));
+    assert_eq!(
+        (&wide["action"], &wide["rule"], &wide["tool"]),
+        (
+            &json!("denied"),
+            &json!("network.bind (no rule matches)"),
+            &json!("listen")
+        ),
+        "{wide}"
+    );
+    assert_eq!(at(format!("127.0.0.1:{q}"))["action"], json!("denied"));
     assert_nothing_left_behind(Some(&cgroup));
 }

@@ -55,6 +55,19 @@ def connect(host: str, port: int) -> str:
 
 
 @server.tool()
+def listen(host: str, port: int) -> str:
+    """Bind a TCP socket to a local address and listen, as a server does."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+            s.listen()
+            return "listening"
+    except OSError as e:
+        return f"failed: {e}"
+
+
+@server.tool()
 async def ask_model(prompt: str, ctx: Context) -> str:
     """Ask the client's model (a sampling request from server to client)."""
     result = await ctx.session.create_message(

@@ -32,6 +32,8 @@ pub enum EventKind {
     Symlink,
     /// Made a hard link `path2` to `path`.
     Link,
+    /// Bound a socket to a local address.
+    Bind,
 }
 
 impl EventKind {
@@ -52,14 +54,22 @@ impl EventKind {
             Self::Truncate => "truncate",
             Self::Symlink => "symlink",
             Self::Link => "link",
+            Self::Bind => "bind",
         }
+    }
+
+    /// Whether the event is about a socket address (judged by the
+    /// `[network]` rules in the kernel).
+    #[must_use]
+    pub fn is_socket(self) -> bool {
+        matches!(self, Self::Connect | Self::Bind)
     }
 
     /// Whether `path` names a file this call touches (checked against the
     /// denied prefixes like an open).
     #[must_use]
     pub fn touches_path(self) -> bool {
-        !matches!(self, Self::Connect | Self::Fork | Self::Exit)
+        !matches!(self, Self::Connect | Self::Bind | Self::Fork | Self::Exit)
     }
 }
 
@@ -141,10 +151,12 @@ impl KernelEvent {
             kind::TRUNCATE => EventKind::Truncate,
             kind::SYMLINK => EventKind::Symlink,
             kind::LINK => EventKind::Link,
+            kind::BIND => EventKind::Bind,
             _ => return None,
         };
         let path = c_string(&raw.path);
-        let addr = (kind == EventKind::Connect)
+        let addr = kind
+            .is_socket()
             .then(|| {
                 let ip = match raw.family {
                     2 => IpAddr::V4(Ipv4Addr::new(

@@ -195,16 +195,17 @@ impl Tracer {
     }
 
     /// Starts tracing the cgroup `cgroup_id` as session `session`, with the
-    /// policy's denied prefixes and allowed network destinations. The rules
-    /// go in first so there is no moment where the session is traced but not
-    /// yet protected.
+    /// policy's denied prefixes, allowed network destinations and bindable
+    /// local addresses (`network`: allow, bind). The rules go in first so
+    /// there is no moment where the session is traced but not yet
+    /// protected.
     pub fn add_session(
         &mut self,
         cgroup_id: u64,
         session: u32,
         enforce: bool,
         deny: &[String],
-        network: Option<&[NetAllow]>,
+        network: Option<(&[NetAllow], &[NetAllow])>,
     ) -> Result<(), KernelError> {
         {
             let map = self
@@ -218,8 +219,9 @@ impl Tracer {
                 trie.insert(&key, rule, 0).map_err(map_err(maps::DENY))?;
             }
         }
-        if let Some(rules) = network {
-            self.add_net_rules(session, rules)?;
+        if let Some((allow, bind)) = network {
+            self.add_net_rules(session, allow, (maps::NET4, maps::NET6))?;
+            self.add_net_rules(session, bind, (maps::BIND4, maps::BIND6))?;
         }
         let map = self
             .ebpf
@@ -237,7 +239,13 @@ impl Tracer {
             .map_err(map_err(maps::SESSIONS))
     }
 
-    fn add_net_rules(&mut self, session: u32, rules: &[NetAllow]) -> Result<(), KernelError> {
+    /// Puts `rules` in the (IPv4, IPv6) tries `tries`.
+    fn add_net_rules(
+        &mut self,
+        session: u32,
+        rules: &[NetAllow],
+        tries: (&'static str, &'static str),
+    ) -> Result<(), KernelError> {
         let sid = session.to_be_bytes();
         for allow in rules {
             let mut value = NetRule {
@@ -255,14 +263,14 @@ impl Tracer {
                         session: sid,
                         addr: a.octets(),
                     };
-                    insert_lpm(&mut self.ebpf, maps::NET4, Key::new(bits, key), value)?;
+                    insert_lpm(&mut self.ebpf, tries.0, Key::new(bits, key), value)?;
                 }
                 std::net::IpAddr::V6(a) => {
                     let key = NetKey6 {
                         session: sid,
                         addr: a.octets(),
                     };
-                    insert_lpm(&mut self.ebpf, maps::NET6, Key::new(bits, key), value)?;
+                    insert_lpm(&mut self.ebpf, tries.1, Key::new(bits, key), value)?;
                 }
             }
         }

@@ -53,6 +53,8 @@ struct RawPolicy {
 struct RawNetwork {
     #[serde(default)]
     allow: Vec<String>,
+    #[serde(default)]
+    bind: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +113,10 @@ pub struct Policy {
     pub network: Option<Vec<network::NetAllow>>,
     /// The `[network] allow` entries as written (for messages).
     pub network_entries: Vec<String>,
+    /// Local addresses the server may bind (`[network] bind`), enforced in
+    /// the kernel with `network`: with a `[network]` table and no `bind`,
+    /// every explicit bind is refused.
+    pub network_bind: Vec<network::NetAllow>,
 }
 
 impl Policy {
@@ -164,6 +170,17 @@ impl Policy {
             .as_ref()
             .map(|n| n.allow.clone())
             .unwrap_or_default();
+        let network_bind = raw
+            .network
+            .as_ref()
+            .map(|n| network::parse(&n.bind))
+            .transpose()
+            .map_err(|(i, message)| PolicyError::Invalid {
+                path: source.to_owned(),
+                key: format!("network.bind[{i}]"),
+                message,
+            })?
+            .unwrap_or_default();
         let network = raw
             .network
             .map(|n| network::parse(&n.allow))
@@ -180,6 +197,7 @@ impl Policy {
             sandbox,
             network,
             network_entries,
+            network_bind,
         })
     }
 

@@ -1,9 +1,11 @@
-//! `[network]`: the destinations a server may reach, enforced in the kernel
-//! by cgroup `sock_addr` programs (connect, and sendto for UDP).
+//! `[network]`: the destinations a server may reach and the local addresses
+//! it may bind, enforced in the kernel by cgroup `sock_addr` programs
+//! (connect, sendto for UDP, bind).
 //!
 //! ```toml
 //! [network]
 //! allow = ["127.0.0.1:8080", "10.0.0.0/8:443", "[::1]:8443", "192.0.2.0/24"]
+//! bind = ["127.0.0.1:3001"]   # none: every explicit bind is refused
 //! ```
 //!
 //! An entry is an address or CIDR prefix, IPv6 in brackets when a port
@@ -88,7 +90,7 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
-/// Validates `[network] allow`; an error is (index, message).
+/// Validates `[network] allow` or `bind`; an error is (index, message).
 pub fn parse(entries: &[String]) -> Result<Vec<NetAllow>, (usize, String)> {
     let mut out: Vec<NetAllow> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {

@@ -226,7 +226,10 @@ fn start_confined(
         session_no,
         policy.mode == Mode::Enforce,
         &policy.deny,
-        policy.network.as_deref(),
+        policy
+            .network
+            .as_deref()
+            .map(|allow| (allow, policy.network_bind.as_slice())),
     )?;
     if policy.network.is_some() {
         tracer.attach_network(cgroup.path())?;

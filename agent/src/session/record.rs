@@ -62,6 +62,7 @@ impl Verdict {
             EventKind::Open => "opened",
             EventKind::Exec => "executed",
             EventKind::Connect => "connected to",
+            EventKind::Bind => "bound",
             EventKind::Unlink => "removed",
             EventKind::Rename => "renamed",
             EventKind::Mkdir => "made the directory",
@@ -72,15 +73,20 @@ impl Verdict {
             EventKind::Link => "hard-linked",
             EventKind::Fork | EventKind::Exit => "acted on",
         };
-        if event.kind == EventKind::Connect {
+        if event.kind.is_socket() {
             let to = event.addr.as_deref().unwrap_or("?");
             let what = if self.action == Action::Denied {
                 "refused with EPERM"
             } else {
                 "allowed (monitor mode)"
             };
+            let (did, rules) = if event.kind == EventKind::Bind {
+                ("bound", "network.bind")
+            } else {
+                ("connected or sent to", "network.allow")
+            };
             return format!(
-                "the tool server ({} pid {}) connected or sent to {to}, which no network.allow rule permits: {what} (policy {}, {} mode)",
+                "the tool server ({} pid {}) {did} {to}, which no {rules} rule permits: {what} (policy {}, {} mode)",
                 event.comm, event.pid, policy.source, policy.mode
             );
         }
@@ -99,7 +105,7 @@ impl Verdict {
 /// catches relative paths and `..` tricks the raw match cannot see.
 #[must_use]
 pub fn judge(event: &KernelEvent, policy: &Policy) -> Verdict {
-    if event.kind == EventKind::Connect {
+    if event.kind.is_socket() {
         let action = match event.action {
             mcpwarden_common::action::DENIED => Action::Denied,
             mcpwarden_common::action::ALERT => Action::Alert,
@@ -314,13 +320,16 @@ pub fn event_line(
             o.insert("ppid".into(), json!(ppid));
         }
     }
-    if event.kind == EventKind::Connect {
+    if event.kind.is_socket() {
         o.insert("family".into(), json!(event.family));
     }
     o.insert("action".into(), json!(verdict.action.as_str()));
     let rule = match (event.kind, verdict.action) {
         (EventKind::Connect, Action::Denied | Action::Alert) => {
             json!("network.allow (no rule matches)")
+        }
+        (EventKind::Bind, Action::Denied | Action::Alert) => {
+            json!("network.bind (no rule matches)")
         }
         _ => verdict
             .rule

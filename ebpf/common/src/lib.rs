@@ -30,16 +30,23 @@ pub mod maps {
     pub const NET4: &str = "NET4";
     /// `LpmTrie<NetKey6, NetRule>`: allowed IPv6 destinations per session.
     pub const NET6: &str = "NET6";
+    /// `LpmTrie<NetKey4, NetRule>`: local IPv4 addresses a session may bind.
+    pub const BIND4: &str = "BIND4";
+    /// `LpmTrie<NetKey6, NetRule>`: local IPv6 addresses a session may bind.
+    pub const BIND6: &str = "BIND6";
 }
 
 /// cgroup `sock_addr` programs, attached to a session's cgroup when its
 /// policy has a `[network]` table: (program, hook). They return EPERM to
-/// `connect`/`sendto` towards a destination no rule allows.
+/// `connect`/`sendto` towards a destination no `allow` rule names, and to
+/// `bind` of a local address no `bind` rule names.
 pub const SOCK_PROGRAMS: &[(&str, &str)] = &[
     ("mcpw_conn4", "connect4"),
     ("mcpw_conn6", "connect6"),
     ("mcpw_send4", "sendmsg4"),
     ("mcpw_send6", "sendmsg6"),
+    ("mcpw_bind4", "bind4"),
+    ("mcpw_bind6", "bind6"),
 ];
 
 /// Ports one [`NetRule`] can list.
@@ -138,6 +145,8 @@ pub mod kind {
     pub const SYMLINK: u32 = 12;
     /// Hard link `path2` to `path`.
     pub const LINK: u32 = 13;
+    /// A process of the session asked to bind a socket to a local address.
+    pub const BIND: u32 = 14;
 }
 
 /// What the kernel did about it, as [`Event::action`].

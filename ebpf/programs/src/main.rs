@@ -69,6 +69,12 @@ static NET4: LpmTrie<NetKey4, NetRule> = LpmTrie::with_max_entries(4096, 0);
 
 #[map]
 static NET6: LpmTrie<NetKey6, NetRule> = LpmTrie::with_max_entries(4096, 0);
+/// Local addresses a session may bind, IPv4 (same layout as `NET4`).
+#[map]
+static BIND4: LpmTrie<NetKey4, NetRule> = LpmTrie::with_max_entries(1024, 0);
+/// Local addresses a session may bind, IPv6.
+#[map]
+static BIND6: LpmTrie<NetKey6, NetRule> = LpmTrie::with_max_entries(1024, 0);
 
 const SIGKILL: u32 = 9;
 const AT_FDCWD: i32 = -100;
@@ -608,12 +614,25 @@ fn port_allowed(rule: &NetRule, port: u16) -> bool {
     false
 }
 
+/// What a `sock_addr` hook guards.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SockOp {
+    /// connect: reported whether allowed or not.
+    Connect,
+    /// sendmsg (UDP): reported when refused.
+    Send,
+    /// bind: reported whether allowed or not; judged by the bind rules.
+    Bind,
+}
+
 /// The verdict of a `sock_addr` hook: 1 lets the call go on, 0 fails it
-/// with EPERM before any packet leaves. Reports every connect, and every
-/// refused datagram, of a session with a network policy.
+/// with EPERM before any packet leaves. Reports every connect and bind, and
+/// every refused datagram, of a session with a network policy.
 #[inline(always)]
-fn sock_verdict(family: u16, addr: &[u8; 16], port: u16, report_allowed: bool) -> i32 {
-    let Some((session, event)) = begin(kind::CONNECT) else {
+fn sock_verdict(family: u16, addr: &[u8; 16], port: u16, op: SockOp) -> i32 {
+    let bind = op == SockOp::Bind;
+    let report_allowed = op != SockOp::Send;
+    let Some((session, event)) = begin(if bind { kind::BIND } else { kind::CONNECT }) else {
         return 1;
     };
     if session.flags & SESSION_NET_POLICY == 0 {
@@ -632,7 +651,11 @@ fn sock_verdict(family: u16, addr: &[u8; 16], port: u16, report_allowed: bool) -
                 addr: [addr[at], addr[at + 1], addr[at + 2], addr[at + 3]],
             },
         );
-        NET4.get(&key).copied()
+        if bind {
+            BIND4.get(&key).copied()
+        } else {
+            NET4.get(&key).copied()
+        }
     } else {
         let key = Key::new(
             160,
@@ -641,7 +664,11 @@ fn sock_verdict(family: u16, addr: &[u8; 16], port: u16, report_allowed: bool) -
                 addr: *addr,
             },
         );
-        NET6.get(&key).copied()
+        if bind {
+            BIND6.get(&key).copied()
+        } else {
+            NET6.get(&key).copied()
+        }
     };
     let allowed = rule.is_some_and(|r| port_allowed(&r, port));
     event.family = family;
@@ -702,25 +729,37 @@ fn inet6(ctx: &SockAddrContext) -> ([u8; 16], u16) {
 #[cgroup_sock_addr(connect4)]
 pub fn mcpw_conn4(ctx: SockAddrContext) -> i32 {
     let (addr, port) = inet4(&ctx);
-    sock_verdict(AF_INET, &addr, port, true)
+    sock_verdict(AF_INET, &addr, port, SockOp::Connect)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn mcpw_conn6(ctx: SockAddrContext) -> i32 {
     let (addr, port) = inet6(&ctx);
-    sock_verdict(AF_INET6, &addr, port, true)
+    sock_verdict(AF_INET6, &addr, port, SockOp::Connect)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn mcpw_send4(ctx: SockAddrContext) -> i32 {
     let (addr, port) = inet4(&ctx);
-    sock_verdict(AF_INET, &addr, port, false)
+    sock_verdict(AF_INET, &addr, port, SockOp::Send)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn mcpw_send6(ctx: SockAddrContext) -> i32 {
     let (addr, port) = inet6(&ctx);
-    sock_verdict(AF_INET6, &addr, port, false)
+    sock_verdict(AF_INET6, &addr, port, SockOp::Send)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn mcpw_bind4(ctx: SockAddrContext) -> i32 {
+    let (addr, port) = inet4(&ctx);
+    sock_verdict(AF_INET, &addr, port, SockOp::Bind)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn mcpw_bind6(ctx: SockAddrContext) -> i32 {
+    let (addr, port) = inet6(&ctx);
+    sock_verdict(AF_INET6, &addr, port, SockOp::Bind)
 }
 
 #[cfg(not(test))]
