@@ -17,6 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+use common::rss_kib;
+
 /// Seconds per case (`FLOOD_SECONDS` to change).
 fn seconds() -> u64 {
     std::env::var("FLOOD_SECONDS")
@@ -35,17 +38,6 @@ fn notification() -> String {
 /// KiB as MiB (RSS fits u32 KiB easily: 4 TiB).
 fn mib(kib: u64) -> f64 {
     f64::from(u32::try_from(kib).unwrap_or(u32::MAX)) / 1024.0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Samples the RSS of `pid` every 250 ms for [`seconds`] while `work` runs
@@ -95,12 +87,8 @@ fn mcpwarden(policy: &std::path::Path, flags: &[&str], cmd: &[&str]) -> Child {
 }
 
 fn stop(mut child: Child) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
     drop(child.stdin.take());
-    let _ = child.wait();
+    common::stop(&mut child);
 }
 
 fn slow_stdio_client(policy: &std::path::Path) {

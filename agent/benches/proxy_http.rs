@@ -14,6 +14,9 @@ use std::{
 
 use reqwest::Client;
 
+mod common;
+use common::{free_port, rss_kib, stop, wait_for};
+
 /// An HTTP MCP server in a few lines of node: answers `initialize` and
 /// `ping` with JSON, notifications with 202. Fast enough that the proxy,
 /// not the server, is what the numbers show.
@@ -41,22 +44,6 @@ const SED: [&str; 5] = [
     r#"s/"method":"ping"}$/"result":{}}/"#,
     r#"-es/"method":"initialize".*$/"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"sed","version":"0"}}}/"#,
 ];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn wait_for(port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(child.try_wait().expect("try_wait").is_none(), "exited");
-        assert!(Instant::now() < deadline, "nothing on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn mcpwarden(
     policy: &std::path::Path,
@@ -169,17 +156,6 @@ async fn throughput(url: &str, clients: u64, each: u64) -> f64 {
         / start.elapsed().as_secs_f64()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -253,11 +229,7 @@ fn main() {
         "mcpwarden RSS after the HTTP->HTTP load: {} KiB",
         rss_kib(proxy.id())
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = proxy.wait();
+    stop(&mut proxy);
 
     http_to_stdio(dir.path(), &runtime);
 }
@@ -288,9 +260,5 @@ fn http_to_stdio(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) {
         "mcpwarden RSS after the HTTP->stdio load: {} KiB",
         rss_kib(proxy.id())
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = proxy.wait();
+    stop(&mut proxy);
 }

@@ -210,6 +210,16 @@ pub struct Incoming {
     pub data: Bytes,
 }
 
+impl Incoming {
+    /// The JSON-RPC message it carries; `None` (logged) when it is not one.
+    #[must_use]
+    pub fn message(&self) -> Option<super::message::Message> {
+        super::message::parse(&self.data)
+            .map_err(|e| tracing::warn!("dropping an upstream message that is not JSON-RPC ({e})"))
+            .ok()
+    }
+}
+
 /// The messages of one upstream HTTP answer, as they arrive.
 #[derive(Debug)]
 pub struct Answer {

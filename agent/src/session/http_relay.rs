@@ -21,7 +21,7 @@ use super::{
 use crate::{
     monotonic_ns,
     proxy::{
-        message::{self, RequestId, code},
+        message::{RequestId, code},
         streams::{Frame, STREAM_QUEUE, StreamId},
         upstream::{FORWARD_REQUEST, FORWARD_RESPONSE, SESSION_ID, Upstream, is_sse},
     },
@@ -186,12 +186,8 @@ async fn pump_relayed(
             }
             continue;
         }
-        let msg = match message::parse(&incoming.data) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("dropping an upstream message that is not JSON-RPC ({e})");
-                continue;
-            }
+        let Some(msg) = incoming.message() else {
+            continue;
         };
         let (forward, replies) = lock(&front.core).on_server_message(&msg, &scope, monotonic_ns());
         ToClient::Http(Arc::clone(&front.router))

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     monotonic_ns,
     proxy::{
-        message::{self, Message, RequestId, code},
+        message::{Message, RequestId, code},
         upstream::{Answer, LAST_EVENT_ID, SESSION_ID, Upstream, UpstreamError, mcp_headers},
     },
 };
@@ -202,12 +202,8 @@ impl UpstreamLink {
                 // A priming event: its id is kept by the answer for resuming.
                 continue;
             }
-            let msg = match message::parse(&incoming.data) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!("dropping an upstream message that is not JSON-RPC ({e})");
-                    continue;
-                }
+            let Some(msg) = incoming.message() else {
+                continue;
             };
             answered(&msg, waiting);
             self.learn_protocol(&msg, &incoming.data);

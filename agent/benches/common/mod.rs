@@ -1,0 +1,47 @@
+//! What the bench binaries share: ports, waiting for a listener, memory.
+#![allow(dead_code, reason = "each bench uses its own subset")]
+
+use std::{
+    process::Child,
+    time::{Duration, Instant},
+};
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`, while
+/// `child` runs.
+pub fn wait_for(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().expect("try_wait").is_none(), "exited");
+        assert!(Instant::now() < deadline, "nothing on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Resident memory of `pid` in KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// SIGTERM, then wait.
+pub fn stop(child: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
