@@ -15,7 +15,7 @@ use std::{
 use reqwest::Client;
 
 mod common;
-use common::{free_port, rss_kib, stop, wait_for};
+use common::{free_port, pct, report, rss_kib, stop, wait_for};
 
 /// An HTTP MCP server in a few lines of node: answers `initialize` and
 /// `ping` with JSON, notifications with 202. Fast enough that the proxy,
@@ -132,10 +132,6 @@ impl Target {
     }
 }
 
-fn pct(sorted: &[Duration], p: usize) -> f64 {
-    sorted[(sorted.len() - 1) * p / 100].as_secs_f64() * 1e6
-}
-
 /// `clients` concurrent clients, `each` pings apiece: messages per second.
 async fn throughput(url: &str, clients: u64, each: u64) -> f64 {
     let mut targets = Vec::new();
@@ -207,18 +203,7 @@ fn main() {
             d.push(direct.ping(10_000 + i).await);
             p.push(through.ping(10_000 + i).await);
         }
-        d.sort();
-        p.sort();
-        println!(
-            "HTTP->HTTP round trip ({} each, alternating): direct p50 {:.1} us p99 {:.1} us | through mcpwarden p50 {:.1} us p99 {:.1} us | added p50 {:.1} us p99 {:.1} us",
-            d.len(),
-            pct(&d, 50),
-            pct(&d, 99),
-            pct(&p, 50),
-            pct(&p, 99),
-            pct(&p, 50) - pct(&d, 50),
-            pct(&p, 99) - pct(&d, 99),
-        );
+        report("HTTP->HTTP round trip, alternating", &mut d, &mut p);
         let dt = throughput(&upstream, 8, 2500).await;
         let pt = throughput(&through_url, 8, 2500).await;
         println!(

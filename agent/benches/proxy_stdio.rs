@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
 const SED: [&str; 3] = ["/bin/sed", "-u", r#"s/"method":"ping"}$/"result":{}}/"#];
 
 fn spawn(proxied: Option<&std::path::Path>) -> (Child, ChildStdin, BufReader<ChildStdout>) {
@@ -93,10 +95,6 @@ fn throughput(proxied: Option<&std::path::Path>, n: u64) -> f64 {
     rate
 }
 
-fn pct(sorted: &[Duration], p: usize) -> f64 {
-    sorted[(sorted.len() - 1) * p / 100].as_secs_f64() * 1e6
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -117,18 +115,7 @@ fn main() {
         direct.extend(latencies(None, 2000));
         proxied.extend(latencies(Some(&policy), 2000));
     }
-    direct.sort();
-    proxied.sort();
-    println!(
-        "latency per round trip ({} each): direct p50 {:.1} us p99 {:.1} us | through mcpwarden p50 {:.1} us p99 {:.1} us | added p50 {:.1} us p99 {:.1} us",
-        direct.len(),
-        pct(&direct, 50),
-        pct(&direct, 99),
-        pct(&proxied, 50),
-        pct(&proxied, 99),
-        pct(&proxied, 50) - pct(&direct, 50),
-        pct(&proxied, 99) - pct(&direct, 99),
-    );
+    common::report("latency per round trip", &mut direct, &mut proxied);
     let n = 100_000;
     let d = throughput(None, n);
     let p = throughput(Some(&policy), n);

@@ -156,88 +156,70 @@ async fn exercise(endpoint: &Endpoint) {
         .expect("initialized");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 
-    // DNS rebinding: a page on another origin, or naming another host.
+    // Each bad POST on the live session, and the status it must get.
     let ok = call(2, "whoami", json!({}));
-    let r = s
-        .post_with(&ok, &[("origin", "http://evil.example")])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(error_code(r).await.0, StatusCode::FORBIDDEN);
-    let r = s
-        .post_with(&ok, &[("host", &format!("evil.example:{}", endpoint.port))])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(error_code(r).await.0, StatusCode::FORBIDDEN);
-
-    // Session and version headers.
-    let r = http
-        .post(&url)
-        .header("accept", BOTH)
-        .header("content-type", "application/json")
-        .body(ok.to_string())
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(
-        error_code(r).await.0,
-        StatusCode::BAD_REQUEST,
-        "no session header"
-    );
-    let r = s
-        .post_with(&ok, &[("mcp-session-id", "0123")])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(
-        error_code(r).await.0,
-        StatusCode::NOT_FOUND,
-        "unknown session"
-    );
-    let r = s
-        .post_with(&ok, &[("mcp-protocol-version", "1999-01-01")])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(
-        error_code(r).await.0,
-        StatusCode::BAD_REQUEST,
-        "unknown version"
-    );
-    let twice = s
-        .post(&ok)
-        .header("mcp-session-id", "0123")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(
-        error_code(twice).await.0,
-        StatusCode::BAD_REQUEST,
-        "two session ids"
-    );
-    let r = s.post(&init).send().await.expect("post");
-    assert_eq!(
-        error_code(r).await.0,
-        StatusCode::CONFLICT,
-        "a second initialize"
-    );
-
-    // Content negotiation.
-    let r = s
-        .post_with(&ok, &[("accept", "application/json")])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(error_code(r).await.0, StatusCode::NOT_ACCEPTABLE);
-    let r = s
-        .post_with(&ok, &[("content-type", "text/plain")])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(error_code(r).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-
-    // Bodies: not JSON, not JSON-RPC, too big.
+    let evil_host = format!("evil.example:{}", endpoint.port);
+    let big = call(4, "read_file", json!({"path": "x".repeat(70_000)}));
+    let bad_posts: Vec<(&str, reqwest::RequestBuilder, StatusCode)> = vec![
+        // DNS rebinding: a page on another origin, or naming another host.
+        (
+            "foreign Origin",
+            s.post_with(&ok, &[("origin", "http://evil.example")]),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "foreign Host",
+            s.post_with(&ok, &[("host", &evil_host)]),
+            StatusCode::FORBIDDEN,
+        ),
+        // Session and version headers.
+        (
+            "no session header",
+            http.post(&url)
+                .header("accept", BOTH)
+                .header("content-type", "application/json")
+                .body(ok.to_string()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "unknown session",
+            s.post_with(&ok, &[("mcp-session-id", "0123")]),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "two session ids",
+            s.post(&ok).header("mcp-session-id", "0123"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "unknown version",
+            s.post_with(&ok, &[("mcp-protocol-version", "1999-01-01")]),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("a second initialize", s.post(&init), StatusCode::CONFLICT),
+        // Content negotiation.
+        (
+            "JSON only accepted",
+            s.post_with(&ok, &[("accept", "application/json")]),
+            StatusCode::NOT_ACCEPTABLE,
+        ),
+        (
+            "not JSON",
+            s.post_with(&ok, &[("content-type", "text/plain")]),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        // Bodies: too big.
+        (
+            "over the limit",
+            s.post(&big),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (what, request, status) in bad_posts {
+        let r = request.send().await.expect("post");
+        assert_eq!(error_code(r).await.0, status, "{what}");
+    }
+    // Bodies: not JSON, not JSON-RPC: the JSON-RPC codes too.
     let r = s
         .post(&ok)
         .body("{\"jsonrpc\": ")
@@ -257,9 +239,6 @@ async fn exercise(endpoint: &Endpoint) {
         error_code(r).await,
         (StatusCode::BAD_REQUEST, json!(-32600))
     );
-    let big = call(4, "read_file", json!({"path": "x".repeat(70_000)}));
-    let r = s.post(&big).send().await.expect("post");
-    assert_eq!(error_code(r).await.0, StatusCode::PAYLOAD_TOO_LARGE);
 
     // GET: only as an event stream, one at a time.
     let r = http

@@ -1,4 +1,5 @@
-//! What the bench binaries share: ports, waiting for a listener, memory.
+//! What the bench binaries share: ports, waiting for a listener, memory,
+//! latency reports.
 #![allow(dead_code, reason = "each bench uses its own subset")]
 
 use std::{
@@ -44,4 +45,25 @@ pub fn stop(child: &mut Child) {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = child.wait();
+}
+
+/// Percentile `p` of sorted durations, in microseconds.
+pub fn pct(sorted: &[Duration], p: usize) -> f64 {
+    sorted[(sorted.len() - 1) * p / 100].as_secs_f64() * 1e6
+}
+
+/// Prints direct and proxied latencies side by side (sorts both).
+pub fn report(label: &str, direct: &mut [Duration], proxied: &mut [Duration]) {
+    direct.sort();
+    proxied.sort();
+    println!(
+        "{label} ({} each): direct p50 {:.1} us p99 {:.1} us | through mcpwarden p50 {:.1} us p99 {:.1} us | added p50 {:.1} us p99 {:.1} us",
+        direct.len(),
+        pct(direct, 50),
+        pct(direct, 99),
+        pct(proxied, 50),
+        pct(proxied, 99),
+        pct(proxied, 50) - pct(direct, 50),
+        pct(proxied, 99) - pct(direct, 99),
+    );
 }
