@@ -30,6 +30,7 @@ bench: setup
 	cargo bench --bench proxy_http
 	cargo bench --bench proxy_flood
 	cargo bench --bench proxy_parts
+	cargo bench --bench kernel_cost
 	cargo bench --bench sandbox_spawn
 
 # Fuzz the message parser, the request tracker and the SSE decoder

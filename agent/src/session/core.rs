@@ -303,21 +303,23 @@ impl Core {
     fn on_event(&mut self, event: &KernelEvent) -> Vec<Reply> {
         self.parents.observe(event);
         let verdict = record::judge(event, &self.policy);
-        let requests = self.tracker.at(event.ts_ns);
-        let line = record::event_line(
-            event,
-            &verdict,
-            &requests,
-            &self.policy,
-            &self.label,
-            self.realtime_offset_ns,
-            self.parents.of(event),
-        );
         self.counts.events += 1;
-        if let Some(w) = &mut self.events
-            && let Err(e) = writeln!(w, "{line}")
-        {
-            tracing::error!("cannot write events file: {e}");
+        // The JSON line is built only when there is a file to write it to:
+        // under a flood of events this is most of the work.
+        if let Some(w) = &mut self.events {
+            let requests = self.tracker.at(event.ts_ns);
+            let line = record::event_line(
+                event,
+                &verdict,
+                &requests,
+                &self.policy,
+                &self.label,
+                self.realtime_offset_ns,
+                self.parents.of(event),
+            );
+            if let Err(e) = writeln!(w, "{line}") {
+                tracing::error!("cannot write events file: {e}");
+            }
         }
         match verdict.action {
             record::Action::Alert => {

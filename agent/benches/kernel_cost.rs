@@ -1,0 +1,526 @@
+//! What the kernel programs cost and how fast they act, in one run:
+//! 1. processes outside any session: an open/close and a connect loop, a
+//!    gcc compile loop and `git status` on a 10,000-file tree, with no
+//!    session vs while one session is live (its syscall tracepoints
+//!    attached). With no session live nothing of mcpwarden is in the
+//!    kernel: programs load with a session and unload with it.
+//! 2. a process inside a session: the open/close loop in a session
+//!    (programs attached) vs in the same sandbox without them
+//!    (`mcpwarden sandbox run`);
+//! 3. sustained event throughput: two open/close loops in one session, the
+//!    events mcpwarden received per second and the kernel's lost counter;
+//! 4. time from a forbidden open to the process gone (kernel event time to
+//!    pidfd readable).
+//!
+//!     cargo bench --bench kernel_cost          (as root; prints a table)
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+mod common;
+
+const LOOPS: u64 = 300_000;
+
+/// The worker: runs inside or outside a session, prints one result line.
+fn worker(args: &[String]) {
+    match args {
+        [kind, n] if kind == "open" => {
+            let n: u64 = n.parse().expect("count");
+            let start = Instant::now();
+            for _ in 0..n {
+                drop(std::fs::File::open("/dev/null").expect("open"));
+            }
+            let ns = start.elapsed().as_nanos() / u128::from(n);
+            eprintln!("worker: {ns} ns/op {} ms", start.elapsed().as_millis());
+        }
+        [kind, n] if kind == "connect" => {
+            let n: u64 = n.parse().expect("count");
+            let closed = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+            let start = Instant::now();
+            for _ in 0..n {
+                let _ = std::net::TcpStream::connect(closed);
+            }
+            let ns = start.elapsed().as_nanos() / u128::from(n);
+            eprintln!("worker: {ns} ns/op {} ms", start.elapsed().as_millis());
+        }
+        [kind, path] if kind == "forbidden" => {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            let _ = std::fs::File::open(path);
+            eprintln!("worker: survived");
+        }
+        _ => panic!("unknown worker {args:?}"),
+    }
+}
+
+/// ns per operation of the open or connect loop, run here.
+fn here(kind: &str, n: u64) -> f64 {
+    let start = Instant::now();
+    if kind == "open" {
+        for _ in 0..n {
+            drop(std::fs::File::open("/dev/null").expect("open"));
+        }
+    } else {
+        let closed = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        for _ in 0..n {
+            let _ = std::net::TcpStream::connect(closed);
+        }
+    }
+    start.elapsed().as_secs_f64() * 1e9 / f64::from(u32::try_from(n).expect("fits"))
+}
+
+/// A live session whose server idles: its tracepoints are attached.
+fn idle_session(policy: &Path) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_mcpwarden"))
+        .args(["run", "--policy"])
+        .arg(policy)
+        .args(["--", "/bin/sleep", "3600"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a session");
+    // Attached once the server runs in its cgroup.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while session_pids(child.id()).is_empty() {
+        assert!(Instant::now() < deadline, "the session did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// The cgroup v2 mount point.
+fn cgroup_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mounts
+        .lines()
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|r| r.starts_with("cgroup2 "))
+        })
+        .and_then(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .expect("cgroup2 mount")
+}
+
+/// Host pids in the traced cgroup of the session run by mcpwarden `pid`.
+fn session_pids(pid: u32) -> Vec<u32> {
+    let dir = cgroup_root().join("mcpwarden");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("session-{pid}-"))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("cgroup.procs")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+fn end(mut child: Child) {
+    drop(child.stdin.take());
+    common::stop(&mut child);
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Wall time of a workload, ms.
+fn wall(f: &dyn Fn()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+fn outside(policy: &Path, dir: &Path) {
+    println!("1. processes outside any session: no session vs one session live");
+    let c_file = dir.join("unit.c");
+    std::fs::write(&c_file, C_SOURCE).expect("c source");
+    let gcc = || {
+        for _ in 0..10 {
+            let ok = Command::new("gcc")
+                .args(["-O2", "-c", "-o"])
+                .arg(dir.join("unit.o"))
+                .arg(&c_file)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "gcc failed");
+        }
+    };
+    let tree = dir.join("tree");
+    make_tree(&tree);
+    let git = || {
+        for _ in 0..5 {
+            let ok = Command::new("git")
+                .arg("-C")
+                .arg(&tree)
+                .args(["status", "--porcelain"])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "git status failed");
+        }
+    };
+    let has_gcc = Command::new("gcc").arg("--version").output().is_ok();
+    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+        ("open+close (ns/op)", Vec::new(), Vec::new()),
+        ("connect refused (ns/op)", Vec::new(), Vec::new()),
+        ("gcc -O2 -c, 10 runs (ms)", Vec::new(), Vec::new()),
+        ("git status, 10k files, 5 runs (ms)", Vec::new(), Vec::new()),
+    ];
+    for _ in 0..5 {
+        for live in [false, true] {
+            let session = live.then(|| idle_session(policy));
+            let values = [
+                here("open", LOOPS),
+                here("connect", LOOPS / 10),
+                if has_gcc { wall(&gcc) } else { f64::NAN },
+                wall(&git),
+            ];
+            for (row, v) in rows.iter_mut().zip(values) {
+                if live { row.2.push(v) } else { row.1.push(v) }
+            }
+            if let Some(s) = session {
+                end(s);
+            }
+        }
+    }
+    for (what, off, on) in rows {
+        let (off, on) = (median(off), median(on));
+        println!(
+            "  {what}: no session {off:.1} | session live {on:.1} | {:+.1} %",
+            (on - off) / off * 100.0
+        );
+    }
+}
+
+/// A git repository of 10,000 small files in 100 directories.
+fn make_tree(tree: &Path) {
+    for d in 0..100 {
+        let sub = tree.join(format!("d{d}"));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        for f in 0..100 {
+            std::fs::write(sub.join(format!("f{f}.txt")), format!("{d} {f}\n")).expect("write");
+        }
+    }
+    for args in [
+        vec!["init", "-q"],
+        vec!["add", "-A"],
+        vec![
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@b",
+            "commit",
+            "-qm",
+            "tree",
+        ],
+    ] {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(tree)
+            .args(&args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "git {args:?}");
+    }
+}
+
+/// Runs the worker confined, with or without the kernel programs; returns
+/// its result lines.
+fn confined(policy: &Path, worker_bin: &Path, args: &[&str], traced: bool) -> Vec<String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcpwarden"));
+    if traced {
+        cmd.arg("run");
+    } else {
+        cmd.args(["sandbox", "run"]);
+    }
+    let mut child = cmd
+        .arg("--policy")
+        .arg(policy)
+        .arg("--")
+        .arg(worker_bin)
+        .arg("--worker")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = read_until_worker_done(stderr);
+    end(child);
+    lines
+}
+
+/// mcpwarden's stderr (and the worker's) until the worker reported.
+fn read_until_worker_done(stderr: ChildStderr) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let done = line.starts_with("worker:");
+        out.push(strip_ansi(&line));
+        if done {
+            break;
+        }
+    }
+    out
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn ns_per_op(lines: &[String]) -> f64 {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("worker: "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("a worker result")
+}
+
+fn inside(policy: &Path, worker_bin: &Path) {
+    println!("2. a process inside a session: sandbox alone vs sandbox + kernel programs");
+    let (mut bare, mut traced) = (Vec::new(), Vec::new());
+    let n = LOOPS.to_string();
+    for _ in 0..5 {
+        bare.push(ns_per_op(&confined(
+            policy,
+            worker_bin,
+            &["open", &n],
+            false,
+        )));
+        traced.push(ns_per_op(&confined(
+            policy,
+            worker_bin,
+            &["open", &n],
+            true,
+        )));
+    }
+    let (b, t) = (median(bare), median(traced));
+    println!(
+        "  open+close (ns/op): sandbox {b:.1} | sandbox + programs {t:.1} | {:+.1} %",
+        (t - b) / b * 100.0
+    );
+}
+
+fn throughput(policy: &Path, dir: &Path, worker_bin: &Path) {
+    println!("3. sustained events: two open/close loops in one session");
+    let script = dir.join("two.sh");
+    let bin = worker_bin.display();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{bin} --worker open {LOOPS}0 &\n{bin} --worker open {LOOPS}0\nwait\nexec /bin/sleep 3600\n"
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcpwarden"))
+        .args(["run", "--policy"])
+        .arg(policy)
+        .arg("--")
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut reader = BufReader::new(stderr);
+    let mut elapsed_ms: u64 = 0;
+    let mut done = 0;
+    let mut line = String::new();
+    while done < 2 && reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+        if let Some(rest) = line.strip_prefix("worker: ") {
+            done += 1;
+            let ms = rest.split_whitespace().nth(2).and_then(|m| m.parse().ok());
+            elapsed_ms = elapsed_ms.max(ms.unwrap_or(0));
+        }
+        line.clear();
+    }
+    drop(child.stdin.take());
+    common::stop(&mut child);
+    let mut log = String::new();
+    let _ = std::io::Read::read_to_string(&mut reader, &mut log);
+    let log = strip_ansi(&log);
+    let field = |name: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains("session ended"))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no {name}= in the session log"))
+    };
+    let (events, dropped) = (field("events"), field("dropped"));
+    let as_f64 = |v: u64| f64::from(u32::try_from(v).unwrap_or(u32::MAX));
+    let secs = as_f64(elapsed_ms) / 1e3;
+    println!(
+        "  {events} events received in {secs:.2} s: {:.0} events/s; lost in the kernel: {dropped}",
+        as_f64(events) / secs
+    );
+}
+
+fn kill_latency(dir: &Path, worker_bin: &Path) {
+    println!("4. forbidden open to process gone (kernel event time to pidfd readable)");
+    let secret = dir.join("secret");
+    std::fs::create_dir_all(&secret).expect("mkdir");
+    std::fs::write(secret.join("key"), "k").expect("write");
+    let policy = dir.join("kill.toml");
+    let events = dir.join("events.jsonl");
+    std::fs::write(
+        &policy,
+        format!(
+            "mode = \"enforce\"\n[files]\ndeny = [\"{}\"]\n[sandbox]\nexec = [\"{}\"]\nread = [\"{}\"]\n",
+            secret.display(),
+            worker_bin.parent().expect("dir").display(),
+            dir.display()
+        ),
+    )
+    .expect("policy");
+    let mut took = Vec::new();
+    for _ in 0..30 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mcpwarden"))
+            .args(["run", "--policy"])
+            .arg(&policy)
+            .arg("--events")
+            .arg(&events)
+            .arg("--")
+            .arg(worker_bin)
+            .args(["--worker", "forbidden"])
+            .arg(secret.join("key"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = loop {
+            if let Some(&p) = session_pids(child.id()).first() {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "the worker did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or
+        // -1; the fd is closed below.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        assert!(pidfd >= 0, "pidfd_open");
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, r#"{{"jsonrpc":"2.0","method":"go"}}"#).expect("go");
+        stdin.flush().expect("flush");
+        let mut pfd = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, a 10 s timeout.
+        let ready = unsafe { libc::poll(&raw mut pfd, 1, 10_000) };
+        let gone = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+        let gone_ns = gone.tv_sec() as u64 * 1_000_000_000 + gone.tv_nsec() as u64;
+        // SAFETY: closing the fd pidfd_open returned.
+        unsafe { libc::close(pidfd) };
+        assert_eq!(ready, 1, "the worker was not killed");
+        drop(stdin);
+        common::stop(&mut child);
+        let text = std::fs::read_to_string(&events).expect("events");
+        let kill_ts = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["action"] == "killed")
+            .and_then(|e| e["ts"].as_u64())
+            .expect("a kill event");
+        took.push(Duration::from_nanos(gone_ns.saturating_sub(kill_ts)));
+    }
+    took.sort();
+    println!(
+        "  30 kills: p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        common::pct(&took, 50),
+        common::pct(&took, 99),
+        took.last().expect("kills").as_secs_f64() * 1e6
+    );
+}
+
+const C_SOURCE: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+struct node { struct node *next; int key; char name[32]; };
+static struct node *push(struct node *head, int key) {
+    struct node *n = malloc(sizeof *n);
+    n->next = head; n->key = key;
+    snprintf(n->name, sizeof n->name, "n%d", key);
+    return n;
+}
+int sum(struct node *h) { int s = 0; for (; h; h = h->next) s += h->key * (int)strlen(h->name); return s; }
+int run(int n) { struct node *h = 0; for (int i = 0; i < n; i++) h = push(h, i); return sum(h); }
+"#;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--worker") {
+        worker(&args[2..]);
+        return;
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the kernel benchmark needs root (it loads kernel programs)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // The worker runs confined as nobody: a world-readable copy of us.
+    let worker_dir = dir.path().join("bin");
+    std::fs::create_dir(&worker_dir).expect("mkdir");
+    let worker_bin = worker_dir.join("worker");
+    std::fs::copy(std::env::current_exe().expect("exe"), &worker_bin).expect("copy");
+    std::fs::set_permissions(&worker_bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "mode = \"enforce\"\n[files]\ndeny = [\"/etc/shadow\"]\n[sandbox]\nexec = [\"{}\"]\n",
+            dir.path().display()
+        ),
+    )
+    .expect("policy");
+    println!(
+        "kernel programs' cost, {} (release build)",
+        std::env::consts::ARCH
+    );
+    outside(&policy, dir.path());
+    inside(&policy, &worker_bin);
+    throughput(&policy, dir.path(), &worker_bin);
+    kill_latency(dir.path(), &worker_bin);
+}
