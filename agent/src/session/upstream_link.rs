@@ -66,8 +66,11 @@ impl UpstreamLink {
     }
 
     /// Sends an admitted client message. `initialize` is awaited to its
-    /// answer, so every later message carries the session id; the rest go
-    /// out on their own tasks, so a long call does not hold up the next.
+    /// answer, so every later message carries the session id; notifications
+    /// and responses are awaited to their `202` (at once), so they reach
+    /// the server in order with what follows (`initialized` before the
+    /// first request); requests go out on their own tasks, so a long call
+    /// does not hold up the next.
     pub async fn send(self: &Arc<Self>, line: Vec<u8>, msg: &Message) {
         let ids = request_ids(msg, "");
         let initialize = matches!(msg, Message::Request { method, .. } if method == "initialize");
@@ -76,21 +79,25 @@ impl UpstreamLink {
             self.exchange(line, ids).await;
             return;
         }
-        let this = Arc::clone(self);
-        self.spawn(async move {
-            let accepted = this.exchange(line, ids).await;
+        if ids.is_empty() {
+            let accepted = self.exchange(line, ids).await;
             if initialized
                 && accepted
-                && !this
+                && !self
                     .get_started
                     .swap(true, std::sync::atomic::Ordering::SeqCst)
             {
-                let get = tokio::spawn(Arc::clone(&this).get_stream());
-                *this
+                let get = tokio::spawn(Arc::clone(self).get_stream());
+                *self
                     .get_task
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(get.abort_handle());
             }
+            return;
+        }
+        let this = Arc::clone(self);
+        self.spawn(async move {
+            this.exchange(line, ids).await;
         });
     }
 
