@@ -246,6 +246,9 @@ pub(super) async fn server_ended(
     to_client.replies(replies).await;
 }
 
+/// How often plain (verdict-free) kernel events are collected at most.
+const DRAIN_EVERY: Duration = Duration::from_millis(5);
+
 /// Judges kernel events as they arrive (not only before server messages),
 /// so a kill happens even while the server is silent.
 pub(super) async fn pump_events(core: Shared, ring_fd: OwnedFd, to_client: ToClient) {
@@ -262,16 +265,23 @@ pub(super) async fn pump_events(core: Shared, ring_fd: OwnedFd, to_client: ToCli
             return;
         }
     };
+    // The kernel wakes us at once only for verdicts; plain events are
+    // collected on this tick (and before every server message).
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = match ring.readable().await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!("polling the event ring buffer: {e}");
-                return;
-            }
-        };
-        // Clear first: data that lands while we drain re-arms readiness.
-        guard.clear_ready();
+        tokio::select! {
+            ready = ring.readable() => match ready {
+                // Clear first: data that lands while we drain re-arms
+                // readiness.
+                Ok(mut guard) => guard.clear_ready(),
+                Err(e) => {
+                    tracing::error!("polling the event ring buffer: {e}");
+                    return;
+                }
+            },
+            _ = tick.tick() => {}
+        }
         let replies = lock(&core).drain_events();
         to_client.replies(replies).await;
     }

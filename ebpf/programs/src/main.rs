@@ -77,6 +77,13 @@ static BIND4: LpmTrie<NetKey4, NetRule> = LpmTrie::with_max_entries(1024, 0);
 static BIND6: LpmTrie<NetKey6, NetRule> = LpmTrie::with_max_entries(1024, 0);
 
 const SIGKILL: u32 = 9;
+/// `bpf_ringbuf_output` flags (linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// `bpf_ringbuf_query` flag: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Unread bytes in `EVENTS` past which every event wakes the reader.
+const WAKE_AT: u64 = 1 << 20;
 const AT_FDCWD: i32 = -100;
 const AT_REMOVEDIR: i64 = 0x200;
 const AF_UNIX: u16 = 1;
@@ -165,7 +172,18 @@ fn check_deny(session: &SessionConfig, event: &mut Event) {
 
 #[inline(always)]
 fn submit(event: &Event) {
-    if EVENTS.output::<Event>(event, 0).is_err()
+    // Waking the reader for every event costs the traced process a wake-up
+    // per syscall. Only verdicts (kill, refusal, alert) wake it at once;
+    // plain events wait for the reader's next drain, which comes before any
+    // server message is forwarded and at least every few milliseconds.
+    // A quarter full also wakes it, so a burst between two drains is
+    // collected before the ring overflows.
+    let flags = if event.action == action::ALLOW && EVENTS.query(BPF_RB_AVAIL_DATA) < WAKE_AT {
+        BPF_RB_NO_WAKEUP
+    } else {
+        BPF_RB_FORCE_WAKEUP
+    };
+    if EVENTS.output::<Event>(event, flags).is_err()
         && let Some(dropped) = DROPPED.get_ptr_mut(0)
     {
         // SAFETY: per-CPU counter, no concurrent writer on this CPU.
