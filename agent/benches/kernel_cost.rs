@@ -16,7 +16,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, ChildStderr, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -93,24 +93,12 @@ fn idle_session(policy: &Path) -> Child {
     child
 }
 
-/// The cgroup v2 mount point.
-fn cgroup_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    mounts
-        .lines()
-        .find(|l| {
-            l.split(" - ")
-                .nth(1)
-                .is_some_and(|r| r.starts_with("cgroup2 "))
-        })
-        .and_then(|l| l.split_whitespace().nth(4))
-        .map(PathBuf::from)
-        .expect("cgroup2 mount")
-}
-
 /// Host pids in the traced cgroup of the session run by mcpwarden `pid`.
 fn session_pids(pid: u32) -> Vec<u32> {
-    let dir = cgroup_root().join("mcpwarden");
+    let Ok(hierarchy) = mcpwarden_sandbox::Hierarchy::discover() else {
+        return Vec::new();
+    };
+    let dir = hierarchy.sessions_dir();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };

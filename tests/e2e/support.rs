@@ -296,17 +296,10 @@ impl Run {
 
 /// The cgroup v2 mount point, read from the kernel's mount table.
 pub fn cgroup_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let root = mounts
-        .lines()
-        .find(|l| {
-            l.split(" - ")
-                .nth(1)
-                .is_some_and(|r| r.starts_with("cgroup2 "))
-        })
-        .and_then(|l| l.split_whitespace().nth(4))
-        .expect("cgroup2 mount");
-    PathBuf::from(root)
+    mcpwarden_sandbox::Hierarchy::discover()
+        .expect("a cgroup v2 mount")
+        .root()
+        .to_owned()
 }
 
 /// The events file, one JSON value per line.
