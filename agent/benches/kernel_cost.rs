@@ -498,7 +498,7 @@ fn main() {
     std::fs::write(
         &policy,
         format!(
-            "mode = \"enforce\"\n[files]\ndeny = [\"/etc/shadow\"]\n[sandbox]\nexec = [\"{}\"]\n",
+            "mode = \"enforce\"\n[files]\ndeny = [\"/etc/shadow\"]\n[sandbox]\nexec = [\"{}\"]\n[kernel]\nevents_per_second = 0\n",
             dir.path().display()
         ),
     )

@@ -236,3 +236,35 @@ fn a_rename_into_a_denied_directory_kills_like_an_open() {
     );
     assert_nothing_left_behind(Some(&cgroup));
 }
+
+#[test]
+fn a_flood_of_events_is_rate_limited_but_verdicts_are_not() {
+    // [kernel] events_per_second caps the plain events a session reports;
+    // a kill is a verdict and always gets through.
+    let _guard = serial();
+    let fx = Fixture::with_sandbox("enforce", "[kernel]\nevents_per_second = 1000\n");
+    let flood = "i=0; while [ $i -lt 5000 ]; do : < /etc/hostname; i=$((i+1)); done";
+    let scenario = json!([
+        {"call": "whoami"},
+        {"call": "run", "args": {"argv": ["/bin/sh", "-c", flood]}},
+        {"call": "read_file", "args": {"path": fx.secret()}},
+    ]);
+    let run = Run::through_mcpwarden(&fx, &scenario);
+    let cgroup = run.session_cgroup(0);
+    assert_eq!(run.step(2)["error"]["code"], json!(-32001), "{}", run.raw);
+    let evs = events(&fx.events);
+    let reported = evs
+        .iter()
+        .filter(|e| e["kind"] == "open" && e["path"] == "/etc/hostname")
+        .count();
+    assert!(
+        reported < 2500,
+        "5,000 opens at 1,000 events/s: most must be left out, {reported} reported"
+    );
+    let kill = evs
+        .iter()
+        .find(|e| e["action"] == "killed")
+        .expect("the kill is reported despite the limit");
+    assert_eq!(kill["path"], json!(fx.secret()), "{kill}");
+    assert_nothing_left_behind(Some(&cgroup));
+}

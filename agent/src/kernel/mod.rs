@@ -16,8 +16,8 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint},
 };
 use mcpwarden_common::{
-    DENY_PATH_LEN, DenyKey, DenyRule, NET_PORTS, NetKey4, NetKey6, NetRule, SESSION_ENFORCE,
-    SESSION_NET_POLICY, SOCK_PROGRAMS, SessionConfig, TRACEPOINTS, maps,
+    DENY_PATH_LEN, DROPPED_FULL, DROPPED_RATE, DenyKey, DenyRule, NET_PORTS, NetKey4, NetKey6,
+    NetRule, SESSION_ENFORCE, SESSION_NET_POLICY, SOCK_PROGRAMS, SessionConfig, TRACEPOINTS, maps,
 };
 
 use crate::policy::network::NetAllow;
@@ -206,6 +206,7 @@ impl Tracer {
         enforce: bool,
         deny: &[String],
         network: Option<(&[NetAllow], &[NetAllow])>,
+        events_per_second: u32,
     ) -> Result<(), KernelError> {
         {
             let map = self
@@ -233,7 +234,18 @@ impl Tracer {
         if network.is_some() {
             flags |= SESSION_NET_POLICY;
         }
-        let config = SessionConfig { session, flags };
+        // The kernel keeps one bucket per CPU: share the limit out.
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from) as u32;
+        let rate = match events_per_second {
+            0 => 0,
+            n => (n / cpus).max(1),
+        };
+        let config = SessionConfig {
+            session,
+            flags,
+            rate,
+            reserved: 0,
+        };
         sessions
             .insert(cgroup_id, config, 0)
             .map_err(map_err(maps::SESSIONS))
@@ -326,16 +338,20 @@ impl Tracer {
         }
     }
 
-    /// Events the kernel dropped because the ring buffer was full.
-    pub fn dropped(&self) -> Result<u64, KernelError> {
+    /// Events the kernel did not report: (ring buffer full, over the
+    /// rate limit).
+    pub fn dropped(&self) -> Result<(u64, u64), KernelError> {
         let map = self
             .ebpf
             .map(maps::DROPPED)
             .ok_or(KernelError::MissingMap(maps::DROPPED))?;
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(map_err(maps::DROPPED))?;
-        let per_cpu = counters.get(&0, 0).map_err(map_err(maps::DROPPED))?;
-        Ok(per_cpu.iter().sum())
+        let sum = |index: u32| -> Result<u64, KernelError> {
+            let per_cpu = counters.get(&index, 0).map_err(map_err(maps::DROPPED))?;
+            Ok(per_cpu.iter().sum())
+        };
+        Ok((sum(DROPPED_FULL)?, sum(DROPPED_RATE)?))
     }
 }
 

@@ -46,7 +46,21 @@ struct RawPolicy {
     #[serde(default)]
     sandbox: SandboxPolicy,
     network: Option<RawNetwork>,
+    #[serde(default)]
+    kernel: RawKernel,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKernel {
+    events_per_second: Option<u32>,
+}
+
+/// Plain kernel events a session may report per second unless its policy
+/// says otherwise (`[kernel] events_per_second`; 0: no limit). Far above
+/// what a tool call does (a Python server's start is ~700 events), far
+/// below what fills the ring buffer (~1.5 million/s measured).
+pub const DEFAULT_EVENTS_PER_SECOND: u32 = 200_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +131,9 @@ pub struct Policy {
     /// the kernel with `network`: with a `[network]` table and no `bind`,
     /// every explicit bind is refused.
     pub network_bind: Vec<network::NetAllow>,
+    /// Plain kernel events the session may report per second (verdicts
+    /// are never limited); 0: no limit.
+    pub events_per_second: u32,
 }
 
 impl Policy {
@@ -198,6 +215,10 @@ impl Policy {
             network,
             network_entries,
             network_bind,
+            events_per_second: raw
+                .kernel
+                .events_per_second
+                .unwrap_or(DEFAULT_EVENTS_PER_SECOND),
         })
     }
 

@@ -230,6 +230,7 @@ fn start_confined(
             .network
             .as_deref()
             .map(|allow| (allow, policy.network_bind.as_slice())),
+        policy.events_per_second,
     )?;
     if policy.network.is_some() {
         tracer.attach_network(cgroup.path())?;
@@ -592,13 +593,20 @@ fn teardown(
     let mut core = lock(core);
     let _ = core.drain_events();
     let confined = core.confined.take();
-    let dropped = confined
+    let (dropped, rate_limited) = confined
         .as_ref()
-        .map_or(0, |c| c.tracer.dropped().unwrap_or(0));
+        .map_or((0, 0), |c| c.tracer.dropped().unwrap_or((0, 0)));
     if dropped > 0 {
         tracing::error!(
             dropped,
             "the kernel dropped events: the ring buffer was full"
+        );
+    }
+    if rate_limited > 0 {
+        tracing::warn!(
+            rate_limited,
+            per_second = core.policy.events_per_second,
+            "the kernel left out plain events over the session's rate limit ([kernel] events_per_second); verdicts are never left out"
         );
     }
     if let Some(mut w) = core.events.take() {
@@ -607,7 +615,7 @@ fn teardown(
     let counts = &core.counts;
     tracing::info!(
         session = %core.label, events = counts.events, alerts = counts.alerts, kills = counts.killed,
-        denied = counts.denied, dropped,
+        denied = counts.denied, dropped, rate_limited,
         events_file = ?core.events_path, "session ended"
     );
     drop(core);

@@ -24,8 +24,12 @@ pub mod maps {
     pub const DENY: &str = "DENY";
     /// `RingBuf` of [`crate::Event`].
     pub const EVENTS: &str = "EVENTS";
-    /// `PerCpuArray<u64>`, index 0: events dropped on a full ring buffer.
+    /// `PerCpuArray<u64>`: events not reported, at [`crate::DROPPED_FULL`]
+    /// (ring buffer full) and [`crate::DROPPED_RATE`] (over the session's
+    /// rate limit).
     pub const DROPPED: &str = "DROPPED";
+    /// `PerCpuHashMap<u32 session, RateState>`: rate limit buckets.
+    pub const RATE: &str = "RATE";
     /// `LpmTrie<NetKey4, NetRule>`: allowed IPv4 destinations per session.
     pub const NET4: &str = "NET4";
     /// `LpmTrie<NetKey6, NetRule>`: allowed IPv6 destinations per session.
@@ -175,7 +179,29 @@ pub struct SessionConfig {
     pub session: u32,
     /// `SESSION_*` bits.
     pub flags: u32,
+    /// Plain events (no verdict) per second each CPU may report for this
+    /// session; 0: no limit. Verdicts (kills, refusals, alerts) are never
+    /// limited.
+    pub rate: u32,
+    /// Padding (keeps the layout explicit).
+    pub reserved: u32,
 }
+
+/// A session's token bucket on one CPU, the value of the `RATE` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    /// Events that may still be reported.
+    pub tokens: u64,
+    /// When the bucket was last refilled (`bpf_ktime_get_ns`).
+    pub last_ns: u64,
+}
+
+/// Index of `DROPPED`: events lost because the ring buffer was full.
+pub const DROPPED_FULL: u32 = 0;
+/// Index of `DROPPED`: plain events not reported because the session went
+/// over its rate limit.
+pub const DROPPED_RATE: u32 = 1;
 
 /// Key of the `DENY` trie: a session id followed by a path prefix, so one
 /// trie serves every session and a lookup finds the longest denied prefix.

@@ -27,12 +27,13 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes, generated::bpf_send_signal,
     },
     macros::{cgroup_sock_addr, map, tracepoint},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{SockAddrContext, TracePointContext},
 };
 use mcpwarden_common::{
-    ARGV_SLOT, ARGV_SLOTS, DENY_PATH_LEN, DenyKey, DenyRule, Event, NET_PORTS, NO_RULE, NetKey4,
-    NetKey6, NetRule, PATH_LEN, SESSION_ENFORCE, SESSION_NET_POLICY, SessionConfig, action, kind,
+    ARGV_SLOT, ARGV_SLOTS, DENY_PATH_LEN, DROPPED_FULL, DROPPED_RATE, DenyKey, DenyRule, Event,
+    NET_PORTS, NO_RULE, NetKey4, NetKey6, NetRule, PATH_LEN, RateState, SESSION_ENFORCE,
+    SESSION_NET_POLICY, SessionConfig, action, kind,
 };
 
 #[map]
@@ -47,7 +48,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 /// Index 0: events dropped because the ring buffer was full.
 #[map]
-static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per-session, per-CPU token buckets of the rate limit.
+#[map]
+static RATE: PerCpuHashMap<u32, RateState> = PerCpuHashMap::with_max_entries(1024, 0);
 
 #[map]
 static SCRATCH_EVENT: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
@@ -170,24 +175,66 @@ fn check_deny(session: &SessionConfig, event: &mut Event) {
     }
 }
 
+/// Whether the session may report one more plain event on this CPU: a
+/// token bucket refilled at `session.rate` per second, holding at most one
+/// second's worth.
 #[inline(always)]
-fn submit(event: &Event) {
+fn within_rate(session: &SessionConfig, now: u64) -> bool {
+    if session.rate == 0 {
+        return true;
+    }
+    let rate = u64::from(session.rate);
+    let Some(state) = RATE.get_ptr_mut(session.session) else {
+        let fresh = RateState {
+            tokens: rate - 1,
+            last_ns: now,
+        };
+        let _ = RATE.insert(session.session, fresh, 0);
+        return true;
+    };
+    // SAFETY: per-CPU map value, no other program run on this CPU meanwhile.
+    let state = unsafe { &mut *state };
+    let elapsed = now.saturating_sub(state.last_ns).min(1_000_000_000);
+    let refill = elapsed * rate / 1_000_000_000;
+    if refill > 0 {
+        state.tokens = (state.tokens + refill).min(rate);
+        state.last_ns = now;
+    }
+    if state.tokens == 0 {
+        return false;
+    }
+    state.tokens -= 1;
+    true
+}
+
+#[inline(always)]
+fn count_dropped(index: u32) {
+    if let Some(dropped) = DROPPED.get_ptr_mut(index) {
+        // SAFETY: per-CPU counter, no concurrent writer on this CPU.
+        unsafe { *dropped += 1 };
+    }
+}
+
+#[inline(always)]
+fn submit(session: &SessionConfig, event: &Event) {
+    let verdict = event.action != action::ALLOW;
+    if !verdict && !within_rate(session, event.ts_ns) {
+        count_dropped(DROPPED_RATE);
+        return;
+    }
     // Waking the reader for every event costs the traced process a wake-up
     // per syscall. Only verdicts (kill, refusal, alert) wake it at once;
     // plain events wait for the reader's next drain, which comes before any
     // server message is forwarded and at least every few milliseconds.
     // A quarter full also wakes it, so a burst between two drains is
     // collected before the ring overflows.
-    let flags = if event.action == action::ALLOW && EVENTS.query(BPF_RB_AVAIL_DATA) < WAKE_AT {
+    let flags = if !verdict && EVENTS.query(BPF_RB_AVAIL_DATA) < WAKE_AT {
         BPF_RB_NO_WAKEUP
     } else {
         BPF_RB_FORCE_WAKEUP
     };
-    if EVENTS.output::<Event>(event, flags).is_err()
-        && let Some(dropped) = DROPPED.get_ptr_mut(0)
-    {
-        // SAFETY: per-CPU counter, no concurrent writer on this CPU.
-        unsafe { *dropped += 1 };
+    if EVENTS.output::<Event>(event, flags).is_err() {
+        count_dropped(DROPPED_FULL);
     }
 }
 
@@ -219,7 +266,7 @@ fn on_open(
         event.path[0] = 0;
     }
     check_deny(&session, event);
-    submit(event);
+    submit(&session, event);
 }
 
 #[tracepoint]
@@ -321,7 +368,7 @@ pub fn mcpw_exec(ctx: TracePointContext) -> u32 {
         }
     }
     check_deny(&session, event);
-    submit(event);
+    submit(&session, event);
     0
 }
 
@@ -339,7 +386,7 @@ pub fn mcpw_connect(ctx: TracePointContext) -> u32 {
     // sockaddr: a native-endian u16 family, then for inet a big-endian port.
     // SAFETY: user pointer read through the fault-tolerant helper.
     let Ok(head) = (unsafe { bpf_probe_read_user(addr.cast::<[u8; 4]>()) }) else {
-        submit(event);
+        submit(&session, event);
         return 0;
     };
     event.family = u16::from_ne_bytes([head[0], head[1]]);
@@ -369,7 +416,7 @@ pub fn mcpw_connect(ctx: TracePointContext) -> u32 {
             _ => {}
         }
     }
-    submit(event);
+    submit(&session, event);
     0
 }
 
@@ -436,7 +483,7 @@ fn on_path_op(ctx: &TracePointContext, op: PathOp) {
     if let Some(rule) = rule {
         act_on_deny(&session, event, rule);
     }
-    submit(event);
+    submit(&session, event);
 }
 
 const fn op(kind: u32, path: usize) -> PathOp {
@@ -597,23 +644,23 @@ path_op!(
 
 #[tracepoint]
 pub fn mcpw_fork(ctx: TracePointContext) -> u32 {
-    let Some((_, event)) = begin(kind::FORK) else {
+    let Some((session, event)) = begin(kind::FORK) else {
         return 0;
     };
     // SAFETY: `pid_t child_pid` at offset 20 of sched_process_fork.
     event.arg = i64::from(unsafe { ctx.read_at::<i32>(20) }.unwrap_or(0));
-    submit(event);
+    submit(&session, event);
     0
 }
 
 #[tracepoint]
 pub fn mcpw_exit(ctx: TracePointContext) -> u32 {
-    let Some((_, event)) = begin(kind::EXIT) else {
+    let Some((session, event)) = begin(kind::EXIT) else {
         return 0;
     };
     // SAFETY: `int error_code` at offset 16 of sys_enter_exit_group.
     event.arg = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0) & 0xff;
-    submit(event);
+    submit(&session, event);
     0
 }
 
@@ -697,7 +744,7 @@ fn sock_verdict(family: u16, addr: &[u8; 16], port: u16, op: SockOp) -> i32 {
     }
     if allowed {
         if report_allowed {
-            submit(event);
+            submit(&session, event);
         }
         return 1;
     }
@@ -707,7 +754,7 @@ fn sock_verdict(family: u16, addr: &[u8; 16], port: u16, op: SockOp) -> i32 {
     } else {
         action::ALERT
     };
-    submit(event);
+    submit(&session, event);
     i32::from(!enforce)
 }
 
