@@ -479,13 +479,9 @@ fn main() {
         worker(&args[2..]);
         return;
     }
-    if !args.iter().any(|a| a == "--bench") {
+    if !common::benching_as_root() {
         return;
     }
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the kernel benchmark needs root (it loads kernel programs)"
-    );
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     // The worker runs confined as nobody: a world-readable copy of us.

@@ -213,13 +213,9 @@ fn slow_http_client(policy: &std::path::Path) {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::benching_as_root() {
         return;
     }
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the flood benchmark needs root (mcpwarden run loads kernel programs)"
-    );
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "mode = \"enforce\"\n").expect("policy");

@@ -153,13 +153,9 @@ async fn throughput(url: &str, clients: u64, each: u64) -> f64 {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::benching_as_root() {
         return;
     }
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the proxy benchmark needs root (mcpwarden run loads kernel programs)"
-    );
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

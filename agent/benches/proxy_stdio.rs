@@ -96,13 +96,9 @@ fn throughput(proxied: Option<&std::path::Path>, n: u64) -> f64 {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::benching_as_root() {
         return;
     }
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the proxy benchmark needs root (mcpwarden run loads kernel programs)"
-    );
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "mode = \"enforce\"\n").expect("policy");

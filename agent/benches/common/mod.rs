@@ -67,3 +67,17 @@ pub fn report(label: &str, direct: &mut [Duration], proxied: &mut [Duration]) {
         pct(proxied, 99) - pct(direct, 99),
     );
 }
+
+/// Whether cargo runs us as a benchmark (`--bench`; `cargo test` runs bench
+/// targets without it, and then they do nothing). Panics unless root: the
+/// benches load kernel programs.
+pub fn benching_as_root() -> bool {
+    if !std::env::args().any(|a| a == "--bench") {
+        return false;
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this benchmark needs root (mcpwarden run loads kernel programs)"
+    );
+    true
+}
