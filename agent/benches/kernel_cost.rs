@@ -25,27 +25,39 @@ mod common;
 
 const LOOPS: u64 = 300_000;
 
+/// Runs `n` iterations of the open/close (`open`) or refused-connect
+/// (`connect`) loop; returns how long they took.
+fn syscall_loop(kind: &str, n: u64) -> Duration {
+    let start = Instant::now();
+    if kind == "open" {
+        for _ in 0..n {
+            drop(std::fs::File::open("/dev/null").expect("open"));
+        }
+    } else {
+        let closed = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        for _ in 0..n {
+            let _ = std::net::TcpStream::connect(closed);
+        }
+    }
+    start.elapsed()
+}
+
+/// ns per operation of a loop of `n`.
+fn per_op(took: Duration, n: u64) -> f64 {
+    took.as_secs_f64() * 1e9 / f64::from(u32::try_from(n).expect("fits"))
+}
+
 /// The worker: runs inside or outside a session, prints one result line.
 fn worker(args: &[String]) {
     match args {
-        [kind, n] if kind == "open" => {
+        [kind, n] if kind == "open" || kind == "connect" => {
             let n: u64 = n.parse().expect("count");
-            let start = Instant::now();
-            for _ in 0..n {
-                drop(std::fs::File::open("/dev/null").expect("open"));
-            }
-            let ns = start.elapsed().as_nanos() / u128::from(n);
-            eprintln!("worker: {ns} ns/op {} ms", start.elapsed().as_millis());
-        }
-        [kind, n] if kind == "connect" => {
-            let n: u64 = n.parse().expect("count");
-            let closed = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
-            let start = Instant::now();
-            for _ in 0..n {
-                let _ = std::net::TcpStream::connect(closed);
-            }
-            let ns = start.elapsed().as_nanos() / u128::from(n);
-            eprintln!("worker: {ns} ns/op {} ms", start.elapsed().as_millis());
+            let took = syscall_loop(kind, n);
+            eprintln!(
+                "worker: {:.0} ns/op {} ms",
+                per_op(took, n),
+                took.as_millis()
+            );
         }
         [kind, path] if kind == "forbidden" => {
             let mut line = String::new();
@@ -59,18 +71,7 @@ fn worker(args: &[String]) {
 
 /// ns per operation of the open or connect loop, run here.
 fn here(kind: &str, n: u64) -> f64 {
-    let start = Instant::now();
-    if kind == "open" {
-        for _ in 0..n {
-            drop(std::fs::File::open("/dev/null").expect("open"));
-        }
-    } else {
-        let closed = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
-        for _ in 0..n {
-            let _ = std::net::TcpStream::connect(closed);
-        }
-    }
-    start.elapsed().as_secs_f64() * 1e9 / f64::from(u32::try_from(n).expect("fits"))
+    per_op(syscall_loop(kind, n), n)
 }
 
 /// A live session whose server idles: its tracepoints are attached.
@@ -85,12 +86,24 @@ fn idle_session(policy: &Path) -> Child {
         .spawn()
         .expect("start a session");
     // Attached once the server runs in its cgroup.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while session_pids(child.id()).is_empty() {
-        assert!(Instant::now() < deadline, "the session did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    server_pid(&child);
     child
+}
+
+/// The host pid of the server of the session mcpwarden `child` runs, once
+/// it is in its cgroup.
+fn server_pid(child: &Child) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(&pid) = session_pids(child.id()).first() {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session's server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Host pids in the traced cgroup of the session run by mcpwarden `pid`.
@@ -411,14 +424,7 @@ fn kill_latency(dir: &Path, worker_bin: &Path) {
             .stderr(Stdio::null())
             .spawn()
             .expect("start");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let pid = loop {
-            if let Some(&p) = session_pids(child.id()).first() {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "the worker did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let pid = server_pid(&child);
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or
         // -1; the fd is closed below.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
