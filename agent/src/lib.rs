@@ -8,6 +8,7 @@
 //! the request in flight ([`session`]) and checked against the policy
 //! ([`policy`]), and a denied open kills the tree.
 pub mod doctor;
+pub mod inspect;
 pub mod kernel;
 pub mod launch;
 pub mod policy;

@@ -60,6 +60,9 @@ enum Cmd {
         #[arg(last = true, required_unless_present = "upstream")]
         command: Vec<OsString>,
     },
+    /// Scan text for prompt injection with PSI: exit 0 clean, 1 flagged,
+    /// 2 error.
+    Scan(mcpwarden::inspect::cli::ScanArgs),
     /// The sandbox (PES) on its own.
     Sandbox {
         #[command(subcommand)]
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
         )
         .init();
     match Cli::parse().command {
+        Cmd::Scan(args) => args.run(),
         Cmd::Doctor { json } => {
             let report = doctor::probe();
             if json {

@@ -1,0 +1,227 @@
+//! `mcpwarden scan --eval FILE`: PSI's numbers on a labelled JSON-lines
+//! file (`text`, `label` 0/1, `kind` prompt/doc/indirect), as written by
+//! `models/build_data.py`. Runs the same code as the proxy, message by
+//! message, and reports recall, false-positive rates, AUROC and latency.
+
+use std::{io::BufRead, path::Path, time::Instant};
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Inspector;
+
+#[derive(Debug, Deserialize)]
+struct Record {
+    text: String,
+    label: u8,
+    kind: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {message}")]
+    Record {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error(transparent)]
+    Model(#[from] super::encoder::EncoderError),
+}
+
+struct Scored {
+    label: u8,
+    kind: String,
+    score: f32,
+    flagged: bool,
+    micros: f64,
+    tokens: usize,
+}
+
+/// Area under the ROC curve (ties count half), from scores of positives
+/// and negatives.
+#[must_use]
+pub fn auroc(pos: &[f32], neg: &[f32]) -> f64 {
+    if pos.is_empty() || neg.is_empty() {
+        return f64::NAN;
+    }
+    let mut all: Vec<(f32, bool)> = pos
+        .iter()
+        .map(|&s| (s, true))
+        .chain(neg.iter().map(|&s| (s, false)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j < all.len() && all[j].0.total_cmp(&all[i].0).is_eq() {
+            j += 1;
+        }
+        let avg = (i + j + 1) as f64 / 2.0; // ranks i+1..=j
+        rank_sum += avg * all[i..j].iter().filter(|x| x.1).count() as f64;
+        i = j;
+    }
+    let (p, n) = (pos.len() as f64, neg.len() as f64);
+    (rank_sum - p * (p + 1.0) / 2.0) / (p * n)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Runs the evaluation; returns the report as JSON (also printed as text
+/// by the caller).
+///
+/// # Errors
+/// Unreadable file, malformed record, or a model failure.
+pub fn evaluate(
+    inspector: &Inspector,
+    path: &Path,
+    limit: Option<usize>,
+) -> Result<serde_json::Value, EvalError> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| EvalError::Read {
+        path: name.clone(),
+        source,
+    })?;
+    let mut scored = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        if limit.is_some_and(|l| scored.len() >= l) {
+            break;
+        }
+        let line = line.map_err(|source| EvalError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r: Record = serde_json::from_str(&line).map_err(|e| EvalError::Record {
+            path: name.clone(),
+            line: n + 1,
+            message: e.to_string(),
+        })?;
+        let started = Instant::now();
+        let v = inspector.inspect(&r.text)?;
+        let micros = started.elapsed().as_secs_f64() * 1e6;
+        let tokens = inspector
+            .windows(&r.text)?
+            .iter()
+            .map(|w| w.ids.len())
+            .sum::<usize>();
+        scored.push(Scored {
+            label: r.label,
+            kind: r.kind,
+            score: v.score,
+            flagged: v.flagged,
+            micros,
+            tokens,
+        });
+    }
+    Ok(report(&scored))
+}
+
+fn group(scored: &[Scored], kind: &str, label: u8) -> (usize, usize, Vec<f32>) {
+    let rows: Vec<&Scored> = scored
+        .iter()
+        .filter(|s| s.kind == kind && s.label == label)
+        .collect();
+    let flagged = rows.iter().filter(|s| s.flagged).count();
+    (rows.len(), flagged, rows.iter().map(|s| s.score).collect())
+}
+
+fn report(scored: &[Scored]) -> serde_json::Value {
+    let rate = |(n, k, _): &(usize, usize, Vec<f32>)| {
+        if *n == 0 {
+            f64::NAN
+        } else {
+            *k as f64 / *n as f64
+        }
+    };
+    let direct = group(scored, "prompt", 1);
+    let indirect = group(scored, "indirect", 1);
+    let benign_docs = group(scored, "doc", 0);
+    let benign_prompts = group(scored, "prompt", 0);
+    let pos_all: Vec<f32> = scored
+        .iter()
+        .filter(|s| s.label == 1)
+        .map(|s| s.score)
+        .collect();
+    let neg_all: Vec<f32> = scored
+        .iter()
+        .filter(|s| s.label == 0)
+        .map(|s| s.score)
+        .collect();
+    let all_recall = pos_all.len() as f64;
+    let all_flagged = scored.iter().filter(|s| s.label == 1 && s.flagged).count() as f64;
+    // Latency of messages up to 512 tokens, and the cost of each further
+    // 1k tokens (least squares over the longer ones).
+    let mut short: Vec<f64> = scored
+        .iter()
+        .filter(|s| s.tokens <= 512)
+        .map(|s| s.micros / 1e3)
+        .collect();
+    short.sort_by(f64::total_cmp);
+    let mut all_ms: Vec<f64> = scored.iter().map(|s| s.micros / 1e3).collect();
+    all_ms.sort_by(f64::total_cmp);
+    let (sx, sy, sxx, sxy, n) =
+        scored
+            .iter()
+            .fold((0.0, 0.0, 0.0, 0.0, 0.0), |(a, b, c, d, n), s| {
+                let (x, y) = (s.tokens as f64 / 1e3, s.micros / 1e3);
+                (a + x, b + y, c + x * x, d + x * y, n + 1.0)
+            });
+    let per_1k = if n * sxx - sx * sx > 0.0 {
+        (n * sxy - sx * sy) / (n * sxx - sx * sx)
+    } else {
+        f64::NAN
+    };
+    json!({
+        "messages": scored.len(),
+        "recall": {
+            "all_injections": all_flagged / all_recall,
+            "direct_prompts": rate(&direct),
+            "indirect_in_tool_outputs": rate(&indirect),
+            "counts": {"direct": direct.0, "indirect": indirect.0},
+        },
+        "false_positive_rate": {
+            "benign_tool_outputs": rate(&benign_docs),
+            "benign_prompts": rate(&benign_prompts),
+            "counts": {"tool_outputs": benign_docs.0, "prompts": benign_prompts.0},
+        },
+        "auroc": {
+            "all": auroc(&pos_all, &neg_all),
+            "indirect_vs_benign_tool_outputs": auroc(&indirect.2, &benign_docs.2),
+            "direct_vs_benign_prompts": auroc(&direct.2, &benign_prompts.2),
+        },
+        "latency_ms": {
+            "up_to_512_tokens": {"n": short.len(), "p50": percentile(&short, 0.5), "p99": percentile(&short, 0.99), "max": short.last()},
+            "all": {"p50": percentile(&all_ms, 0.5), "p99": percentile(&all_ms, 0.99)},
+            "per_extra_1k_tokens": per_1k,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auroc_of_known_cases() {
+        assert!((auroc(&[0.9, 0.8], &[0.1, 0.2]) - 1.0).abs() < 1e-12);
+        assert!((auroc(&[0.1, 0.2], &[0.9, 0.8])).abs() < 1e-12);
+        assert!((auroc(&[0.5], &[0.5]) - 0.5).abs() < 1e-12);
+        // One of four pairs misordered.
+        assert!((auroc(&[0.9, 0.3], &[0.1, 0.4]) - 0.75).abs() < 1e-12);
+        assert!(auroc(&[], &[0.1]).is_nan());
+    }
+}
