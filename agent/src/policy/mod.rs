@@ -8,6 +8,7 @@
 //!
 //! A deny entry is an absolute path prefix matched at component boundaries:
 //! `/root` denies `/root` and `/root/x`, not `/rootfs`.
+pub mod inspect;
 pub mod network;
 
 use std::{fmt, path::Path};
@@ -48,6 +49,8 @@ struct RawPolicy {
     network: Option<RawNetwork>,
     #[serde(default)]
     kernel: RawKernel,
+    #[serde(default)]
+    inspect: inspect::RawInspect,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,7 +113,7 @@ pub enum PolicyError {
 }
 
 /// A validated policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     /// Where it came from (for messages).
     pub source: String,
@@ -134,6 +137,8 @@ pub struct Policy {
     /// Plain kernel events the session may report per second (verdicts
     /// are never limited); 0: no limit.
     pub events_per_second: u32,
+    /// PSI: what is inspected and what a flagged text does (`[inspect]`).
+    pub inspect: inspect::InspectPolicy,
 }
 
 impl Policy {
@@ -207,9 +212,18 @@ impl Policy {
                 key: format!("network.allow[{i}]"),
                 message,
             })?;
+        let inspect =
+            raw.inspect
+                .resolve(raw.mode == Mode::Enforce)
+                .map_err(|(key, message)| PolicyError::Invalid {
+                    path: source.to_owned(),
+                    key,
+                    message,
+                })?;
         Ok(Self {
             source: source.to_owned(),
             mode: raw.mode,
+            inspect,
             deny,
             sandbox,
             network,

@@ -17,8 +17,12 @@ use std::{
 use mcpwarden_sandbox::SessionCgroup;
 use serde_json::{Value, json};
 
-use super::record;
+use super::{
+    psi::{Outcome, Psi},
+    record,
+};
 use crate::{
+    inspect::scan,
     kernel::{KernelEvent, Tracer},
     monotonic_ns,
     policy::Policy,
@@ -74,6 +78,8 @@ pub(crate) struct Core {
     pub client_closed: bool,
     /// Who forked whom, from the session's fork events.
     parents: record::Parents,
+    /// PSI, unless the policy turns it off.
+    pub psi: Option<Psi>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +88,8 @@ pub(crate) struct Counts {
     pub killed: u64,
     pub alerts: u64,
     pub denied: u64,
+    /// Messages PSI stopped.
+    pub psi_blocked: u64,
 }
 
 impl std::fmt::Debug for Core {
@@ -125,12 +133,19 @@ impl Core {
             counts: Counts::default(),
             client_closed: false,
             parents: record::Parents::default(),
+            psi: None,
         }
     }
 
     /// Decides what to do with a client message: forward it (and track its
     /// requests) or answer it here (the error lines to send back).
-    pub fn admit(&mut self, msg: &Message, scope: &str, now: u64) -> Result<(), Vec<String>> {
+    pub fn admit(
+        &mut self,
+        msg: &Message,
+        body: &[u8],
+        scope: &str,
+        now: u64,
+    ) -> Result<(), Vec<String>> {
         let requests = requests_of(msg, scope);
         if let ServerState::Gone { message, data } = &self.state {
             return Err(requests
@@ -168,6 +183,15 @@ impl Core {
         {
             tracing::warn!(id = %id.key, "dropping a client response to no server request in flight");
             return Err(Vec::new());
+        }
+        if let Message::Request { id, method, tool } = msg
+            && let Some(point) = scan::point(method, true)
+            && let Some(psi) = &self.psi
+        {
+            let outcome = psi.inspect(body, point, id, method, tool.as_deref());
+            if let Some(line) = self.psi_outcome(outcome) {
+                return Err(vec![line]);
+            }
         }
         if let Message::Batch(items) = msg {
             for item in items {
@@ -230,21 +254,41 @@ impl Core {
     pub fn on_server_message(
         &mut self,
         msg: &Message,
+        body: &[u8],
         scope: &str,
         now: u64,
     ) -> (bool, Vec<Reply>) {
-        let replies = self.drain_events();
+        let mut replies = self.drain_events();
         if !matches!(self.state, ServerState::Running) {
             tracing::warn!("dropping a message from a tool server that was stopped");
             return (false, replies);
         }
         let forward = match msg {
             Message::Response { id, .. } => {
-                let known = self.tracker.close(&id.in_scope(scope), now).is_some();
-                if !known {
+                let Some(request) = self.tracker.close(&id.in_scope(scope), now) else {
                     tracing::warn!(id = %id.key, "dropping a server response to no request in flight");
+                    return (false, replies);
+                };
+                let outcome = match (&self.psi, scan::point(&request.method, false)) {
+                    (Some(psi), Some(point)) => psi.inspect(
+                        body,
+                        point,
+                        &request.id,
+                        &request.method,
+                        request.tool.as_deref(),
+                    ),
+                    _ => Outcome::Clean,
+                };
+                match self.psi_outcome(outcome) {
+                    Some(line) => {
+                        replies.push(Reply {
+                            key: request.id.key.clone(),
+                            line,
+                        });
+                        false
+                    }
+                    None => true,
                 }
-                known
             }
             Message::Request { id, method, .. } => {
                 // Server-to-client requests are tracked like the client's.
@@ -279,6 +323,31 @@ impl Core {
             Message::Notification { .. } => true,
         };
         (forward, replies)
+    }
+
+    /// Records what PSI flagged; returns the line that replaces the message
+    /// when it is blocked.
+    fn psi_outcome(&mut self, outcome: Outcome) -> Option<String> {
+        let Outcome::Flagged {
+            mut record,
+            replace,
+        } = outcome
+        else {
+            return None;
+        };
+        if replace.is_some() {
+            self.counts.psi_blocked += 1;
+        } else {
+            self.counts.alerts += 1;
+        }
+        if let Some(w) = &mut self.events {
+            record["session"] = Value::String(self.label.clone());
+            record["ts_ns"] = json!(monotonic_ns());
+            if let Err(e) = writeln!(w, "{record}").and_then(|()| w.flush()) {
+                tracing::error!("cannot write events file: {e}");
+            }
+        }
+        replace
     }
 
     /// Reads every waiting kernel event, records it, and enforces. Returns

@@ -156,7 +156,7 @@ impl Host {
             }
             None
         };
-        if let Err(replies) = lock(&front.core).admit(&msg, "", monotonic_ns()) {
+        if let Err(replies) = lock(&front.core).admit(&msg, &body, "", monotonic_ns()) {
             return refused(&replies);
         }
         let keys: Vec<String> = request_ids(&msg, "").into_iter().map(|id| id.key).collect();

@@ -54,7 +54,7 @@ pub(crate) async fn relay_post(
 ) -> Response {
     let scope = scope_of(headers);
     let Checked { body, msg } = checked;
-    if let Err(replies) = lock(&front.core).admit(&msg, &scope, monotonic_ns()) {
+    if let Err(replies) = lock(&front.core).admit(&msg, &body, &scope, monotonic_ns()) {
         return refused(&replies);
     }
     let ids = request_ids(&msg, &scope);
@@ -189,7 +189,8 @@ async fn pump_relayed(
         let Some(msg) = incoming.message() else {
             continue;
         };
-        let (forward, replies) = lock(&front.core).on_server_message(&msg, &scope, monotonic_ns());
+        let (forward, replies) =
+            lock(&front.core).on_server_message(&msg, &incoming.data, &scope, monotonic_ns());
         ToClient::Http(Arc::clone(&front.router))
             .replies(replies)
             .await;

@@ -17,6 +17,7 @@ mod core;
 mod http_front;
 mod http_host;
 mod http_relay;
+mod psi;
 mod record;
 mod relay;
 mod route;
@@ -106,6 +107,9 @@ pub enum RunError {
     /// Kernel programs could not be loaded.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// PSI is on and its model cannot be loaded.
+    #[error("PSI (prompt injection inspection): {0}")]
+    Inspect(#[from] crate::inspect::encoder::EncoderError),
     /// The upstream URL is unusable.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -153,6 +157,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     for warning in policy.warnings() {
         tracing::warn!("{warning}");
     }
+    // PSI's model loads before anything starts: a missing model is an
+    // error up front, never a session silently uninspected.
+    let psi = psi::load(&policy.inspect)?;
     let upstream = opts
         .upstream
         .as_deref()
@@ -200,6 +207,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         events,
         opts.events.clone(),
     )));
+    lock(&core).psi = psi;
     let exit_rx = started.as_ref().map(|s| s.exit_rx.clone());
     let result = serve_session(&opts, &core, started, upstream, listener, ring_fd).await;
     let ended = teardown(&core, exit_rx);

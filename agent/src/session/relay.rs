@@ -132,7 +132,7 @@ pub(super) async fn relay_client(
                 continue;
             }
         };
-        let admitted = lock(&core).admit(&msg, "", monotonic_ns());
+        let admitted = lock(&core).admit(&msg, &line, "", monotonic_ns());
         match (admitted, &mut pipe, &routed) {
             (Err(replies), _, _) => send_lines(&to_client, replies).await,
             (Ok(()), _, _) if !server_open => {}
@@ -210,7 +210,8 @@ pub(super) async fn relay_server(
                         continue;
                     }
                 };
-                let (forward, replies) = lock(&core).on_server_message(&msg, "", monotonic_ns());
+                let (forward, replies) =
+                    lock(&core).on_server_message(&msg, &line, "", monotonic_ns());
                 to_client.replies(replies).await;
                 if forward && !to_client.server_message(line, &msg, "").await {
                     return;

@@ -214,7 +214,8 @@ impl UpstreamLink {
             };
             answered(&msg, waiting);
             self.learn_protocol(&msg, &incoming.data);
-            let (forward, replies) = lock(&self.core).on_server_message(&msg, "", monotonic_ns());
+            let (forward, replies) =
+                lock(&self.core).on_server_message(&msg, &incoming.data, "", monotonic_ns());
             self.to_client.replies(replies).await;
             if forward {
                 self.to_client
