@@ -22,14 +22,14 @@ pub fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repo root")
         .to_owned()
 }
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     let py = PathBuf::from(VENV_PYTHON);
     assert!(
         py.exists(),
