@@ -34,8 +34,12 @@ password for your Acme account. Click the link below to choose a new one:\n\
 https://acme.example/reset/8f3a\n\nThis link expires in 2 hours. If you did not request a reset, \
 you can safely ignore this email.\n\nThe Acme team\n";
 
+/// Blocking is a policy's choice (the default is alert).
 fn fixture(extra: &str) -> Fixture {
-    let fx = Fixture::with_sandbox("enforce", extra);
+    let fx = Fixture::with_sandbox(
+        "enforce",
+        &format!("\n[inspect]\naction = \"block\"\n{extra}"),
+    );
     std::fs::write(fx.dir().join("page.md"), poisoned_page()).expect("write");
     std::fs::write(fx.dir().join("email.txt"), EMAIL).expect("write");
     fx
@@ -107,7 +111,7 @@ fn an_injection_in_a_tool_result_never_reaches_the_client() {
 #[test]
 fn a_redacted_result_keeps_the_rest_of_the_answer() {
     let _guard = serial();
-    let fx = fixture("\n[inspect]\nblocked_result = \"redact\"\n");
+    let fx = fixture("blocked_result = \"redact\"\n");
     let page = fx.dir().join("page.md").display().to_string();
     let run = Run::through_mcpwarden(&fx, &json!([{"call": "read_file", "args": {"path": page}}]));
     let text = run.text(0);

@@ -70,10 +70,7 @@ fn scan(
     if let Some(path) = eval_file {
         return match eval::evaluate(&inspector, path, limit) {
             Ok(report) => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
+                out(&serde_json::to_string_pretty(&report).unwrap_or_default());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -105,9 +102,9 @@ fn scan(
         }
     };
     if json {
-        let mut out = serde_json::to_value(&verdict).unwrap_or_default();
-        out["threshold"] = serde_json::json!(inspector.threshold);
-        for f in out["findings"].as_array_mut().into_iter().flatten() {
+        let mut out_json = serde_json::to_value(&verdict).unwrap_or_default();
+        out_json["threshold"] = serde_json::json!(inspector.threshold);
+        for f in out_json["findings"].as_array_mut().into_iter().flatten() {
             let (a, b) = (
                 f["start"].as_u64().unwrap_or(0) as usize,
                 f["end"].as_u64().unwrap_or(0) as usize,
@@ -116,16 +113,16 @@ fn scan(
                 f["text"] = serde_json::Value::String(s.chars().take(400).collect());
             }
         }
-        println!("{out}");
+        out(&out_json.to_string());
     } else {
-        println!(
+        out(&format!(
             "{} score {:.3} (threshold {:.3}; {} window(s), {} read by the model)",
             if verdict.flagged { "FLAGGED" } else { "clean" },
             verdict.score,
             inspector.threshold,
             verdict.windows,
             verdict.model_windows
-        );
+        ));
         for f in &verdict.findings {
             let shown: String = text
                 .get(f.start..f.end)
@@ -133,10 +130,10 @@ fn scan(
                 .chars()
                 .take(100)
                 .collect();
-            println!(
+            out(&format!(
                 "  [{}..{}] {:?} {:.3}: {} {:?}",
                 f.start, f.end, f.kind, f.score, f.detail, shown
-            );
+            ));
         }
     }
     if verdict.flagged {
@@ -144,4 +141,10 @@ fn scan(
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Prints a line; a closed stdout (`| head`) is not an error worth a panic.
+fn out(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }

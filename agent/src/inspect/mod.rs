@@ -28,6 +28,10 @@ pub use checks::{Finding, Kind};
 use encoder::{Encoder, EncoderError, Window};
 use weights::Weights;
 
+/// Texts of fewer words get the deterministic checks only: an instruction
+/// needs a few words, and the model is not trained on (and not reliable
+/// for) single names such as a schema title `whoamiArguments`.
+pub const MIN_WORDS: usize = 3;
 /// Windows run through the transformer together.
 const BATCH: usize = 8;
 /// The most windows of one message the transformer reads; the rest are
@@ -69,7 +73,8 @@ pub struct Verdict {
     pub windows: usize,
     pub model_windows: usize,
     /// Windows the pre-filter could not clear but the transformer did not
-    /// read (over [`MAX_MODEL_WINDOWS`]); flagged if any.
+    /// read (over [`MAX_MODEL_WINDOWS`]: the pre-filter's most suspicious
+    /// windows are read first).
     pub unscored: usize,
 }
 
@@ -270,6 +275,9 @@ impl Inspector {
         let mut windows = Vec::new(); // (piece, window, best pre-filter score)
         let mut span_pre = Vec::new(); // per window, each span's
         for (p, piece) in pieces.iter().enumerate() {
+            if piece.text.split_whitespace().nth(MIN_WORDS - 1).is_none() {
+                continue;
+            }
             for w in self.windows(&piece.text)? {
                 let pre = self.prefilter_spans(&piece.text, &w);
                 verdicts[piece.owner].windows += 1;
@@ -321,8 +329,7 @@ impl Inspector {
         }
         for v in &mut verdicts {
             v.score = v.findings.iter().map(|f| f.score).fold(v.score, f32::max);
-            v.flagged =
-                v.score >= self.threshold || v.unscored > 0 || v.findings.iter().any(|f| f.strong);
+            v.flagged = v.score >= self.threshold || v.findings.iter().any(|f| f.strong);
             v.findings.sort_by_key(|f| f.start);
         }
         Ok(verdicts)
