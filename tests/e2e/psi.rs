@@ -135,16 +135,8 @@ fn a_poisoned_tool_description_is_stopped_at_tools_list() {
         .unwrap()
         .len();
     assert!(tools > 5, "the server lists its tools directly");
-    let mut command = vec![
-        crate::support::mcpwarden_path(),
-        "run".into(),
-        "--policy".into(),
-        fx.policy.display().to_string(),
-        "--events".into(),
-        fx.events.display().to_string(),
-        "--".into(),
-    ];
-    command.extend(server);
+    let events = fx.events.display().to_string();
+    let command = crate::support::run_command(&fx, &["--events", &events], server);
     let out = std::process::Command::new(crate::support::python())
         .arg(repo().join("tests/e2e/client.py"))
         .arg(scenario.to_string())

@@ -151,6 +151,19 @@ impl Fixture {
     }
 }
 
+/// `mcpwarden run FLAGS --policy <fixture's> -- SERVER...` as an argv.
+pub fn run_command(fx: &Fixture, flags: &[&str], server: Vec<String>) -> Vec<String> {
+    let mut command = vec![env!("CARGO_BIN_EXE_mcpwarden").to_owned(), "run".into()];
+    command.extend(flags.iter().map(|f| (*f).to_owned()));
+    command.extend([
+        "--policy".into(),
+        fx.policy.display().to_string(),
+        "--".into(),
+    ]);
+    command.extend(server);
+    command
+}
+
 /// The outcome of one client run (see tests/e2e/client.py).
 pub struct Run {
     pub out: Value,
@@ -204,29 +217,13 @@ impl Run {
         flags: &[&str],
         server: Vec<String>,
     ) -> Self {
-        let mut command = vec![env!("CARGO_BIN_EXE_mcpwarden").to_owned(), "run".into()];
-        command.extend(flags.iter().map(|f| (*f).to_owned()));
-        command.extend([
-            "--policy".into(),
-            fx.policy.display().to_string(),
-            "--".into(),
-        ]);
-        command.extend(server);
-        Self::client(scenario, command)
+        Self::client(scenario, run_command(fx, flags, server))
     }
 
     /// The SDK client talking to the server through `mcpwarden run`.
     pub fn through_mcpwarden(fx: &Fixture, scenario: &Value) -> Self {
-        let mut command = vec![
-            env!("CARGO_BIN_EXE_mcpwarden").to_owned(),
-            "run".into(),
-            "--policy".into(),
-            fx.policy.display().to_string(),
-            "--events".into(),
-            fx.events.display().to_string(),
-            "--".into(),
-        ];
-        command.extend(fx.server_cmd());
+        let events = fx.events.display().to_string();
+        let command = run_command(fx, &["--events", &events], fx.server_cmd());
         assert!(
             nix_is_root(),
             "the end-to-end tests load kernel programs: run them as root"
