@@ -60,6 +60,11 @@ enum Cmd {
         #[arg(last = true, required_unless_present = "upstream")]
         command: Vec<OsString>,
     },
+    /// Validate policies and run their unit cases.
+    Policy {
+        #[command(subcommand)]
+        command: mcpwarden::policy::cli::PolicyCmd,
+    },
     /// Scan text for prompt injection with PSI: exit 0 clean, 1 flagged,
     /// 2 error.
     Scan(mcpwarden::inspect::cli::ScanArgs),
@@ -119,22 +124,8 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Cmd::Scan(args) => args.run(),
-        Cmd::Doctor { json } => {
-            let report = doctor::probe();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serialises")
-                );
-            } else {
-                print!("{}", report.render());
-            }
-            if report.missing().is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Cmd::Policy { command } => command.run(),
+        Cmd::Doctor { json } => doctor_cmd(json),
         Cmd::Run {
             policy,
             events,
@@ -212,6 +203,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn doctor_cmd(json: bool) -> ExitCode {
+    let report = doctor::probe();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    if report.missing().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -1,15 +1,32 @@
-//! Policy files (TOML). The skeleton's schema:
+//! Policy documents (TOML, see policies/README.md): a versioned envelope
+//! ([`doc`]) around a server's spec:
 //!
 //! ```toml
+//! apiVersion = "mcpwarden.dev/v1"
+//! kind = "ServerPolicy"
+//! [metadata]
+//! name = "files"
+//! [spec]
 //! mode = "enforce"            # or "monitor"
-//! [files]
+//! [spec.files]
 //! deny = ["/etc/shadow", "/root"]
+//! [[spec.tools.rules]]
+//! name = "read_file"
+//! action = "allow"
 //! ```
 //!
 //! A deny entry is an absolute path prefix matched at component boundaries:
-//! `/root` denies `/root` and `/root/x`, not `/rootfs`.
+//! `/root` denies `/root` and `/root/x`, not `/rootfs`. Tool rules
+//! ([`tools`]) decide every `tools/call` with conditions in a small typed
+//! language ([`expr`]) compiled here, once.
+pub mod agents;
+pub mod cases;
+pub mod cli;
+pub mod doc;
+pub mod expr;
 pub mod inspect;
 pub mod network;
+pub mod tools;
 
 use std::{fmt, path::Path};
 
@@ -39,7 +56,7 @@ impl fmt::Display for Mode {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPolicy {
+pub(crate) struct RawPolicy {
     #[serde(default)]
     mode: Mode,
     #[serde(default)]
@@ -51,6 +68,9 @@ struct RawPolicy {
     kernel: RawKernel,
     #[serde(default)]
     inspect: inspect::RawInspect,
+    tools: Option<tools::RawTools>,
+    #[serde(default)]
+    agents: Vec<agents::RawAgent>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,15 +121,26 @@ pub enum PolicyError {
         message: String,
     },
     /// A value is out of range.
-    #[error("policy {path}: {key}: {message}")]
+    #[error("policy {path}{}: {key}: {message}", at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
     Invalid {
         /// The file.
         path: String,
-        /// The key, e.g. `files.deny[2]`.
+        /// The key, e.g. `spec.files.deny[2]`.
         key: String,
         /// What is wrong with it.
         message: String,
+        /// Line and column of the key in the file, when found.
+        at: Option<(usize, usize)>,
     },
+}
+
+fn invalid(source: &str, key: impl Into<String>, message: impl Into<String>) -> PolicyError {
+    PolicyError::Invalid {
+        path: source.to_owned(),
+        key: key.into(),
+        message: message.into(),
+        at: None,
+    }
 }
 
 /// A validated policy.
@@ -139,6 +170,12 @@ pub struct Policy {
     pub events_per_second: u32,
     /// PSI: what is inspected and what a flagged text does (`[inspect]`).
     pub inspect: inspect::InspectPolicy,
+    /// `[metadata]`; `None` for a legacy document without `apiVersion`.
+    pub metadata: Option<doc::Metadata>,
+    /// Who may call which tool (`[tools]`).
+    pub tools: tools::ToolRules,
+    /// Names and roles of identified agents (`[[agents]]`).
+    pub agents: Vec<agents::AgentRule>,
 }
 
 impl Policy {
@@ -153,16 +190,73 @@ impl Policy {
 
     /// Parses and validates policy text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Self, PolicyError> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Parse {
+        let parse_error = |e: toml::de::Error| PolicyError::Parse {
             path: source.to_owned(),
             message: e.to_string().trim_end().to_owned(),
-        })?;
+        };
+        let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let (raw, metadata, prefix) = if table.contains_key("apiVersion") {
+            let d: doc::RawDocument = toml::from_str(text).map_err(parse_error)?;
+            let located = |key: &str, message: String| PolicyError::Invalid {
+                path: source.to_owned(),
+                key: key.to_owned(),
+                message,
+                at: doc::locate(text, key),
+            };
+            if d.api_version != doc::API_VERSION {
+                return Err(located(
+                    "apiVersion",
+                    format!(
+                        "{:?}: this mcpwarden reads {:?}",
+                        d.api_version,
+                        doc::API_VERSION
+                    ),
+                ));
+            }
+            if d.kind != doc::KIND {
+                return Err(located(
+                    "kind",
+                    format!("{:?}: expected {:?}", d.kind, doc::KIND),
+                ));
+            }
+            if d.metadata.name.trim().is_empty() {
+                return Err(located("metadata.name", "must not be empty".into()));
+            }
+            (d.spec, Some(d.metadata), "spec.")
+        } else {
+            let raw: RawPolicy = toml::from_str(text).map_err(parse_error)?;
+            (raw, None, "")
+        };
+        Self::resolve(raw, metadata, source).map_err(|e| match e {
+            PolicyError::Invalid {
+                path, key, message, ..
+            } => {
+                let key = format!("{prefix}{key}");
+                PolicyError::Invalid {
+                    at: doc::locate(text, &key),
+                    path,
+                    key,
+                    message,
+                }
+            }
+            other => other,
+        })
+    }
+
+    fn resolve(
+        raw: RawPolicy,
+        metadata: Option<doc::Metadata>,
+        source: &str,
+    ) -> Result<Self, PolicyError> {
+        let legacy = metadata.is_none();
         let mut deny = Vec::with_capacity(raw.files.deny.len());
         for (i, entry) in raw.files.deny.iter().enumerate() {
-            let invalid = |message: &str| PolicyError::Invalid {
-                path: source.to_owned(),
-                key: format!("files.deny[{i}]"),
-                message: format!("{entry:?}: {message}"),
+            let invalid = |message: &str| {
+                invalid(
+                    source,
+                    format!("files.deny[{i}]"),
+                    format!("{entry:?}: {message}"),
+                )
             };
             if !entry.starts_with('/') {
                 return Err(invalid("must be an absolute path"));
@@ -182,11 +276,7 @@ impl Policy {
         let sandbox = raw
             .sandbox
             .resolve(raw.mode == Mode::Enforce, Invoker::current())
-            .map_err(|e| PolicyError::Invalid {
-                path: source.to_owned(),
-                key: e.key,
-                message: e.message,
-            })?;
+            .map_err(|e| invalid(source, e.key, e.message))?;
         let network_entries = raw
             .network
             .as_ref()
@@ -197,30 +287,34 @@ impl Policy {
             .as_ref()
             .map(|n| network::parse(&n.bind))
             .transpose()
-            .map_err(|(i, message)| PolicyError::Invalid {
-                path: source.to_owned(),
-                key: format!("network.bind[{i}]"),
-                message,
-            })?
+            .map_err(|(i, message)| invalid(source, format!("network.bind[{i}]"), message))?
             .unwrap_or_default();
         let network = raw
             .network
             .map(|n| network::parse(&n.allow))
             .transpose()
-            .map_err(|(i, message)| PolicyError::Invalid {
-                path: source.to_owned(),
-                key: format!("network.allow[{i}]"),
-                message,
-            })?;
-        let inspect =
-            raw.inspect
-                .resolve(raw.mode == Mode::Enforce)
-                .map_err(|(key, message)| PolicyError::Invalid {
-                    path: source.to_owned(),
-                    key,
-                    message,
-                })?;
+            .map_err(|(i, message)| invalid(source, format!("network.allow[{i}]"), message))?;
+        let inspect = raw
+            .inspect
+            .resolve(raw.mode == Mode::Enforce)
+            .map_err(|(key, message)| invalid(source, key, message))?;
+        let tools_present = raw.tools.is_some();
+        let tools = raw
+            .tools
+            .unwrap_or_default()
+            .resolve(tools_present, legacy, raw.mode == Mode::Monitor)
+            .map_err(|(key, message)| invalid(source, key, message))?;
+        let agents = raw
+            .agents
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| a.resolve(i))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|(key, message)| invalid(source, key, message))?;
         Ok(Self {
+            metadata,
+            tools,
+            agents,
             source: source.to_owned(),
             mode: raw.mode,
             inspect,
@@ -255,6 +349,24 @@ impl Policy {
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.metadata.is_none() {
+            out.push(format!(
+                "policy {}: no apiVersion: read as a legacy document{}; see policies/README.md for the {} format",
+                self.source,
+                if self.tools.default == tools::Action::Allow && self.tools.rules.is_empty() {
+                    " (no [tools] table: every tool may be called)"
+                } else {
+                    ""
+                },
+                doc::API_VERSION
+            ));
+        } else if self.tools.rules.is_empty() && self.tools.default >= tools::Action::Block {
+            out.push(format!(
+                "policy {}: no [[spec.tools.rules]] and tools.default = {:?}: every tool call is refused",
+                self.source,
+                self.tools.default.to_string()
+            ));
+        }
         for (i, prefix) in self.deny.iter().enumerate() {
             // /tmp and /dev/shm are private mounts in the sandbox: host paths
             // under them are writable only if granted on their own.
@@ -277,6 +389,27 @@ impl Policy {
             }
         }
         out
+    }
+
+    /// The global monitor switch: the policy is applied as if its mode were
+    /// `monitor` (nothing is stopped, everything is recorded), without
+    /// editing it.
+    pub fn force_monitor(&mut self) {
+        self.mode = Mode::Monitor;
+        self.tools.monitor = true;
+        self.sandbox.enforce = false;
+        if self.inspect.action == inspect::Action::Block {
+            self.inspect.action = inspect::Action::Alert;
+        }
+    }
+
+    /// The server's name: `metadata.name`, or `fallback` (e.g. the
+    /// command line) for a legacy document.
+    #[must_use]
+    pub fn server_name(&self, fallback: &str) -> String {
+        self.metadata
+            .as_ref()
+            .map_or_else(|| fallback.to_owned(), |m| m.name.clone())
     }
 
     /// Human name of rule `i`, as error messages and events show it.
@@ -351,7 +484,7 @@ mod tests {
             Policy::parse("[files]\ndeny = [\"/ok\", \"relative/x\"]\n", "p.toml").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "policy p.toml: files.deny[1]: \"relative/x\": must be an absolute path"
+            "policy p.toml:2:16: files.deny[1]: \"relative/x\": must be an absolute path"
         );
         let err = Policy::parse("mode = \"loud\"\n", "p.toml")
             .unwrap_err()
@@ -410,7 +543,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "policy p.toml: sandbox.read[0]: \"x\": must be an absolute path"
+            "policy p.toml:2:9: sandbox.read[0]: \"x\": must be an absolute path"
         );
         let p = Policy::parse("mode = \"monitor\"\n", "p.toml").expect("valid");
         assert!(
@@ -427,7 +560,11 @@ mod tests {
             "p.toml",
         )
         .expect("valid");
-        let w = p.warnings();
+        let w: Vec<_> = p
+            .warnings()
+            .into_iter()
+            .filter(|w| w.contains("writable"))
+            .collect();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
             w[0].contains("files.deny[0]") && w[0].contains("/srv/w"),
