@@ -56,6 +56,10 @@ enum Cmd {
         /// ones (repeatable).
         #[arg(long = "allow-origin", value_name = "ORIGIN")]
         allow_origins: Vec<String>,
+        /// Apply the policy in monitor mode whatever it says: record every
+        /// violation, stop nothing.
+        #[arg(long)]
+        monitor: bool,
         /// The server command and its arguments.
         #[arg(last = true, required_unless_present = "upstream")]
         command: Vec<OsString>,
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
             listen,
             upstream,
             allow_origins,
+            monitor,
             command,
         } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
                 listen,
                 upstream,
                 allow_origins,
+                monitor,
             };
             let result = runtime.block_on(session::run(opts));
             // A blocking write to a client that stopped reading (our stdout

@@ -7,7 +7,8 @@ The scenario is a list of steps: {"call": TOOL, "args": {...}},
 {"list_tools": true}, {"procs": true} (record the host pids now in the
 server's cgroup, found from the last `whoami`; sandboxed servers see their
 own pid namespace, so only the host view is comparable with kernel events),
-or {"check_gone": true} (wait until every recorded pid is dead). The client
+{"check_gone": true} (wait until every recorded pid is dead), or
+{"wait_file": PATH} (wait until the test creates PATH). The client
 always initializes first. It prints one JSON document: the initialize result, every step's
 outcome (result or JSON-RPC error), and every request it sent (id, method,
 params), so a test can match kernel events to the exact request ids.
@@ -122,6 +123,13 @@ async def main(scenario, target):
                     procs = session_procs(whoami)
                     watched.extend(p for p in procs if p not in watched)
                     out["steps"].append({"procs": procs})
+                elif step.get("wait_file"):
+                    # A handshake with the test: it creates the file when
+                    # it is ready for the next step (e.g. a policy reload).
+                    deadline = time.monotonic() + step.get("timeout", 20)
+                    while not os.path.exists(step["wait_file"]) and time.monotonic() < deadline:
+                        await anyio.sleep(0.02)
+                    out["steps"].append({"waited": os.path.exists(step["wait_file"])})
                 elif step.get("check_gone"):
                     deadline = time.monotonic() + 5
                     while pids_alive(watched) and time.monotonic() < deadline:

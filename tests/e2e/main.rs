@@ -11,6 +11,7 @@ mod hardening;
 mod http;
 mod http_hardening;
 mod network;
+mod policy;
 mod psi;
 mod servers;
 mod support;

@@ -119,6 +119,30 @@ impl Fixture {
         }
     }
 
+    /// Rewrites the policy as a v1 document for server `name` (same
+    /// sandbox and denied directory), with `spec_extra` (TOML under
+    /// `[spec...]` keys) appended.
+    pub fn write_v1_policy(&self, name: &str, mode: &str, spec_extra: &str) {
+        let root = self.dir.path();
+        let venv = Path::new(VENV_PYTHON)
+            .ancestors()
+            .nth(2)
+            .expect("venv dir")
+            .display()
+            .to_string();
+        let text = format!(
+            "apiVersion = \"mcpwarden.dev/v1\"\nkind = \"ServerPolicy\"\n[metadata]\nname = \"{name}\"\n\
+             [spec]\nmode = \"{mode}\"\n[spec.files]\ndeny = [\"{secret}\"]\n\
+             [spec.sandbox]\nprofile = \"python\"\nread = [\"{root}\", \"{venv}\"]\n{spec_extra}",
+            secret = root.join("secret").display(),
+            root = root.display(),
+        );
+        // Write and rename: a reload never reads a half-written file.
+        let tmp = root.join(".policy.tmp");
+        std::fs::write(&tmp, text).expect("write policy");
+        std::fs::rename(&tmp, &self.policy).expect("install policy");
+    }
+
     /// The fixture directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()

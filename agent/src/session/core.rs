@@ -18,6 +18,7 @@ use mcpwarden_sandbox::SessionCgroup;
 use serde_json::{Value, json};
 
 use super::{
+    gate::{Gate, Verdict},
     psi::{Outcome, Psi},
     record,
 };
@@ -25,7 +26,11 @@ use crate::{
     inspect::scan,
     kernel::{KernelEvent, Tracer},
     monotonic_ns,
-    policy::Policy,
+    policy::{
+        Policy,
+        agents::Peer,
+        expr::{SessionStats, TrustScores},
+    },
     proxy::{
         message::{Message, RequestId, code, error_response},
         tracker::Tracker,
@@ -80,6 +85,11 @@ pub(crate) struct Core {
     parents: record::Parents,
     /// PSI, unless the policy turns it off.
     pub psi: Option<Psi>,
+    /// The policy's tool rules, applied to every call.
+    pub gate: Gate,
+    /// Answers for requests failed outside a kernel event (a policy kill),
+    /// sent with the next drain.
+    pending: Vec<Reply>,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +100,12 @@ pub(crate) struct Counts {
     pub denied: u64,
     /// Messages PSI stopped.
     pub psi_blocked: u64,
+    /// Messages PSI flagged (stopped or not).
+    pub psi_flagged: u64,
+    /// Tool calls forwarded to the server.
+    pub calls: u64,
+    /// Tool calls the policy's rules stopped.
+    pub policy_blocked: u64,
 }
 
 impl std::fmt::Debug for Core {
@@ -119,8 +135,11 @@ impl Core {
         label: String,
         events: Option<BufWriter<File>>,
         events_path: Option<PathBuf>,
+        server: String,
     ) -> Self {
         Self {
+            gate: Gate::new(&policy, Peer::parent(), server),
+            pending: Vec::new(),
             tracker: Tracker::new(),
             server_requests: Tracker::new(),
             state: ServerState::Running,
@@ -184,6 +203,9 @@ impl Core {
             tracing::warn!(id = %id.key, "dropping a client response to no server request in flight");
             return Err(Vec::new());
         }
+        if let Err(line) = self.gate_calls(msg, body, now) {
+            return Err(vec![line]);
+        }
         if let Message::Request { id, method, tool } = msg
             && let Some(point) = scan::point(method, true)
             && let Some(psi) = &self.psi
@@ -201,12 +223,174 @@ impl Core {
             }
         }
         for (id, method, tool) in requests {
+            if method == "tools/call" {
+                self.counts.calls += 1;
+            }
             // Cannot fail: duplicates were ruled out above.
             let _ = self
                 .tracker
                 .open(id, method.to_owned(), tool.map(str::to_owned), now);
         }
         Ok(())
+    }
+
+    /// What the session has seen, for policy conditions.
+    fn stats(&self) -> SessionStats {
+        SessionStats {
+            calls: self.counts.calls,
+            blocked: self.counts.policy_blocked + self.counts.psi_blocked + self.counts.killed,
+            alerts: self.counts.alerts,
+            flagged: self.counts.psi_flagged,
+        }
+    }
+
+    /// Puts every `tools/call` in `msg` (one request or a batch) before
+    /// the policy's tool rules. Err: the line that answers `msg` instead
+    /// (a batch is refused whole when one of its calls is stopped).
+    fn gate_calls(&mut self, msg: &Message, body: &[u8], now: u64) -> Result<(), String> {
+        let calls: Vec<(usize, &RequestId, &str)> = match msg {
+            Message::Request { id, method, tool } if method == "tools/call" => {
+                vec![(0, id, tool.as_deref().unwrap_or(""))]
+            }
+            Message::Batch(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| match m {
+                    Message::Request { id, method, tool } if method == "tools/call" => {
+                        Some((i, id, tool.as_deref().unwrap_or("")))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => return Ok(()),
+        };
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let batch = matches!(msg, Message::Batch(_));
+        for (i, id, tool) in calls {
+            let item = if batch { &parsed[i] } else { &parsed };
+            let args = item.pointer("/params/arguments").unwrap_or(&Value::Null);
+            let can_kill = self.confined.is_some();
+            let verdict = self.gate.check(
+                &self.policy,
+                args,
+                id,
+                tool,
+                self.stats(),
+                TrustScores::default(),
+                now,
+                can_kill,
+            );
+            match verdict {
+                Verdict::Pass => {}
+                Verdict::Alert(record) => {
+                    self.counts.alerts += 1;
+                    self.write_record(record);
+                }
+                Verdict::Stop {
+                    record,
+                    reply,
+                    kill,
+                } => {
+                    self.counts.policy_blocked += 1;
+                    self.write_record(record.clone());
+                    if kill {
+                        self.counts.killed += 1;
+                        self.kill_tree();
+                        let later = format!(
+                            "mcpwarden: the tool server is no longer running: it was killed by policy rule {} on a call to {tool}; start a new session",
+                            record["rule"].as_str().unwrap_or_default()
+                        );
+                        let replies = self.end_server(
+                            (
+                                code::SERVER_GONE,
+                                "mcpwarden: the tool server was killed by policy",
+                            ),
+                            later,
+                            record,
+                        );
+                        self.pending.extend(replies);
+                    }
+                    if batch {
+                        let message = format!(
+                            "mcpwarden refused this batch: its call {} was blocked",
+                            id.key
+                        );
+                        return Err(error_response(None, code::BLOCKED, &message, None));
+                    }
+                    return Err(reply);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `new` in force for what can change within a session (tool
+    /// rules, agents, PSI's action and points); returns the keys whose
+    /// changes wait for the next session (they live in the kernel or the
+    /// sandbox, or are baked into the loaded model).
+    pub fn reload_policy(&mut self, new: Policy) -> Vec<&'static str> {
+        let old = &self.policy;
+        let mut later = Vec::new();
+        if old.mode != new.mode {
+            later.push("mode (of the kernel's kills)");
+        }
+        if old.deny != new.deny {
+            later.push("files.deny");
+        }
+        if old.network != new.network || old.network_bind != new.network_bind {
+            later.push("network");
+        }
+        if old.sandbox != new.sandbox {
+            later.push("sandbox");
+        }
+        if old.events_per_second != new.events_per_second {
+            later.push("kernel.events_per_second");
+        }
+        if old.inspect.threshold != new.inspect.threshold {
+            later.push("inspect.threshold");
+        }
+        if self.psi.is_none()
+            && new.inspect.enabled
+            && new.inspect.action != crate::policy::inspect::Action::Allow
+        {
+            later.push("inspect (PSI was off when the session started)");
+        }
+        if let Some(psi) = &mut self.psi {
+            psi.policy = new.inspect.clone();
+        }
+        self.gate.reload(&new);
+        // The kernel's rule indexes keep meaning the old deny list.
+        let kept = Policy {
+            mode: old.mode,
+            deny: old.deny.clone(),
+            sandbox: old.sandbox.clone(),
+            network: old.network.clone(),
+            network_entries: old.network_entries.clone(),
+            network_bind: old.network_bind.clone(),
+            events_per_second: old.events_per_second,
+            ..new
+        };
+        self.policy = kept;
+        later
+    }
+
+    /// Records `record` in the events file.
+    pub fn record(&mut self, record: Value) {
+        self.write_record(record);
+    }
+
+    /// Appends a record (policy, PSI) to the events file.
+    fn write_record(&mut self, mut record: Value) {
+        if let Some(w) = &mut self.events {
+            record["session"] = Value::String(self.label.clone());
+            record["ts_ns"] = json!(monotonic_ns());
+            if let Err(e) = writeln!(w, "{record}").and_then(|()| w.flush()) {
+                tracing::error!("cannot write events file: {e}");
+            }
+        }
     }
 
     /// Stops tracking requests whose answers cannot come any more (the
@@ -335,18 +519,14 @@ impl Core {
         else {
             return None;
         };
+        self.counts.psi_flagged += 1;
         if replace.is_some() {
             self.counts.psi_blocked += 1;
         } else {
             self.counts.alerts += 1;
         }
-        if let Some(w) = &mut self.events {
-            record["session"] = Value::String(self.label.clone());
-            record["ts_ns"] = json!(monotonic_ns());
-            if let Err(e) = writeln!(w, "{record}").and_then(|()| w.flush()) {
-                tracing::error!("cannot write events file: {e}");
-            }
-        }
+        record["policy"] = Value::String(self.policy.source.clone());
+        self.write_record(record);
         replace
     }
 
@@ -357,7 +537,7 @@ impl Core {
         if let Some(confined) = &mut self.confined {
             confined.tracer.drain(|e| batch.push(e));
         }
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.pending);
         for event in batch {
             out.extend(self.on_event(&event));
         }

@@ -14,12 +14,14 @@
 //! server message is preceded by a drain, so a kill is always explained by
 //! its rule, never as a crash.
 mod core;
+mod gate;
 mod http_front;
 mod http_host;
 mod http_relay;
 mod psi;
 mod record;
 mod relay;
+mod reload;
 mod route;
 mod upstream_link;
 
@@ -83,6 +85,22 @@ pub struct RunOptions {
     pub upstream: Option<String>,
     /// Browser origins allowed on the endpoint besides loopback ones.
     pub allow_origins: Vec<String>,
+    /// The global monitor switch: apply the policy without stopping
+    /// anything.
+    pub monitor: bool,
+}
+
+/// The server's name for a legacy policy without `metadata.name`: its
+/// command line, or its URL.
+fn server_label(opts: &RunOptions) -> String {
+    if opts.command.is_empty() {
+        return opts.upstream.clone().unwrap_or_default();
+    }
+    opts.command
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Why a session could not start or end cleanly.
@@ -153,7 +171,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     if confine && !nix::unistd::geteuid().is_root() {
         return Err(RunError::NotRoot);
     }
-    let policy = Policy::load(&opts.policy)?;
+    let mut policy = Policy::load(&opts.policy)?;
+    if opts.monitor {
+        tracing::warn!("--monitor: nothing is stopped, every violation is recorded");
+        policy.force_monitor();
+    }
+    let server = policy.server_name(&server_label(&opts));
     for warning in policy.warnings() {
         tracing::warn!("{warning}");
     }
@@ -206,10 +229,17 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         label,
         events,
         opts.events.clone(),
+        server,
     )));
     lock(&core).psi = psi;
     let exit_rx = started.as_ref().map(|s| s.exit_rx.clone());
+    let watcher = tokio::spawn(reload::watch(
+        Arc::clone(&core),
+        opts.policy.clone(),
+        opts.monitor,
+    ));
     let result = serve_session(&opts, &core, started, upstream, listener, ring_fd).await;
+    watcher.abort();
     let ended = teardown(&core, exit_rx);
     result.and(ended)
 }

@@ -173,7 +173,27 @@ fn call<'a>(f: Func, args: &'a [Node], ctx: &Context<'a>) -> Result<Val<'a>, Und
         Func::EndsWith => Val::Bool(text(0)?.ends_with(text(1)?)),
         Func::Contains => Val::Bool(text(0)?.contains(text(1)?)),
         Func::Matches => Val::Bool(glob_match(text(1)?.as_bytes(), text(0)?.as_bytes())),
-        Func::PathUnder => Val::Bool(path_under(text(0)?, text(1)?).ok_or(Undetermined)?),
+        Func::IMatches => Val::Bool(glob_match_with(
+            text(1)?.as_bytes(),
+            text(0)?.as_bytes(),
+            u8::eq_ignore_ascii_case,
+        )),
+        Func::PathUnder => {
+            let dir = text(1)?;
+            match arg(0)? {
+                Val::Str(p) => Val::Bool(path_under(p, dir).ok_or(Undetermined)?),
+                // A list of paths (read_multiple_files): every one.
+                Val::Json(Value::Array(items)) => {
+                    let mut all = true;
+                    for item in items {
+                        let p = item.as_str().ok_or(Undetermined)?;
+                        all &= path_under(p, dir).ok_or(Undetermined)?;
+                    }
+                    Val::Bool(all)
+                }
+                _ => return Err(Undetermined),
+            }
+        }
         Func::UrlHost => Val::Str(url_host(text(0)?).ok_or(Undetermined)?),
         Func::HostIn => {
             let host = url_host(text(0)?).ok_or(Undetermined)?;
@@ -207,10 +227,15 @@ fn call<'a>(f: Func, args: &'a [Node], ctx: &Context<'a>) -> Result<Val<'a>, Und
 /// Iterative with one backtrack point: linear in practice, no recursion.
 #[must_use]
 pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    glob_match_with(pattern, text, |a, b| a == b)
+}
+
+/// [`glob_match`] with the byte comparison `same`.
+fn glob_match_with(pattern: &[u8], text: &[u8], same: impl Fn(&u8, &u8) -> bool) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+        if p < pattern.len() && (pattern[p] == b'?' || same(&pattern[p], &text[t])) {
             p += 1;
             t += 1;
         } else if p < pattern.len() && pattern[p] == b'*' {

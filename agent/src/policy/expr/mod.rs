@@ -203,6 +203,7 @@ enum Func {
     EndsWith,
     Contains,
     Matches,
+    IMatches,
     PathUnder,
     UrlHost,
     HostIn,

@@ -552,7 +552,8 @@ fn call(name: &str, offset: usize, args: Vec<Typed>) -> Result<Typed, CompileErr
         "ends_with" => (Func::EndsWith, &[Type::Str, Type::Str], Type::Bool),
         "contains" => (Func::Contains, &[Type::Str, Type::Str], Type::Bool),
         "matches" => (Func::Matches, &[Type::Str, Type::Str], Type::Bool),
-        "path_under" => (Func::PathUnder, &[Type::Str, Type::Str], Type::Bool),
+        "imatches" => (Func::IMatches, &[Type::Str, Type::Str], Type::Bool),
+        "path_under" => (Func::PathUnder, &[Type::Dyn, Type::Str], Type::Bool),
         "url_host" => (Func::UrlHost, &[Type::Str], Type::Str),
         "host_in" => (Func::HostIn, &[Type::Str, Type::List], Type::Bool),
         "size" => (Func::Size, &[Type::Dyn], Type::Int),
@@ -561,7 +562,7 @@ fn call(name: &str, offset: usize, args: Vec<Typed>) -> Result<Typed, CompileErr
             return Err(CompileError {
                 offset,
                 message: format!(
-                    "unknown function `{name}` (known: starts_with, ends_with, contains, matches, \
+                    "unknown function `{name}` (known: starts_with, ends_with, contains, matches, imatches, \
                      path_under, url_host, host_in, size, has)"
                 ),
             });
@@ -584,6 +585,12 @@ fn call(name: &str, offset: usize, args: Vec<Typed>) -> Result<Typed, CompileErr
         if a.ty == Type::Namespace {
             return Err(type_error(a, "a value"));
         }
+    }
+    if func == Func::PathUnder && !matches!(args[0].ty, Type::Str | Type::List | Type::Dyn) {
+        return Err(type_error(&args[0], "a path or a list of paths"));
+    }
+    if func == Func::Size && !matches!(args[0].ty, Type::Str | Type::List | Type::Dyn) {
+        return Err(type_error(&args[0], "a string or a list"));
     }
     if func == Func::Has && !matches!(args[0].node, Node::Field(_)) {
         return Err(type_error(&args[0], "a name (has(args.x))"));

@@ -75,6 +75,10 @@ fn evaluates_the_documented_examples() {
             true,
         ),
         (r#"matches(tool, "read_*") && tool.matches("*_file")"#, true),
+        (
+            r#"imatches("SELECT PG_READ_FILE(1)", "*pg_read*") && !matches("PG_READ", "*pg_read*")"#,
+            true,
+        ),
         (r#"url_host(args.url) == "API.Example.org""#, true),
         ("trust.server >= 0.5 && trust.agent < 1", true),
         ("session.calls == 4 && -1 < 0", true),
@@ -157,6 +161,20 @@ fn paths_resolve_dots_before_matching() {
     assert_eq!(path_under("srv/data", "/srv"), None);
     assert_eq!(path_under(&"/a".repeat(65), "/a"), None);
     assert_eq!(path_under("/anything", "/"), Some(true));
+    let args = json!({"paths": ["/srv/a", "/srv/b/../c"], "bad": ["/srv/a", "/etc/x"], "mixed": ["/srv/a", 3]});
+    assert_eq!(
+        run(r#"path_under(args.paths, "/srv")"#, "t", &args),
+        Ok(true)
+    );
+    assert_eq!(
+        run(r#"path_under(args.bad, "/srv")"#, "t", &args),
+        Ok(false)
+    );
+    assert_eq!(
+        run(r#"path_under(args.mixed, "/srv")"#, "t", &args),
+        Err(Undetermined)
+    );
+    assert!(Expr::compile(r#"path_under(agent.uid, "/srv")"#).is_err());
 }
 
 #[test]

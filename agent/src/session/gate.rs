@@ -1,0 +1,130 @@
+//! The policy gate: every `tools/call` is decided by the policy's tool
+//! rules (see [`crate::policy::tools`]) before it reaches the server.
+//! Allowed calls pass; alerts are recorded and pass; blocked calls get a
+//! JSON-RPC error naming the rule; a kill also stops the server's tree.
+use serde_json::{Value, json};
+
+use crate::{
+    policy::{
+        Policy,
+        agents::{Peer, identify},
+        expr::{Agent, Context, SessionStats, TrustScores},
+        tools::{Action, Buckets},
+    },
+    proxy::message::{RequestId, code, error_response},
+};
+
+/// Who is calling and what this session has used up.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    pub peer: Peer,
+    pub agent: Agent,
+    pub server: String,
+    buckets: Buckets,
+}
+
+/// What the gate decided about one call.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    Pass,
+    /// Forward it, and record this.
+    Alert(Value),
+    /// Answer `reply` instead; `kill`: also stop the server.
+    Stop {
+        record: Value,
+        reply: String,
+        kill: bool,
+    },
+}
+
+impl Gate {
+    pub fn new(policy: &Policy, peer: Peer, server: String) -> Self {
+        Self {
+            agent: identify(&policy.agents, &peer),
+            peer,
+            server,
+            buckets: Buckets::default(),
+        }
+    }
+
+    /// The policy changed (reload): the agent may have other roles now,
+    /// and rule indexes may mean other rules.
+    pub fn reload(&mut self, policy: &Policy) {
+        self.agent = identify(&policy.agents, &self.peer);
+        self.buckets = Buckets::default();
+    }
+
+    /// Decides on call `id` to `tool` with arguments `args`.
+    /// `can_kill`: mcpwarden started the server (else a kill is a block).
+    #[allow(clippy::too_many_arguments)]
+    pub fn check(
+        &mut self,
+        policy: &Policy,
+        args: &Value,
+        id: &RequestId,
+        tool: &str,
+        session: SessionStats,
+        trust: TrustScores,
+        now: u64,
+        can_kill: bool,
+    ) -> Verdict {
+        let unix_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let ctx = Context {
+            tool,
+            args,
+            agent: &self.agent,
+            server: &self.server,
+            session,
+            trust,
+            unix_time,
+        };
+        let decision = policy.tools.decide(&ctx, &mut self.buckets, now);
+        if decision.action == Action::Allow {
+            return Verdict::Pass;
+        }
+        let kill = decision.action == Action::Kill && can_kill;
+        let action = match decision.action {
+            Action::Allow | Action::Alert => "alert",
+            Action::Kill if kill => "killed",
+            Action::Block | Action::Kill => "blocked",
+        };
+        let why = policy.tools.explain(&decision);
+        let record = json!({
+            "kind": "policy",
+            "action": action,
+            "wanted": decision.wanted.to_string(),
+            "rule": policy.tools.rule_key(&decision),
+            "why": why,
+            "tool": tool,
+            "request": id.value,
+            "server": self.server,
+            "agent": {
+                "name": self.agent.name,
+                "uid": self.agent.uid,
+                "exe": self.agent.exe,
+                "roles": self.agent.roles,
+            },
+            "policy": policy.source,
+        });
+        if decision.action == Action::Alert {
+            tracing::warn!("policy alert on tools/call {tool}: {why}");
+            return Verdict::Alert(record);
+        }
+        tracing::warn!("policy {action} tools/call {tool}: {why}");
+        let message = if kill {
+            format!(
+                "mcpwarden blocked this call to {tool}: {why}; the tool server's process tree was killed"
+            )
+        } else {
+            format!("mcpwarden blocked this call to {tool}: {why}")
+        };
+        let reply = error_response(Some(id), code::BLOCKED, &message, Some(record.clone()));
+        Verdict::Stop {
+            record,
+            reply,
+            kill,
+        }
+    }
+}

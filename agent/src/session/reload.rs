@@ -1,0 +1,93 @@
+//! Policy reload without dropping the session: on SIGHUP, and when the
+//! policy file changes (checked every second). A policy that does not load
+//! is refused and the one in force stays. Tool rules, agents and PSI's
+//! action and points apply at once; what lives in the kernel and the
+//! sandbox (denied paths, network rules, mode of the kernel's kills,
+//! sandbox grants, PSI's threshold) applies to the next session, and the
+//! log says so.
+use std::{path::PathBuf, time::Duration};
+
+use serde_json::json;
+
+use super::core::{Shared, lock};
+use crate::policy::Policy;
+
+/// How often the policy file's modification time is looked at.
+const POLL: Duration = Duration::from_secs(1);
+
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Watches `path` until the task is aborted.
+pub(super) async fn watch(core: Shared, path: PathBuf, monitor: bool) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(
+                "cannot listen for SIGHUP ({e}); the policy reloads on file change only"
+            );
+            None
+        }
+    };
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hangup = async {
+            match &mut hup {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = hangup => tracing::info!("SIGHUP: reloading the policy {}", path.display()),
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                tracing::info!("the policy {} changed: reloading it", path.display());
+            }
+        }
+        reload(&core, &path, monitor);
+    }
+}
+
+fn reload(core: &Shared, path: &std::path::Path, monitor: bool) {
+    let loaded = Policy::load(path);
+    let mut core = lock(core);
+    match loaded {
+        Err(e) => {
+            tracing::error!("policy reload refused, the policy in force stays: {e}");
+            core.record(json!({
+                "kind": "policy_reload",
+                "action": "rejected",
+                "policy": path.display().to_string(),
+                "error": e.to_string(),
+            }));
+        }
+        Ok(mut new) => {
+            if monitor {
+                new.force_monitor();
+            }
+            let later = core.reload_policy(new);
+            if later.is_empty() {
+                tracing::info!("policy reloaded");
+            } else {
+                tracing::warn!(
+                    "policy reloaded; these changes apply to the next session: {}",
+                    later.join(", ")
+                );
+            }
+            core.record(json!({
+                "kind": "policy_reload",
+                "action": "applied",
+                "policy": path.display().to_string(),
+                "next_session": later,
+            }));
+        }
+    }
+}
