@@ -33,6 +33,7 @@ bench: setup
 	cargo bench --bench kernel_cost
 	cargo bench --bench sandbox_spawn
 	cargo bench --bench psi
+	cargo bench --bench policy
 
 # PSI: rebuild the data and retrain the weights (models/README.md), and
 # the held-out evaluation.
