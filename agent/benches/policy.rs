@@ -5,6 +5,8 @@
 //! decision, counted by a wrapping global allocator (the target is none).
 //!
 //!     cargo bench --bench policy
+// Counts in the millions print as f64 rates; no precision matters there.
+#![allow(clippy::cast_precision_loss)]
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     hint::black_box,
