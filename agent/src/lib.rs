@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod launch;
 pub mod policy;
 pub mod proxy;
+pub mod registry;
 pub mod session;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`, so

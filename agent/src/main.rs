@@ -60,6 +60,10 @@ enum Cmd {
         /// violation, stop nothing.
         #[arg(long)]
         monitor: bool,
+        /// State directory of the tool registry's pins (default:
+        /// $MCPWARDEN_STATE_DIR, else /var/lib/mcpwarden).
+        #[arg(long)]
+        state: Option<PathBuf>,
         /// The server command and its arguments.
         #[arg(last = true, required_unless_present = "upstream")]
         command: Vec<OsString>,
@@ -68,6 +72,11 @@ enum Cmd {
     Policy {
         #[command(subcommand)]
         command: mcpwarden::policy::cli::PolicyCmd,
+    },
+    /// The tool registry: pinned tool definitions, approvals.
+    Tools {
+        #[command(subcommand)]
+        command: mcpwarden::registry::cli::ToolsCmd,
     },
     /// Scan text for prompt injection with PSI: exit 0 clean, 1 flagged,
     /// 2 error.
@@ -129,6 +138,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Scan(args) => args.run(),
         Cmd::Policy { command } => command.run(),
+        Cmd::Tools { command } => command.run(),
         Cmd::Doctor { json } => doctor_cmd(json),
         Cmd::Run {
             policy,
@@ -139,6 +149,7 @@ fn main() -> ExitCode {
             upstream,
             allow_origins,
             monitor,
+            state,
             command,
         } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -159,6 +170,7 @@ fn main() -> ExitCode {
                 upstream,
                 allow_origins,
                 monitor,
+                state,
             };
             let result = runtime.block_on(session::run(opts));
             // A blocking write to a client that stopped reading (our stdout

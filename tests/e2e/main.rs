@@ -13,6 +13,7 @@ mod http_hardening;
 mod network;
 mod policy;
 mod psi;
+mod registry;
 mod servers;
 mod support;
 

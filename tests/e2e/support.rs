@@ -143,6 +143,11 @@ impl Fixture {
         std::fs::rename(&tmp, &self.policy).expect("install policy");
     }
 
+    /// The fixture's tool registry (pins of v1 policies).
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     /// The fixture directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -182,6 +187,8 @@ pub fn run_command(fx: &Fixture, flags: &[&str], server: Vec<String>) -> Vec<Str
     command.extend([
         "--policy".into(),
         fx.policy.display().to_string(),
+        "--state".into(),
+        fx.state().display().to_string(),
         "--".into(),
     ]);
     command.extend(server);

@@ -3,7 +3,10 @@
 //! ```toml
 //! [spec.tools]
 //! default = "block"       # what a call no rule matches gets
-//! pin = "quarantine"      # a changed or shadowing tool definition: quarantine | alert | off
+//! pin = "quarantine"      # a changed or new tool definition: quarantine | alert | off
+//! shadowing = "alert"     # a tool named like another server's: quarantine | alert | off
+//! first_use = "pin"       # a server's first tools/list: pin it as it is, or quarantine
+//!                         # every tool until `mcpwarden tools approve`
 //!
 //! [[spec.tools.rules]]
 //! name = "read_*"                          # glob over the tool name; default "*"
@@ -78,11 +81,24 @@ pub enum PinAction {
     Off,
 }
 
+/// A server's first `tools/list`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstUse {
+    /// Pin the tools as listed (trust on first use).
+    #[default]
+    Pin,
+    /// Quarantine every tool until approved.
+    Quarantine,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTools {
     default: Option<Action>,
     pin: Option<PinAction>,
+    shadowing: Option<PinAction>,
+    first_use: Option<FirstUse>,
     #[serde(default)]
     rules: Vec<RawRule>,
 }
@@ -152,7 +168,12 @@ pub struct Rule {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ToolRules {
     pub default: Action,
+    /// Changed and new tool definitions (off for legacy documents, which
+    /// name no server).
     pub pin: PinAction,
+    /// Tools named like another server's.
+    pub shadowing: PinAction,
+    pub first_use: FirstUse,
     pub rules: Vec<Rule>,
     /// Monitor mode: block and kill are recorded as alerts.
     pub monitor: bool,
@@ -257,7 +278,17 @@ impl RawTools {
         });
         Ok(ToolRules {
             default,
-            pin: self.pin.unwrap_or_default(),
+            pin: self.pin.unwrap_or(if legacy {
+                PinAction::Off
+            } else {
+                PinAction::Quarantine
+            }),
+            shadowing: self.shadowing.unwrap_or(if legacy {
+                PinAction::Off
+            } else {
+                PinAction::Alert
+            }),
+            first_use: self.first_use.unwrap_or_default(),
             rules,
             monitor,
         })

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::{
     gate::{Gate, Verdict},
+    pins::Registry,
     psi::{Outcome, Psi},
     record,
 };
@@ -90,6 +91,10 @@ pub(crate) struct Core {
     /// Answers for requests failed outside a kernel event (a policy kill),
     /// sent with the next drain.
     pending: Vec<Reply>,
+    /// The tool registry, when the policy pins.
+    pub registry: Option<Registry>,
+    /// Tools the registry quarantined in this session.
+    quarantined: HashSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +145,8 @@ impl Core {
         Self {
             gate: Gate::new(&policy, Peer::parent(), server),
             pending: Vec::new(),
+            registry: None,
+            quarantined: HashSet::new(),
             tracker: Tracker::new(),
             server_requests: Tracker::new(),
             state: ServerState::Running,
@@ -272,6 +279,25 @@ impl Core {
         for (i, id, tool) in calls {
             let item = if batch { &parsed[i] } else { &parsed };
             let args = item.pointer("/params/arguments").unwrap_or(&Value::Null);
+            if self.quarantined.contains(tool) {
+                self.counts.policy_blocked += 1;
+                let server = self.gate.server.clone();
+                let message = format!(
+                    "mcpwarden blocked this call to {tool}: the tool is quarantined (its definition is new or changed since approval); \
+                     an administrator may approve it with `mcpwarden tools approve --server {server} {tool}`"
+                );
+                let record = json!({"kind": "pin", "action": "blocked", "tool": tool, "server": server, "request": id.value});
+                self.write_record(record.clone());
+                if batch {
+                    return Err(error_response(None, code::BLOCKED, &message, None));
+                }
+                return Err(error_response(
+                    Some(id),
+                    code::BLOCKED,
+                    &message,
+                    Some(record),
+                ));
+            }
             let can_kill = self.confined.is_some();
             let verdict = self.gate.check(
                 &self.policy,
@@ -453,6 +479,20 @@ impl Core {
                     tracing::warn!(id = %id.key, "dropping a server response to no request in flight");
                     return (false, replies);
                 };
+                // The registry first: PSI reads the list the client will see.
+                let mut listed = None;
+                if request.method == "tools/list"
+                    && let Some(registry) = &self.registry
+                {
+                    let l = registry.on_list(body, &request.id);
+                    for r in &l.records {
+                        self.write_record(r.clone());
+                    }
+                    self.counts.alerts += l.records.len() as u64;
+                    self.quarantined.extend(l.quarantined.iter().cloned());
+                    listed = l.replace;
+                }
+                let body = listed.as_deref().map_or(body, str::as_bytes);
                 let outcome = match (&self.psi, scan::point(&request.method, false)) {
                     (Some(psi), Some(point)) => psi.inspect(
                         body,
@@ -463,7 +503,7 @@ impl Core {
                     ),
                     _ => Outcome::Clean,
                 };
-                match self.psi_outcome(outcome) {
+                match self.psi_outcome(outcome).or(listed) {
                     Some(line) => {
                         replies.push(Reply {
                             key: request.id.key.clone(),

@@ -18,6 +18,7 @@ mod gate;
 mod http_front;
 mod http_host;
 mod http_relay;
+mod pins;
 mod psi;
 mod record;
 mod relay;
@@ -88,6 +89,65 @@ pub struct RunOptions {
     /// The global monitor switch: apply the policy without stopping
     /// anything.
     pub monitor: bool,
+    /// The tool registry's state directory (None: the default).
+    pub state: Option<PathBuf>,
+}
+
+/// The tool registry for this session, if the policy pins; checks the
+/// server's executable against its pin first (a changed one refuses to
+/// start under `pin = "quarantine"`).
+fn registry_for(
+    opts: &RunOptions,
+    policy: &Policy,
+    server: &str,
+) -> Result<Option<pins::Registry>, RunError> {
+    use crate::{
+        policy::tools::PinAction,
+        registry::store::{Settings, Store, executable_files, state_dir},
+    };
+    if policy.metadata.is_none() || policy.tools.pin == PinAction::Off {
+        return Ok(None);
+    }
+    let dir = state_dir(opts.state.as_deref());
+    if !opts.command.is_empty() {
+        let files = executable_files(&opts.command);
+        let store = Store::open(&dir).map_err(|e| RunError::Registry(e.to_string()))?;
+        let changed = store
+            .check_exe(server, &files)
+            .map_err(|e| RunError::Registry(e.to_string()))?;
+        if !changed.is_empty() {
+            let what = changed
+                .iter()
+                .map(|(path, old, new)| format!("{path} (sha256 {} -> {})", short(old), short(new)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if policy.tools.pin == PinAction::Quarantine && policy.mode == Mode::Enforce {
+                return Err(RunError::Registry(format!(
+                    "the executable of server {server:?} changed since it was approved: {what};                      if that is expected, run `mcpwarden tools approve --server {server}`"
+                )));
+            }
+            tracing::warn!(
+                "the executable of server {server:?} changed since it was approved: {what}"
+            );
+        }
+    }
+    Ok(Some(pins::Registry {
+        dir,
+        server: server.to_owned(),
+        settings: Settings {
+            pin: policy.tools.pin,
+            shadowing: policy.tools.shadowing,
+            first_use: policy.tools.first_use,
+        },
+    }))
+}
+
+fn short(hash: &str) -> &str {
+    if hash.is_empty() {
+        "(none)"
+    } else {
+        &hash[..12.min(hash.len())]
+    }
 }
 
 /// The server's name for a legacy policy without `metadata.name`: its
@@ -125,6 +185,9 @@ pub enum RunError {
     /// Kernel programs could not be loaded.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// The tool registry refused the server or cannot be used.
+    #[error("tool registry: {0}")]
+    Registry(String),
     /// PSI is on and its model cannot be loaded.
     #[error("PSI (prompt injection inspection): {0}")]
     Inspect(#[from] crate::inspect::encoder::EncoderError),
@@ -177,6 +240,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         policy.force_monitor();
     }
     let server = policy.server_name(&server_label(&opts));
+    let registry = registry_for(&opts, &policy, &server)?;
     for warning in policy.warnings() {
         tracing::warn!("{warning}");
     }
@@ -231,7 +295,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         opts.events.clone(),
         server,
     )));
-    lock(&core).psi = psi;
+    {
+        let mut core = lock(&core);
+        core.psi = psi;
+        core.registry = registry;
+    }
     let exit_rx = started.as_ref().map(|s| s.exit_rx.clone());
     let watcher = tokio::spawn(reload::watch(
         Arc::clone(&core),

@@ -1,0 +1,115 @@
+//! The tool registry in the session: each `tools/list` answer is checked
+//! against the pins (see [`crate::registry`]); quarantined tools are left
+//! out of the list the client sees, and their calls are refused.
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::{
+    proxy::message::{RequestId, code, error_response},
+    registry::{
+        Change,
+        store::{Settings, Store},
+    },
+};
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    pub dir: PathBuf,
+    pub server: String,
+    pub settings: Settings,
+}
+
+/// What a `tools/list` answer becomes.
+#[derive(Debug, Default)]
+pub(crate) struct Listed {
+    /// Records for the events file.
+    pub records: Vec<Value>,
+    /// Tools quarantined now.
+    pub quarantined: Vec<String>,
+    /// The answer to send instead (tools left out, or an error).
+    pub replace: Option<String>,
+}
+
+impl Registry {
+    /// Checks the answer `body` to `tools/list` request `id`.
+    pub fn on_list(&self, body: &[u8], id: &RequestId) -> Listed {
+        let Ok(mut msg) = serde_json::from_slice::<Value>(body) else {
+            return Listed::default();
+        };
+        let Some(tools) = msg.pointer("/result/tools").and_then(Value::as_array) else {
+            return Listed::default();
+        };
+        let checked =
+            Store::open(&self.dir).and_then(|s| s.check_list(&self.server, tools, self.settings));
+        let checked = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                // Fail closed: tools that cannot be checked are not shown.
+                tracing::error!(
+                    "cannot check {}'s tools against their pins: {e}",
+                    self.server
+                );
+                let message =
+                    format!("mcpwarden cannot check this server's tools against their pins: {e}");
+                return Listed {
+                    records: vec![
+                        json!({"kind": "pin", "action": "error", "server": self.server, "error": e.to_string()}),
+                    ],
+                    quarantined: Vec::new(),
+                    replace: Some(error_response(Some(id), code::BLOCKED, &message, None)),
+                };
+            }
+        };
+        let mut out = Listed {
+            quarantined: checked.quarantined.clone(),
+            ..Listed::default()
+        };
+        for f in &checked.findings {
+            let quarantined = checked.quarantined.contains(&f.tool);
+            let what = match f.change {
+                Change::New => "is new to this server".to_owned(),
+                Change::Changed => format!("changed since approval ({})", f.fields.join(", ")),
+                Change::Shadows => format!(
+                    "has the name of a tool of server {:?}",
+                    f.other.as_deref().unwrap_or_default()
+                ),
+            };
+            if quarantined {
+                tracing::error!(
+                    "tool {:?} of {} {what}: quarantined until `mcpwarden tools approve --server {} {}`",
+                    f.tool,
+                    self.server,
+                    self.server,
+                    f.tool
+                );
+            } else {
+                tracing::warn!("tool {:?} of {} {what}", f.tool, self.server);
+            }
+            out.records.push(json!({
+                "kind": "pin",
+                "action": if quarantined { "quarantined" } else { "alert" },
+                "change": f.change,
+                "tool": f.tool,
+                "server": self.server,
+                "fields": f.fields,
+                "other": f.other,
+                "hash": f.hash,
+                "request": id.value,
+            }));
+        }
+        if !checked.quarantined.is_empty()
+            && let Some(list) = msg
+                .pointer_mut("/result/tools")
+                .and_then(Value::as_array_mut)
+        {
+            list.retain(|t| {
+                t.get("name")
+                    .and_then(Value::as_str)
+                    .is_none_or(|n| !checked.quarantined.iter().any(|q| q == n))
+            });
+            out.replace = Some(msg.to_string());
+        }
+        out
+    }
+}
