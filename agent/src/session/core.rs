@@ -18,7 +18,7 @@ use mcpwarden_sandbox::SessionCgroup;
 use serde_json::{Value, json};
 
 use super::{
-    gate::{Gate, Verdict},
+    gate::Gate,
     pins::Registry,
     psi::{Outcome, Psi},
     record,
@@ -27,11 +27,7 @@ use crate::{
     inspect::scan,
     kernel::{KernelEvent, Tracer},
     monotonic_ns,
-    policy::{
-        Policy,
-        agents::Peer,
-        expr::{SessionStats, TrustScores},
-    },
+    policy::{Policy, agents::Peer, expr::SessionStats},
     proxy::{
         message::{Message, RequestId, code, error_response},
         tracker::Tracker,
@@ -90,11 +86,11 @@ pub(crate) struct Core {
     pub gate: Gate,
     /// Answers for requests failed outside a kernel event (a policy kill),
     /// sent with the next drain.
-    pending: Vec<Reply>,
+    pub(super) pending: Vec<Reply>,
     /// The tool registry, when the policy pins.
     pub registry: Option<Registry>,
     /// Tools the registry quarantined in this session.
-    quarantined: HashSet<String>,
+    pub(super) quarantined: HashSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -242,7 +238,7 @@ impl Core {
     }
 
     /// What the session has seen, for policy conditions.
-    fn stats(&self) -> SessionStats {
+    pub(super) fn stats(&self) -> SessionStats {
         SessionStats {
             calls: self.counts.calls,
             blocked: self.counts.policy_blocked + self.counts.psi_blocked + self.counts.killed,
@@ -251,165 +247,13 @@ impl Core {
         }
     }
 
-    /// Puts every `tools/call` in `msg` (one request or a batch) before
-    /// the policy's tool rules. Err: the line that answers `msg` instead
-    /// (a batch is refused whole when one of its calls is stopped).
-    fn gate_calls(&mut self, msg: &Message, body: &[u8], now: u64) -> Result<(), String> {
-        let calls: Vec<(usize, &RequestId, &str)> = match msg {
-            Message::Request { id, method, tool } if method == "tools/call" => {
-                vec![(0, id, tool.as_deref().unwrap_or(""))]
-            }
-            Message::Batch(items) => items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, m)| match m {
-                    Message::Request { id, method, tool } if method == "tools/call" => {
-                        Some((i, id, tool.as_deref().unwrap_or("")))
-                    }
-                    _ => None,
-                })
-                .collect(),
-            _ => return Ok(()),
-        };
-        if calls.is_empty() {
-            return Ok(());
-        }
-        let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let batch = matches!(msg, Message::Batch(_));
-        for (i, id, tool) in calls {
-            let item = if batch { &parsed[i] } else { &parsed };
-            let args = item.pointer("/params/arguments").unwrap_or(&Value::Null);
-            if self.quarantined.contains(tool) {
-                self.counts.policy_blocked += 1;
-                let server = self.gate.server.clone();
-                let message = format!(
-                    "mcpwarden blocked this call to {tool}: the tool is quarantined (its definition is new or changed since approval); \
-                     an administrator may approve it with `mcpwarden tools approve --server {server} {tool}`"
-                );
-                let record = json!({"kind": "pin", "action": "blocked", "tool": tool, "server": server, "request": id.value});
-                self.write_record(record.clone());
-                if batch {
-                    return Err(error_response(None, code::BLOCKED, &message, None));
-                }
-                return Err(error_response(
-                    Some(id),
-                    code::BLOCKED,
-                    &message,
-                    Some(record),
-                ));
-            }
-            let can_kill = self.confined.is_some();
-            let verdict = self.gate.check(
-                &self.policy,
-                args,
-                id,
-                tool,
-                self.stats(),
-                TrustScores::default(),
-                now,
-                can_kill,
-            );
-            match verdict {
-                Verdict::Pass => {}
-                Verdict::Alert(record) => {
-                    self.counts.alerts += 1;
-                    self.write_record(record);
-                }
-                Verdict::Stop {
-                    record,
-                    reply,
-                    kill,
-                } => {
-                    self.counts.policy_blocked += 1;
-                    self.write_record(record.clone());
-                    if kill {
-                        self.counts.killed += 1;
-                        self.kill_tree();
-                        let later = format!(
-                            "mcpwarden: the tool server is no longer running: it was killed by policy rule {} on a call to {tool}; start a new session",
-                            record["rule"].as_str().unwrap_or_default()
-                        );
-                        let replies = self.end_server(
-                            (
-                                code::SERVER_GONE,
-                                "mcpwarden: the tool server was killed by policy",
-                            ),
-                            later,
-                            record,
-                        );
-                        self.pending.extend(replies);
-                    }
-                    if batch {
-                        let message = format!(
-                            "mcpwarden refused this batch: its call {} was blocked",
-                            id.key
-                        );
-                        return Err(error_response(None, code::BLOCKED, &message, None));
-                    }
-                    return Err(reply);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Puts `new` in force for what can change within a session (tool
-    /// rules, agents, PSI's action and points); returns the keys whose
-    /// changes wait for the next session (they live in the kernel or the
-    /// sandbox, or are baked into the loaded model).
-    pub fn reload_policy(&mut self, new: Policy) -> Vec<&'static str> {
-        let old = &self.policy;
-        let mut later = Vec::new();
-        if old.mode != new.mode {
-            later.push("mode (of the kernel's kills)");
-        }
-        if old.deny != new.deny {
-            later.push("files.deny");
-        }
-        if old.network != new.network || old.network_bind != new.network_bind {
-            later.push("network");
-        }
-        if old.sandbox != new.sandbox {
-            later.push("sandbox");
-        }
-        if old.events_per_second != new.events_per_second {
-            later.push("kernel.events_per_second");
-        }
-        if old.inspect.threshold != new.inspect.threshold {
-            later.push("inspect.threshold");
-        }
-        if self.psi.is_none()
-            && new.inspect.enabled
-            && new.inspect.action != crate::policy::inspect::Action::Allow
-        {
-            later.push("inspect (PSI was off when the session started)");
-        }
-        if let Some(psi) = &mut self.psi {
-            psi.policy = new.inspect.clone();
-        }
-        self.gate.reload(&new);
-        // The kernel's rule indexes keep meaning the old deny list.
-        let kept = Policy {
-            mode: old.mode,
-            deny: old.deny.clone(),
-            sandbox: old.sandbox.clone(),
-            network: old.network.clone(),
-            network_entries: old.network_entries.clone(),
-            network_bind: old.network_bind.clone(),
-            events_per_second: old.events_per_second,
-            ..new
-        };
-        self.policy = kept;
-        later
-    }
-
     /// Records `record` in the events file.
     pub fn record(&mut self, record: Value) {
         self.write_record(record);
     }
 
     /// Appends a record (policy, PSI) to the events file.
-    fn write_record(&mut self, mut record: Value) {
+    pub(super) fn write_record(&mut self, mut record: Value) {
         if let Some(w) = &mut self.events {
             record["session"] = Value::String(self.label.clone());
             record["ts_ns"] = json!(monotonic_ns());
@@ -661,7 +505,12 @@ impl Core {
     /// The server is gone: answers every request in flight with `reply`
     /// (code, message), forgets its own pending requests, and makes every
     /// later request get `later`.
-    fn end_server(&mut self, reply: (i64, &str), later: String, data: Value) -> Vec<Reply> {
+    pub(super) fn end_server(
+        &mut self,
+        reply: (i64, &str),
+        later: String,
+        data: Value,
+    ) -> Vec<Reply> {
         let now = monotonic_ns();
         let (code, message) = reply;
         let out = self

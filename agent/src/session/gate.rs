@@ -4,6 +4,7 @@
 //! JSON-RPC error naming the rule; a kill also stops the server's tree.
 use serde_json::{Value, json};
 
+use super::core::Core;
 use crate::{
     policy::{
         Policy,
@@ -11,7 +12,7 @@ use crate::{
         expr::{Agent, Context, SessionStats, TrustScores},
         tools::{Action, Buckets},
     },
-    proxy::message::{RequestId, code, error_response},
+    proxy::message::{Message, RequestId, code, error_response},
 };
 
 /// Who is calling and what this session has used up.
@@ -126,5 +127,114 @@ impl Gate {
             reply,
             kill,
         }
+    }
+}
+
+impl Core {
+    /// Puts every `tools/call` in `msg` (one request or a batch) before
+    /// the policy's tool rules. Err: the line that answers `msg` instead
+    /// (a batch is refused whole when one of its calls is stopped).
+    pub(super) fn gate_calls(
+        &mut self,
+        msg: &Message,
+        body: &[u8],
+        now: u64,
+    ) -> Result<(), String> {
+        let calls: Vec<(usize, &RequestId, &str)> = match msg {
+            Message::Request { id, method, tool } if method == "tools/call" => {
+                vec![(0, id, tool.as_deref().unwrap_or(""))]
+            }
+            Message::Batch(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| match m {
+                    Message::Request { id, method, tool } if method == "tools/call" => {
+                        Some((i, id, tool.as_deref().unwrap_or("")))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => return Ok(()),
+        };
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let batch = matches!(msg, Message::Batch(_));
+        for (i, id, tool) in calls {
+            let item = if batch { &parsed[i] } else { &parsed };
+            let args = item.pointer("/params/arguments").unwrap_or(&Value::Null);
+            if self.quarantined.contains(tool) {
+                self.counts.policy_blocked += 1;
+                let server = self.gate.server.clone();
+                let message = format!(
+                    "mcpwarden blocked this call to {tool}: the tool is quarantined (its definition is new or changed since approval); \
+                     an administrator may approve it with `mcpwarden tools approve --server {server} {tool}`"
+                );
+                let record = json!({"kind": "pin", "action": "blocked", "tool": tool, "server": server, "request": id.value});
+                self.write_record(record.clone());
+                if batch {
+                    return Err(error_response(None, code::BLOCKED, &message, None));
+                }
+                return Err(error_response(
+                    Some(id),
+                    code::BLOCKED,
+                    &message,
+                    Some(record),
+                ));
+            }
+            let can_kill = self.confined.is_some();
+            let verdict = self.gate.check(
+                &self.policy,
+                args,
+                id,
+                tool,
+                self.stats(),
+                TrustScores::default(),
+                now,
+                can_kill,
+            );
+            match verdict {
+                Verdict::Pass => {}
+                Verdict::Alert(record) => {
+                    self.counts.alerts += 1;
+                    self.write_record(record);
+                }
+                Verdict::Stop {
+                    record,
+                    reply,
+                    kill,
+                } => {
+                    self.counts.policy_blocked += 1;
+                    self.write_record(record.clone());
+                    if kill {
+                        self.counts.killed += 1;
+                        self.kill_tree();
+                        let later = format!(
+                            "mcpwarden: the tool server is no longer running: it was killed by policy rule {} on a call to {tool}; start a new session",
+                            record["rule"].as_str().unwrap_or_default()
+                        );
+                        let replies = self.end_server(
+                            (
+                                code::SERVER_GONE,
+                                "mcpwarden: the tool server was killed by policy",
+                            ),
+                            later,
+                            record,
+                        );
+                        self.pending.extend(replies);
+                    }
+                    if batch {
+                        let message = format!(
+                            "mcpwarden refused this batch: its call {} was blocked",
+                            id.key
+                        );
+                        return Err(error_response(None, code::BLOCKED, &message, None));
+                    }
+                    return Err(reply);
+                }
+            }
+        }
+        Ok(())
     }
 }

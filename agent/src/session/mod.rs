@@ -93,63 +93,6 @@ pub struct RunOptions {
     pub state: Option<PathBuf>,
 }
 
-/// The tool registry for this session, if the policy pins; checks the
-/// server's executable against its pin first (a changed one refuses to
-/// start under `pin = "quarantine"`).
-fn registry_for(
-    opts: &RunOptions,
-    policy: &Policy,
-    server: &str,
-) -> Result<Option<pins::Registry>, RunError> {
-    use crate::{
-        policy::tools::PinAction,
-        registry::store::{Settings, Store, executable_files, state_dir},
-    };
-    if policy.metadata.is_none() || policy.tools.pin == PinAction::Off {
-        return Ok(None);
-    }
-    let dir = state_dir(opts.state.as_deref());
-    if !opts.command.is_empty() {
-        let files = executable_files(&opts.command);
-        let store = Store::open(&dir).map_err(|e| RunError::Registry(e.to_string()))?;
-        let changed = store
-            .check_exe(server, &files)
-            .map_err(|e| RunError::Registry(e.to_string()))?;
-        if !changed.is_empty() {
-            let what = changed
-                .iter()
-                .map(|(path, old, new)| format!("{path} (sha256 {} -> {})", short(old), short(new)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            if policy.tools.pin == PinAction::Quarantine && policy.mode == Mode::Enforce {
-                return Err(RunError::Registry(format!(
-                    "the executable of server {server:?} changed since it was approved: {what};                      if that is expected, run `mcpwarden tools approve --server {server}`"
-                )));
-            }
-            tracing::warn!(
-                "the executable of server {server:?} changed since it was approved: {what}"
-            );
-        }
-    }
-    Ok(Some(pins::Registry {
-        dir,
-        server: server.to_owned(),
-        settings: Settings {
-            pin: policy.tools.pin,
-            shadowing: policy.tools.shadowing,
-            first_use: policy.tools.first_use,
-        },
-    }))
-}
-
-fn short(hash: &str) -> &str {
-    if hash.is_empty() {
-        "(none)"
-    } else {
-        &hash[..12.min(hash.len())]
-    }
-}
-
 /// The server's name for a legacy policy without `metadata.name`: its
 /// command line, or its URL.
 fn server_label(opts: &RunOptions) -> String {
@@ -240,7 +183,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         policy.force_monitor();
     }
     let server = policy.server_name(&server_label(&opts));
-    let registry = registry_for(&opts, &policy, &server)?;
+    let registry = pins::registry_for(&opts, &policy, &server)?;
     for warning in policy.warnings() {
         tracing::warn!("{warning}");
     }

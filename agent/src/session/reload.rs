@@ -9,7 +9,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde_json::json;
 
-use super::core::{Shared, lock};
+use super::core::{Core, Shared, lock};
 use crate::policy::Policy;
 
 /// How often the policy file's modification time is looked at.
@@ -89,5 +89,57 @@ fn reload(core: &Shared, path: &std::path::Path, monitor: bool) {
                 "next_session": later,
             }));
         }
+    }
+}
+
+impl Core {
+    /// Puts `new` in force for what can change within a session (tool
+    /// rules, agents, PSI's action and points); returns the keys whose
+    /// changes wait for the next session (they live in the kernel or the
+    /// sandbox, or are baked into the loaded model).
+    pub fn reload_policy(&mut self, new: Policy) -> Vec<&'static str> {
+        let old = &self.policy;
+        let mut later = Vec::new();
+        if old.mode != new.mode {
+            later.push("mode (of the kernel's kills)");
+        }
+        if old.deny != new.deny {
+            later.push("files.deny");
+        }
+        if old.network != new.network || old.network_bind != new.network_bind {
+            later.push("network");
+        }
+        if old.sandbox != new.sandbox {
+            later.push("sandbox");
+        }
+        if old.events_per_second != new.events_per_second {
+            later.push("kernel.events_per_second");
+        }
+        if old.inspect.threshold != new.inspect.threshold {
+            later.push("inspect.threshold");
+        }
+        if self.psi.is_none()
+            && new.inspect.enabled
+            && new.inspect.action != crate::policy::inspect::Action::Allow
+        {
+            later.push("inspect (PSI was off when the session started)");
+        }
+        if let Some(psi) = &mut self.psi {
+            psi.policy = new.inspect.clone();
+        }
+        self.gate.reload(&new);
+        // The kernel's rule indexes keep meaning the old deny list.
+        let kept = Policy {
+            mode: old.mode,
+            deny: old.deny.clone(),
+            sandbox: old.sandbox.clone(),
+            network: old.network.clone(),
+            network_entries: old.network_entries.clone(),
+            network_bind: old.network_bind.clone(),
+            events_per_second: old.events_per_second,
+            ..new
+        };
+        self.policy = kept;
+        later
     }
 }
