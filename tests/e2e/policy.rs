@@ -310,33 +310,24 @@ fn shipped_profiles_check_and_pass_their_cases() {
     files.sort();
     assert!(files.len() >= 6, "{files:?}");
     let bin = env!("CARGO_BIN_EXE_mcpwarden");
-    let check = Command::new(bin)
-        .args(["policy", "check"])
-        .args(&files)
-        .output()
-        .expect("run");
-    let out = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let policy_cmd = |verb: &str| {
+        let out = Command::new(bin)
+            .args(["policy", verb])
+            .args(&files)
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "policy {verb}: {text}{err}");
+        text
+    };
+    let out = policy_cmd("check");
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
         files.len(),
         "{out}"
     );
-    let test = Command::new(bin)
-        .args(["policy", "test"])
-        .args(&files)
-        .output()
-        .expect("run");
-    let out = String::from_utf8_lossy(&test.stdout);
-    assert!(
-        test.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&test.stderr)
-    );
+    let out = policy_cmd("test");
     assert!(out.contains(" 0 failed, 0 unusable"), "{out}");
     // A failing case fails the command and says why.
     let tmp = tempfile::tempdir().expect("tempdir");
