@@ -174,9 +174,7 @@ pub fn run(policy: &Policy, cases: &[Case]) -> Result<Vec<Outcome>, String> {
         let agent = identify(&policy.agents, &peer);
         let unix_time = match &case.time {
             Some(t) => unix_seconds(t).map_err(|e| format!("case {:?}: time {e}", case.name))?,
-            None => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
+            None => crate::registry::unix_now() as i64,
         };
         let defaults = TrustScores::default();
         let ctx = Context {

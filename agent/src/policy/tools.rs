@@ -53,19 +53,6 @@ impl fmt::Display for Action {
     }
 }
 
-impl std::str::FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "allow" => Ok(Self::Allow),
-            "alert" => Ok(Self::Alert),
-            "block" => Ok(Self::Block),
-            "kill" => Ok(Self::Kill),
-            _ => Err(format!("{s:?}: expected allow, alert, block or kill")),
-        }
-    }
-}
-
 /// What a changed, new or shadowing tool definition does (the tool
 /// registry, see `crate::registry`).
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

@@ -136,16 +136,6 @@ impl Store {
         }
     }
 
-    /// The pin of `tool` on `server`.
-    pub fn pin(&self, server: &str, tool: &str) -> Result<Option<Pin>, StoreError> {
-        let Some(raw) = self.pins.get(key(server, tool)).map_err(|e| self.io(&e))? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&raw)
-            .map(Some)
-            .map_err(|e| self.io(&e))
-    }
-
     pub fn put_pin(&self, server: &str, tool: &str, pin: &Pin) -> Result<(), StoreError> {
         let raw = serde_json::to_vec(pin).map_err(|e| self.io(&e))?;
         self.pins
@@ -201,7 +191,12 @@ impl Store {
             return Ok(out);
         }
         let all = self.pins(None)?;
-        let known = all.iter().any(|(s, _, _)| s == server);
+        let mine: std::collections::HashMap<&str, &Pin> = all
+            .iter()
+            .filter(|(s, _, _)| s == server)
+            .map(|(_, t, p)| (t.as_str(), p))
+            .collect();
+        let known = !mine.is_empty();
         let now = unix_now();
         for tool in tools {
             let Some(name) = tool.get("name").and_then(Value::as_str) else {
@@ -219,7 +214,7 @@ impl Store {
                 pending,
                 shadow_approved: false,
             };
-            let (pin, change) = match self.pin(server, name)? {
+            let (pin, change) = match mine.get(name).map(|p| (*p).clone()) {
                 None if !known && settings.first_use == FirstUse::Pin => {
                     (fresh(PinState::Approved, Some(current), None), None)
                 }

@@ -247,11 +247,6 @@ impl Core {
         }
     }
 
-    /// Records `record` in the events file.
-    pub fn record(&mut self, record: Value) {
-        self.write_record(record);
-    }
-
     /// Appends a record (policy, PSI) to the events file.
     pub(super) fn write_record(&mut self, mut record: Value) {
         if let Some(w) = &mut self.events {

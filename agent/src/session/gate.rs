@@ -69,9 +69,7 @@ impl Gate {
         now: u64,
         can_kill: bool,
     ) -> Verdict {
-        let unix_time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let unix_time = crate::registry::unix_now() as i64;
         let ctx = Context {
             tool,
             args,

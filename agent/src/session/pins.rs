@@ -7,11 +7,11 @@ use serde_json::{Value, json};
 
 use super::{RunError, RunOptions};
 use crate::{
-    policy::{Mode, Policy},
+    policy::{Mode, Policy, tools::PinAction},
     proxy::message::{RequestId, code, error_response},
     registry::{
         Change,
-        store::{Settings, Store},
+        store::{Settings, Store, executable_files, state_dir},
     },
 };
 
@@ -124,10 +124,6 @@ pub(super) fn registry_for(
     policy: &Policy,
     server: &str,
 ) -> Result<Option<Registry>, RunError> {
-    use crate::{
-        policy::tools::PinAction,
-        registry::store::{Settings, Store, executable_files, state_dir},
-    };
     if policy.metadata.is_none() || policy.tools.pin == PinAction::Off {
         return Ok(None);
     }
@@ -139,19 +135,20 @@ pub(super) fn registry_for(
             .check_exe(server, &files)
             .map_err(|e| RunError::Registry(e.to_string()))?;
         if !changed.is_empty() {
-            let what = changed
+            let files = changed
                 .iter()
                 .map(|(path, old, new)| format!("{path} (sha256 {} -> {})", short(old), short(new)))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let what = format!(
+                "the executable of server {server:?} changed since it was approved: {files}"
+            );
             if policy.tools.pin == PinAction::Quarantine && policy.mode == Mode::Enforce {
                 return Err(RunError::Registry(format!(
-                    "the executable of server {server:?} changed since it was approved: {what};                      if that is expected, run `mcpwarden tools approve --server {server}`"
+                    "{what}; if that is expected, run `mcpwarden tools approve --server {server}`"
                 )));
             }
-            tracing::warn!(
-                "the executable of server {server:?} changed since it was approved: {what}"
-            );
+            tracing::warn!("{what}");
         }
     }
     Ok(Some(Registry {

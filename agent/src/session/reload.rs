@@ -62,7 +62,7 @@ fn reload(core: &Shared, path: &std::path::Path, monitor: bool) {
     match loaded {
         Err(e) => {
             tracing::error!("policy reload refused, the policy in force stays: {e}");
-            core.record(json!({
+            core.write_record(json!({
                 "kind": "policy_reload",
                 "action": "rejected",
                 "policy": path.display().to_string(),
@@ -82,7 +82,7 @@ fn reload(core: &Shared, path: &std::path::Path, monitor: bool) {
                     later.join(", ")
                 );
             }
-            core.record(json!({
+            core.write_record(json!({
                 "kind": "policy_reload",
                 "action": "applied",
                 "policy": path.display().to_string(),
