@@ -123,6 +123,7 @@ fn decide(c: &mut Criterion) {
             uid: Some(1500),
             gid: None,
             exe: None,
+            identity: None,
         },
     );
     let prepared: Vec<(&Policy, &str, &Value)> = calls

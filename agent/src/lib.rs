@@ -8,6 +8,7 @@
 //! the request in flight ([`session`]) and checked against the policy
 //! ([`policy`]), and a denied open kills the tree.
 pub mod doctor;
+pub mod identity;
 pub mod inspect;
 pub mod kernel;
 pub mod launch;
@@ -15,6 +16,8 @@ pub mod policy;
 pub mod proxy;
 pub mod registry;
 pub mod session;
+pub mod store;
+pub mod trust;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`, so
 /// kernel event times and proxy times compare directly.

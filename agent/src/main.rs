@@ -78,6 +78,21 @@ enum Cmd {
         #[command(subcommand)]
         command: mcpwarden::registry::cli::ToolsCmd,
     },
+    /// Agent identities: API tokens (register, list, verify, revoke).
+    Agent {
+        #[command(subcommand)]
+        command: mcpwarden::identity::cli::AgentCmd,
+    },
+    /// Trust scores of agents and servers, and what moved them.
+    Trust {
+        #[command(subcommand)]
+        command: mcpwarden::trust::cli::TrustCmd,
+    },
+    /// The hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: mcpwarden::store::cli::AuditCmd,
+    },
     /// Scan text for prompt injection with PSI: exit 0 clean, 1 flagged,
     /// 2 error.
     Scan(mcpwarden::inspect::cli::ScanArgs),
@@ -139,6 +154,9 @@ fn main() -> ExitCode {
         Cmd::Scan(args) => args.run(),
         Cmd::Policy { command } => command.run(),
         Cmd::Tools { command } => command.run(),
+        Cmd::Agent { command } => command.run(),
+        Cmd::Trust { command } => command.run(),
+        Cmd::Audit { command } => command.run(),
         Cmd::Doctor { json } => doctor_cmd(json),
         Cmd::Run {
             policy,

@@ -1,7 +1,9 @@
 """Drives an MCP stdio server with the official Python SDK client.
 
     client.py SCENARIO_JSON -- CMD [ARGS...]
-    client.py SCENARIO_JSON --url URL     (a Streamable HTTP server)
+    client.py SCENARIO_JSON --url URL     (a Streamable HTTP server; with
+                                          MCP_BEARER set, it sends
+                                          Authorization: Bearer $MCP_BEARER)
 
 The scenario is a list of steps: {"call": TOOL, "args": {...}},
 {"list_tools": true}, {"procs": true} (record the host pids now in the
@@ -24,6 +26,7 @@ import mcp_types as types
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 
@@ -94,6 +97,10 @@ def dump(model):
 
 def transport(target):
     if target[0] == "--url":
+        token = os.environ.get("MCP_BEARER")
+        if token:
+            client = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+            return streamable_http_client(target[1], http_client=client)
         return streamable_http_client(target[1])
     command = target[1:]
     return stdio_client(StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ)))

@@ -10,6 +10,7 @@ mod files;
 mod hardening;
 mod http;
 mod http_hardening;
+mod identity;
 mod network;
 mod policy;
 mod psi;

@@ -205,18 +205,34 @@ pub struct Run {
 impl Run {
     /// The SDK client talking stdio to `command`.
     pub fn client(scenario: &Value, command: Vec<String>) -> Self {
+        Self::client_env(scenario, command, &[])
+    }
+
+    /// [`Run::client`] with extra environment variables for the client
+    /// (it passes its environment on to the command it starts).
+    pub fn client_env(scenario: &Value, command: Vec<String>, env: &[(&str, &str)]) -> Self {
         let mut target = vec!["--".to_owned()];
         target.extend(command);
-        Self::client_with(scenario, &target)
+        Self::client_with(scenario, &target, env)
     }
 
     /// The SDK client talking Streamable HTTP to `url`.
     pub fn over_http(scenario: &Value, url: &str) -> Self {
-        Self::client_with(scenario, &["--url".to_owned(), url.to_owned()])
+        Self::client_with(scenario, &["--url".to_owned(), url.to_owned()], &[])
     }
 
-    fn client_with(scenario: &Value, target: &[String]) -> Self {
+    /// [`Run::over_http`] sending `Authorization: Bearer TOKEN`.
+    pub fn over_http_with_token(scenario: &Value, url: &str, token: &str) -> Self {
+        Self::client_with(
+            scenario,
+            &["--url".to_owned(), url.to_owned()],
+            &[("MCP_BEARER", token)],
+        )
+    }
+
+    fn client_with(scenario: &Value, target: &[String], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(python());
+        cmd.envs(env.iter().copied());
         cmd.arg(repo().join("tests/e2e/client.py"))
             .arg(scenario.to_string())
             .args(target);

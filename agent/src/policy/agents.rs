@@ -1,8 +1,14 @@
 //! `[[agents]]`: names, roles and attributes for the agents the host can
 //! identify. An entry applies to a client whose every given selector
-//! (`uid`, `gid`, `exe`) matches what the host proves about it (the peer
-//! process's credentials and executable); the first match wins, and an
-//! unmatched client is an anonymous agent with no roles.
+//! (`uid`, `gid`, `exe`, `identity`) matches what the host proves about it
+//! (the peer process's credentials and executable, the identity its API
+//! token proves); the first match wins. A client with a registered
+//! identity always has that identity's roles as well; an unmatched client
+//! without one is an anonymous agent with no roles.
+//!
+//! `[identity] require = "token"` makes an API token mandatory: HTTP
+//! requests without a valid `Authorization: Bearer` token get 401, and a
+//! stdio session does not start without `MCPWARDEN_TOKEN`.
 //!
 //! ```toml
 //! [[spec.agents]]
@@ -25,10 +31,30 @@ pub(super) struct RawAgent {
     uid: Option<u32>,
     gid: Option<u32>,
     exe: Option<String>,
+    identity: Option<String>,
     #[serde(default)]
     roles: Vec<String>,
     #[serde(default)]
     attrs: BTreeMap<String, String>,
+}
+
+/// `[identity]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentity {
+    #[serde(default)]
+    pub(super) require: Require,
+}
+
+/// Which proof of identity a client must bring.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Require {
+    /// Anonymous clients are served (their peer credentials still count).
+    #[default]
+    None,
+    /// A valid API token (`mcpwarden agent register`).
+    Token,
 }
 
 /// One validated `[[agents]]` entry.
@@ -38,16 +64,25 @@ pub struct AgentRule {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub exe: Option<String>,
+    pub identity: Option<String>,
     pub roles: Vec<String>,
     pub attrs: BTreeMap<String, String>,
 }
 
-/// What the host proves about a client process.
+/// A registered identity a client proved (with an API token).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Proven {
+    pub name: String,
+    pub roles: Vec<String>,
+}
+
+/// What the host proves about a client.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Peer {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub exe: Option<String>,
+    pub identity: Option<Proven>,
 }
 
 impl Peer {
@@ -68,6 +103,7 @@ impl Peer {
             exe: std::fs::read_link(format!("/proc/{pid}/exe"))
                 .ok()
                 .map(|p| p.display().to_string()),
+            identity: None,
         }
     }
 
@@ -93,10 +129,11 @@ impl RawAgent {
                 format!("{exe:?}: must be an absolute path"),
             ));
         }
-        if self.uid.is_none() && self.gid.is_none() && self.exe.is_none() {
+        if self.uid.is_none() && self.gid.is_none() && self.exe.is_none() && self.identity.is_none()
+        {
             return Err((
                 key,
-                "needs at least one of uid, gid, exe: an entry that matches every client would \
+                "needs at least one of uid, gid, exe, identity: an entry that matches every client would \
                  give every client its roles"
                     .into(),
             ));
@@ -106,6 +143,7 @@ impl RawAgent {
             uid: self.uid,
             gid: self.gid,
             exe: self.exe,
+            identity: self.identity,
             roles: self.roles,
             attrs: self.attrs,
         })
@@ -116,15 +154,29 @@ impl RawAgent {
 #[must_use]
 pub fn identify(rules: &[AgentRule], peer: &Peer) -> Agent {
     let fits = |want: Option<u32>, have: Option<u32>| want.is_none() || want == have;
+    let proven = peer.identity.as_ref();
     let rule = rules.iter().find(|r| {
-        fits(r.uid, peer.uid) && fits(r.gid, peer.gid) && (r.exe.is_none() || r.exe == peer.exe)
+        fits(r.uid, peer.uid)
+            && fits(r.gid, peer.gid)
+            && (r.exe.is_none() || r.exe == peer.exe)
+            && (r.identity.is_none() || r.identity.as_deref() == proven.map(|p| p.name.as_str()))
     });
+    let mut granted = rule.map(|r| r.roles.clone()).unwrap_or_default();
+    for role in proven.map(|p| p.roles.as_slice()).unwrap_or_default() {
+        if !granted.contains(role) {
+            granted.push(role.clone());
+        }
+    }
     Agent {
-        name: rule.map(|r| r.name.clone()).unwrap_or_default(),
+        name: rule
+            .map(|r| r.name.clone())
+            .or_else(|| proven.map(|p| p.name.clone()))
+            .unwrap_or_default(),
         uid: peer.uid.map_or(-1, i64::from),
         gid: peer.gid.map_or(-1, i64::from),
         exe: peer.exe.clone().unwrap_or_default(),
-        roles: rule.map(|r| r.roles.clone()).unwrap_or_default(),
+        identity: proven.map(|p| p.name.clone()).unwrap_or_default(),
+        roles: granted,
         attrs: rule.map(|r| r.attrs.clone()).unwrap_or_default(),
     }
 }

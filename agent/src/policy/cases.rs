@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::{
     Policy,
-    agents::{Peer, identify},
+    agents::{Peer, Proven, identify},
     expr::{Context, SessionStats, TrustScores},
     tools::{Action, Buckets},
 };
@@ -38,6 +38,10 @@ struct RawPeer {
     uid: Option<u32>,
     gid: Option<u32>,
     exe: Option<String>,
+    /// A registered identity the client proved, and its roles.
+    identity: Option<String>,
+    #[serde(default)]
+    identity_roles: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,11 +174,15 @@ pub fn run(policy: &Policy, cases: &[Case]) -> Result<Vec<Outcome>, String> {
             uid: case.agent.uid,
             gid: case.agent.gid,
             exe: case.agent.exe.clone(),
+            identity: case.agent.identity.clone().map(|name| Proven {
+                name,
+                roles: case.agent.identity_roles.clone(),
+            }),
         };
         let agent = identify(&policy.agents, &peer);
         let unix_time = match &case.time {
             Some(t) => unix_seconds(t).map_err(|e| format!("case {:?}: time {e}", case.name))?,
-            None => crate::registry::unix_now() as i64,
+            None => crate::store::unix_now() as i64,
         };
         let defaults = TrustScores::default();
         let ctx = Context {

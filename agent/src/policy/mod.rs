@@ -71,6 +71,8 @@ pub(crate) struct RawPolicy {
     tools: Option<tools::RawTools>,
     #[serde(default)]
     agents: Vec<agents::RawAgent>,
+    #[serde(default)]
+    identity: agents::RawIdentity,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +178,8 @@ pub struct Policy {
     pub tools: tools::ToolRules,
     /// Names and roles of identified agents (`[[agents]]`).
     pub agents: Vec<agents::AgentRule>,
+    /// Which proof of identity clients must bring (`[identity] require`).
+    pub require: agents::Require,
 }
 
 impl Policy {
@@ -327,6 +331,7 @@ impl Policy {
                 .kernel
                 .events_per_second
                 .unwrap_or(DEFAULT_EVENTS_PER_SECOND),
+            require: raw.identity.require,
         })
     }
 

@@ -20,7 +20,6 @@ pub mod store;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// The fields of a tool definition a pin covers.
 pub const PINNED_FIELDS: [&str; 6] = [
@@ -31,17 +30,6 @@ pub const PINNED_FIELDS: [&str; 6] = [
     "outputSchema",
     "annotations",
 ];
-
-/// Hex SHA-256 of `bytes`.
-#[must_use]
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().fold(String::with_capacity(64), |mut out, b| {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
 
 /// The pinned part of a tool definition, canonical (object keys sorted,
 /// no whitespace), and its hash.
@@ -56,7 +44,7 @@ pub fn pinned_view(tool: &Value) -> (Value, String) {
     let view = Value::Object(view);
     // serde_json's maps are sorted (no preserve_order feature), so this
     // text is canonical.
-    let hash = sha256_hex(view.to_string().as_bytes());
+    let hash = crate::store::sha256_hex(view.to_string().as_bytes());
     (view, hash)
 }
 
@@ -126,14 +114,6 @@ pub fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Seconds since the epoch.
-#[must_use]
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -167,7 +147,7 @@ mod tests {
             ["annotations"]
         );
         assert_eq!(
-            sha256_hex(b"abc"),
+            crate::store::sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

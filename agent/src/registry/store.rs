@@ -1,40 +1,15 @@
-//! Pins in sled. Until the daemon owns the store (issue 7), every
-//! `mcpwarden run` opens it for the moment it needs it: sled allows one
-//! process at a time, so an open waits (up to [`OPEN_WAIT`]) for another
-//! session to finish its update.
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
-};
+//! Pins in sled (trees `pins` and `executables` of the [`crate::store`]).
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Change, Finding, Pin, PinState, Pinned, changed_fields, pinned_view, unix_now};
-use crate::policy::tools::{FirstUse, PinAction};
-
-/// The default state directory.
-pub const DEFAULT_DIR: &str = "/var/lib/mcpwarden";
-
-/// How long an open waits for another process's hold on the store.
-pub const OPEN_WAIT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot open the store {dir}: {message}")]
-    Open { dir: String, message: String },
-    #[error("store {dir}: {message}")]
-    Io { dir: String, message: String },
-}
-
-/// The state directory: `--state`, else `MCPWARDEN_STATE_DIR`, else
-/// /var/lib/mcpwarden.
-#[must_use]
-pub fn state_dir(flag: Option<&Path>) -> PathBuf {
-    flag.map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("MCPWARDEN_STATE_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
-}
+use super::{Change, Finding, Pin, PinState, Pinned, changed_fields, pinned_view};
+pub use crate::store::{StoreError, state_dir};
+use crate::{
+    policy::tools::{FirstUse, PinAction},
+    store::{Db, unix_now},
+};
 
 /// A pinned executable: each file the server's command runs or reads as
 /// its program (the binary, a script, a script's interpreter).
@@ -61,8 +36,7 @@ pub struct Checked {
 }
 
 pub struct Store {
-    dir: PathBuf,
-    db: sled::Db,
+    db: Db,
     pins: sled::Tree,
     exes: sled::Tree,
 }
@@ -70,7 +44,7 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("dir", &self.dir)
+            .field("db", &self.db)
             .finish_non_exhaustive()
     }
 }
@@ -83,57 +57,18 @@ fn key(server: &str, tool: &str) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (creating it 0700) the store in `dir`, waiting for another
-    /// process's hold.
+    /// Opens the store in `dir` (see [`Db::open`]).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let fail = |message: String| StoreError::Open {
-            dir: dir.display().to_string(),
-            message,
-        };
-        {
-            use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| fail(e.to_string()))?;
-        }
-        let started = Instant::now();
-        let db = loop {
-            match sled::Config::new().path(dir.join("db")).open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("lock") =>
-                {
-                    if started.elapsed() > OPEN_WAIT {
-                        return Err(fail(format!(
-                            "another process has held it for {} s ({e})",
-                            OPEN_WAIT.as_secs()
-                        )));
-                    }
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                Err(e) => return Err(fail(e.to_string())),
-            }
-        };
-        let pins = db.open_tree("pins").map_err(|e| fail(e.to_string()))?;
-        let exes = db
-            .open_tree("executables")
-            .map_err(|e| fail(e.to_string()))?;
+        let db = Db::open(dir)?;
         Ok(Self {
-            dir: dir.to_path_buf(),
+            pins: db.tree("pins")?,
+            exes: db.tree("executables")?,
             db,
-            pins,
-            exes,
         })
     }
 
     fn io(&self, e: &impl std::fmt::Display) -> StoreError {
-        StoreError::Io {
-            dir: self.dir.display().to_string(),
-            message: e.to_string(),
-        }
+        self.db.io(e)
     }
 
     pub fn put_pin(&self, server: &str, tool: &str, pin: &Pin) -> Result<(), StoreError> {
@@ -175,7 +110,7 @@ impl Store {
 
     /// Writes everything to disk (an acknowledged pin survives a crash).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.io(&e))
+        self.db.flush()
     }
 
     /// Compares a server's listed tools with their pins, records what is
@@ -414,7 +349,7 @@ pub fn executable_files(command: &[std::ffi::OsString]) -> Vec<(String, String)>
         .filter_map(|p| {
             let real = std::fs::canonicalize(p).ok()?;
             let bytes = std::fs::read(&real).ok()?;
-            Some((real.display().to_string(), super::sha256_hex(&bytes)))
+            Some((real.display().to_string(), crate::store::sha256_hex(&bytes)))
         })
         .collect();
     out.sort();

@@ -22,6 +22,7 @@ use super::{
     pins::Registry,
     psi::{Outcome, Psi},
     record,
+    trust::TrustBook,
 };
 use crate::{
     inspect::scan,
@@ -32,6 +33,7 @@ use crate::{
         message::{Message, RequestId, code, error_response},
         tracker::Tracker,
     },
+    trust::{Kind, Signal},
 };
 
 /// mcpwarden's own answer to a request that will not get the server's (the
@@ -91,6 +93,8 @@ pub(crate) struct Core {
     pub registry: Option<Registry>,
     /// Tools the registry quarantined in this session.
     pub(super) quarantined: HashSet<String>,
+    /// The agent's and the server's trust.
+    pub trust: Option<TrustBook>,
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +136,7 @@ impl Core {
     /// A session's state, before any message.
     pub fn new(
         policy: Policy,
+        peer: Peer,
         confined: Option<Confined>,
         label: String,
         events: Option<BufWriter<File>>,
@@ -139,10 +144,11 @@ impl Core {
         server: String,
     ) -> Self {
         Self {
-            gate: Gate::new(&policy, Peer::parent(), server),
+            gate: Gate::new(&policy, peer, server),
             pending: Vec::new(),
             registry: None,
             quarantined: HashSet::new(),
+            trust: None,
             tracker: Tracker::new(),
             server_requests: Tracker::new(),
             state: ServerState::Running,
@@ -313,7 +319,7 @@ impl Core {
             return (false, replies);
         }
         let forward = match msg {
-            Message::Response { id, .. } => {
+            Message::Response { id, is_error } => {
                 let Some(request) = self.tracker.close(&id.in_scope(scope), now) else {
                     tracing::warn!(id = %id.key, "dropping a server response to no request in flight");
                     return (false, replies);
@@ -328,6 +334,13 @@ impl Core {
                         self.write_record(r.clone());
                     }
                     self.counts.alerts += l.records.len() as u64;
+                    for _ in l
+                        .records
+                        .iter()
+                        .filter(|r| r["change"] == "changed" || r["change"] == "shadows")
+                    {
+                        self.trust_note(Kind::Server, Signal::PinViolation);
+                    }
                     self.quarantined.extend(l.quarantined.iter().cloned());
                     listed = l.replace;
                 }
@@ -342,15 +355,18 @@ impl Core {
                     ),
                     _ => Outcome::Clean,
                 };
-                match self.psi_outcome(outcome).or(listed) {
-                    Some(line) => {
-                        replies.push(Reply {
-                            key: request.id.key.clone(),
-                            line,
-                        });
-                        false
+                if let Some(line) = self.psi_outcome(outcome).or(listed) {
+                    replies.push(Reply {
+                        key: request.id.key.clone(),
+                        line,
+                    });
+                    false
+                } else {
+                    if request.method == "tools/call" && !is_error {
+                        self.trust_note(Kind::Agent, Signal::CleanCall);
+                        self.trust_note(Kind::Server, Signal::CleanCall);
                     }
-                    None => true,
+                    true
                 }
             }
             Message::Request { id, method, .. } => {
@@ -405,6 +421,12 @@ impl Core {
             self.counts.alerts += 1;
         }
         record["policy"] = Value::String(self.policy.source.clone());
+        let (kind, signal) = match record["point"].as_str() {
+            Some("arguments") => (Kind::Agent, Signal::InjectionSent),
+            Some("descriptions") => (Kind::Server, Signal::PoisonedDescription),
+            _ => (Kind::Server, Signal::InjectionReturned),
+        };
+        self.trust_note(kind, signal);
         self.write_record(record);
         replace
     }
@@ -460,10 +482,12 @@ impl Core {
             }
             record::Action::Killed => {
                 self.counts.killed += 1;
+                self.trust_note(Kind::Server, Signal::KernelKill);
                 self.kill(event, &verdict)
             }
             record::Action::Denied => {
                 self.counts.denied += 1;
+                self.trust_note(Kind::Server, Signal::KernelDenial);
                 tracing::warn!("{}", verdict.describe(event, &self.policy));
                 Vec::new()
             }
@@ -542,6 +566,7 @@ impl Core {
                 tracing::info!("the tool server {how} after the client closed");
             } else {
                 tracing::warn!("{message}");
+                self.trust_note(Kind::Server, Signal::ServerFailure);
             }
             let data = json!({ "action": "server_exited", "detail": how });
             let reply = message.clone();

@@ -13,6 +13,7 @@ use crate::{
         tools::{Action, Buckets},
     },
     proxy::message::{Message, RequestId, code, error_response},
+    trust::{Kind, Signal},
 };
 
 /// Who is calling and what this session has used up.
@@ -69,7 +70,7 @@ impl Gate {
         now: u64,
         can_kill: bool,
     ) -> Verdict {
-        let unix_time = crate::registry::unix_now() as i64;
+        let unix_time = crate::store::unix_now() as i64;
         let ctx = Context {
             tool,
             args,
@@ -129,6 +130,23 @@ impl Gate {
 }
 
 impl Core {
+    /// The answer to a call of a quarantined tool (recorded).
+    fn refuse_quarantined(&mut self, tool: &str, id: &RequestId, batch: bool) -> String {
+        self.counts.policy_blocked += 1;
+        let server = self.gate.server.clone();
+        let message = format!(
+            "mcpwarden blocked this call to {tool}: the tool is quarantined (its definition is new or changed since approval); \
+             an administrator may approve it with `mcpwarden tools approve --server {server} {tool}`"
+        );
+        let record = json!({"kind": "pin", "action": "blocked", "tool": tool, "server": server, "request": id.value});
+        self.write_record(record.clone());
+        if batch {
+            error_response(None, code::BLOCKED, &message, None)
+        } else {
+            error_response(Some(id), code::BLOCKED, &message, Some(record))
+        }
+    }
+
     /// Puts every `tools/call` in `msg` (one request or a batch) before
     /// the policy's tool rules. Err: the line that answers `msg` instead
     /// (a batch is refused whole when one of its calls is stopped).
@@ -163,23 +181,7 @@ impl Core {
             let item = if batch { &parsed[i] } else { &parsed };
             let args = item.pointer("/params/arguments").unwrap_or(&Value::Null);
             if self.quarantined.contains(tool) {
-                self.counts.policy_blocked += 1;
-                let server = self.gate.server.clone();
-                let message = format!(
-                    "mcpwarden blocked this call to {tool}: the tool is quarantined (its definition is new or changed since approval); \
-                     an administrator may approve it with `mcpwarden tools approve --server {server} {tool}`"
-                );
-                let record = json!({"kind": "pin", "action": "blocked", "tool": tool, "server": server, "request": id.value});
-                self.write_record(record.clone());
-                if batch {
-                    return Err(error_response(None, code::BLOCKED, &message, None));
-                }
-                return Err(error_response(
-                    Some(id),
-                    code::BLOCKED,
-                    &message,
-                    Some(record),
-                ));
+                return Err(self.refuse_quarantined(tool, id, batch));
             }
             let can_kill = self.confined.is_some();
             let verdict = self.gate.check(
@@ -188,7 +190,7 @@ impl Core {
                 id,
                 tool,
                 self.stats(),
-                TrustScores::default(),
+                self.trust_scores(),
                 now,
                 can_kill,
             );
@@ -196,6 +198,7 @@ impl Core {
                 Verdict::Pass => {}
                 Verdict::Alert(record) => {
                     self.counts.alerts += 1;
+                    self.trust_note(Kind::Agent, Signal::PolicyAlert);
                     self.write_record(record);
                 }
                 Verdict::Stop {
@@ -204,6 +207,12 @@ impl Core {
                     kill,
                 } => {
                     self.counts.policy_blocked += 1;
+                    let signal = if kill {
+                        Signal::PolicyKill
+                    } else {
+                        Signal::PolicyBlock
+                    };
+                    self.trust_note(Kind::Agent, signal);
                     self.write_record(record.clone());
                     if kill {
                         self.counts.killed += 1;

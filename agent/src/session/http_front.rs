@@ -58,6 +58,8 @@ pub(crate) struct Front {
     pub origins: Vec<String>,
     /// Listening on loopback: requests must name a loopback `Host`.
     pub loopback: bool,
+    /// API tokens.
+    pub auth: super::identity::Auth,
 }
 
 /// Serves the endpoint on `listener` until `stop` turns true.
@@ -256,6 +258,7 @@ async fn read_message(front: &Front, request: Request) -> Result<(HeaderMap, Che
     if let Some(refusal) = screen(front, &parts.headers) {
         return Err(refusal);
     }
+    front.auth.authorize(&front.core, &parts.headers).await?;
     let body = axum::body::to_bytes(body, front.max).await.map_err(|_| {
         refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -293,6 +296,9 @@ async fn on_get(State(front): State<Arc<Front>>, request: Request) -> Response {
     if let Some(refusal) = screen(&front, headers) {
         return refusal;
     }
+    if let Err(refusal) = front.auth.authorize(&front.core, headers).await {
+        return refusal;
+    }
     match &front.mode {
         Mode::Host(host) => host.get(&front, headers),
         Mode::Relay(upstream) => relay_get(&front, upstream, headers).await,
@@ -302,6 +308,9 @@ async fn on_get(State(front): State<Arc<Front>>, request: Request) -> Response {
 async fn on_delete(State(front): State<Arc<Front>>, request: Request) -> Response {
     let headers = request.headers();
     if let Some(refusal) = screen(&front, headers) {
+        return refusal;
+    }
+    if let Err(refusal) = front.auth.authorize(&front.core, headers).await {
         return refusal;
     }
     match &front.mode {
@@ -316,6 +325,9 @@ async fn on_delete(State(front): State<Arc<Front>>, request: Request) -> Respons
 async fn on_options(State(front): State<Arc<Front>>, request: Request) -> Response {
     let headers = request.headers();
     if let Some(refusal) = screen(&front, headers) {
+        return refusal;
+    }
+    if let Err(refusal) = front.auth.authorize(&front.core, headers).await {
         return refusal;
     }
     match &front.mode {

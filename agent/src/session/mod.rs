@@ -18,12 +18,14 @@ mod gate;
 mod http_front;
 mod http_host;
 mod http_relay;
+mod identity;
 mod pins;
 mod psi;
 mod record;
 mod relay;
 mod reload;
 mod route;
+mod trust;
 mod upstream_link;
 
 use std::{
@@ -59,7 +61,10 @@ use self::{
 use crate::{
     kernel::{KernelError, Tracer},
     launch,
-    policy::{Mode, Policy, PolicyError},
+    policy::{
+        Mode, Policy, PolicyError,
+        agents::{Peer, Require},
+    },
     proxy::{
         streams::Router,
         upstream::{Upstream, UpstreamError},
@@ -131,6 +136,9 @@ pub enum RunError {
     /// The tool registry refused the server or cannot be used.
     #[error("tool registry: {0}")]
     Registry(String),
+    /// The client's API token is missing, refused, or cannot be checked.
+    #[error("identity: {0}")]
+    Identity(String),
     /// PSI is on and its model cannot be loaded.
     #[error("PSI (prompt injection inspection): {0}")]
     Inspect(#[from] crate::inspect::encoder::EncoderError),
@@ -184,6 +192,18 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     let server = policy.server_name(&server_label(&opts));
     let registry = pins::registry_for(&opts, &policy, &server)?;
+    let state = crate::store::state_dir(opts.state.as_deref());
+    // Who the client is: over HTTP, what each request proves (nothing
+    // about a TCP peer is proven); on stdio, the parent process and the
+    // token it was given.
+    let peer = if opts.listen.is_some() {
+        Peer::default()
+    } else {
+        Peer {
+            identity: identity::from_env(&policy, &state)?,
+            ..Peer::parent()
+        }
+    };
     for warning in policy.warnings() {
         tracing::warn!("{warning}");
     }
@@ -232,16 +252,23 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     let core: Shared = Arc::new(Mutex::new(Core::new(
         policy,
+        peer,
         confined,
         label,
         events,
         opts.events.clone(),
-        server,
+        server.clone(),
     )));
     {
         let mut core = lock(&core);
         core.psi = psi;
         core.registry = registry;
+        let agent = trust::agent_name(&core.gate.agent);
+        core.trust = Some(trust::TrustBook::open(state.clone(), agent, server));
+        if let Some(p) = &core.gate.peer.identity {
+            tracing::info!(identity = %p.name, roles = ?core.gate.agent.roles, "the client proved its identity ({})", identity::TOKEN_ENV);
+            identity::audit_authentication(&state, &p.name, &core.label, "stdio");
+        }
     }
     let exit_rx = started.as_ref().map(|s| s.exit_rx.clone());
     let watcher = tokio::spawn(reload::watch(
@@ -468,7 +495,9 @@ async fn serve_client(
                 (None, Some(to_server)) => FrontMode::Host(Host::new(to_server, stop_tx)),
                 (None, None) => unreachable!("a stdio server has a writer"),
             };
+            let require = lock(core).policy.require == Require::Token;
             let front = Arc::new(Front {
+                auth: identity::Auth::new(crate::store::state_dir(opts.state.as_deref()), require),
                 core: Arc::clone(core),
                 router,
                 mode,
@@ -658,6 +687,7 @@ fn teardown(
             "the kernel left out plain events over the session's rate limit ([kernel] events_per_second); verdicts are never left out"
         );
     }
+    core.persist_trust();
     if let Some(mut w) = core.events.take() {
         w.flush().map_err(io("cannot write events file"))?;
     }

@@ -63,6 +63,7 @@ fn field<'a>(f: &'a Field, ctx: &Context<'a>) -> Result<Val<'a>, Undetermined> {
         Field::AgentUid => Val::Int(ctx.agent.uid),
         Field::AgentGid => Val::Int(ctx.agent.gid),
         Field::AgentExe => Val::Str(&ctx.agent.exe),
+        Field::AgentIdentity => Val::Str(&ctx.agent.identity),
         Field::AgentRoles => Val::Strs(&ctx.agent.roles),
         Field::AgentAttr(k) => Val::Str(ctx.agent.attrs.get(&**k).ok_or(Undetermined)?),
         Field::SessionCalls => Val::Int(ctx.session.calls as i64),

@@ -79,6 +79,8 @@ pub struct Agent {
     pub gid: i64,
     /// The client's executable ("": unknown).
     pub exe: String,
+    /// The registered identity its API token proved ("": none).
+    pub identity: String,
     pub roles: Vec<String>,
     pub attrs: std::collections::BTreeMap<String, String>,
 }
@@ -164,6 +166,7 @@ enum Field {
     AgentUid,
     AgentGid,
     AgentExe,
+    AgentIdentity,
     AgentRoles,
     AgentAttr(Box<str>),
     SessionCalls,

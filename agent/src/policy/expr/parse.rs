@@ -517,6 +517,7 @@ fn member(e: &Typed, name: &str, offset: usize) -> Result<Typed, CompileError> {
             ("agent", "uid") => field(Field::AgentUid, Type::Int),
             ("agent", "gid") => field(Field::AgentGid, Type::Int),
             ("agent", "exe") => field(Field::AgentExe, Type::Str),
+            ("agent", "identity") => field(Field::AgentIdentity, Type::Str),
             ("agent", "roles") => field(Field::AgentRoles, Type::List),
             ("agent", "attrs") => Ok(Typed {
                 node: Node::Lit(Lit::Str("agent.attrs".into())),
@@ -524,7 +525,7 @@ fn member(e: &Typed, name: &str, offset: usize) -> Result<Typed, CompileError> {
                 offset: e.offset,
             }),
             ("agent.attrs", key) => field(Field::AgentAttr(key.into()), Type::Dyn),
-            ("agent", _) => Err(unknown("name, uid, gid, exe, roles, attrs")),
+            ("agent", _) => Err(unknown("name, uid, gid, exe, identity, roles, attrs")),
             ("session", "calls") => field(Field::SessionCalls, Type::Int),
             ("session", "blocked") => field(Field::SessionBlocked, Type::Int),
             ("session", "alerts") => field(Field::SessionAlerts, Type::Int),

@@ -26,6 +26,7 @@ fn agent() -> Agent {
         uid: 1000,
         gid: 1000,
         exe: "/usr/bin/claude".into(),
+        identity: "claude-prod".into(),
         roles: vec!["dev".into(), "reader".into()],
         attrs: [("team".to_owned(), "infra".to_owned())].into(),
     }
@@ -52,6 +53,7 @@ fn evaluates_the_documented_examples() {
         ),
         (r#""admin" in agent.roles || agent.uid == 0"#, false),
         (r#""dev" in agent.roles && agent.name == 'claude'"#, true),
+        (r#"agent.identity == "claude-prod""#, true),
         (
             r#"host_in(args.url, ["example.com", "*.example.org"]) && size(args.body) < 65536"#,
             true,

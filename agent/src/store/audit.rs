@@ -1,0 +1,319 @@
+//! The audit log: an append-only, hash-chained list of what administrators
+//! and agents did (identities registered and revoked, tools approved ...).
+//!
+//! Record `n` is kept at key `n` (big-endian, so sled iterates in order)
+//! and carries `prev`, the hash of record `n - 1`; its own `hash` is
+//! SHA-256 over `prev` and its canonical JSON without `hash`. Editing a
+//! record breaks its hash; removing one breaks the next record's `prev` or
+//! the sequence; [`verify`] finds either. A head entry (key `head`),
+//! written in the same atomic batch as each record, names the last record,
+//! so cutting records off the end is found too.
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Db, StoreError, sha256_hex, unix_now};
+
+/// The tree of the audit log.
+pub const TREE: &str = "audit";
+
+/// The key of the head entry: the last record's sequence number and hash.
+const HEAD: &[u8] = b"head";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+/// The `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Who did it: the uid proven by the kernel, and a name if one is known.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Actor {
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+impl Actor {
+    /// The user running this process.
+    #[must_use]
+    pub fn current() -> Self {
+        Self {
+            uid: Some(nix::unistd::getuid().as_raw()),
+            name: String::new(),
+        }
+    }
+}
+
+/// One record of the audit log.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub seq: u64,
+    /// Seconds since the epoch.
+    pub time: u64,
+    pub actor: Actor,
+    /// What was done, e.g. "identity.register".
+    pub action: String,
+    /// To what, e.g. the identity's name.
+    pub subject: String,
+    pub detail: Value,
+    pub prev: String,
+    pub hash: String,
+}
+
+impl Record {
+    /// The hash this record must carry.
+    #[must_use]
+    pub fn expected_hash(&self) -> String {
+        let body = serde_json::json!({
+            "seq": self.seq,
+            "time": self.time,
+            "actor": self.actor,
+            "action": self.action,
+            "subject": self.subject,
+            "detail": self.detail,
+        });
+        // serde_json's maps are sorted: this text is canonical.
+        let mut text = self.prev.clone().into_bytes();
+        text.push(b'\n');
+        text.extend_from_slice(body.to_string().as_bytes());
+        sha256_hex(&text)
+    }
+}
+
+/// Appends a record and flushes it to disk before returning it: an
+/// acknowledged audit record survives a crash.
+pub fn append(
+    db: &Db,
+    actor: Actor,
+    action: &str,
+    subject: &str,
+    detail: Value,
+) -> Result<Record, StoreError> {
+    let tree = db.tree(TREE)?;
+    let (seq, prev) = match db.get::<Head>(&tree, HEAD)? {
+        Some(head) => (head.seq + 1, head.hash),
+        None => (0, GENESIS.to_owned()),
+    };
+    let mut record = Record {
+        seq,
+        time: unix_now(),
+        actor,
+        action: action.to_owned(),
+        subject: subject.to_owned(),
+        detail,
+        prev,
+        hash: String::new(),
+    };
+    record.hash = record.expected_hash();
+    let head = Head {
+        seq,
+        hash: record.hash.clone(),
+    };
+    let mut batch = sled::Batch::default();
+    batch.insert(
+        &seq.to_be_bytes(),
+        serde_json::to_vec(&record).map_err(|e| db.io(&e))?,
+    );
+    batch.insert(HEAD, serde_json::to_vec(&head).map_err(|e| db.io(&e))?);
+    tree.apply_batch(batch).map_err(|e| db.io(&e))?;
+    db.flush()?;
+    Ok(record)
+}
+
+/// What [`verify`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every record is in place and chained; `records` of them.
+    Intact { records: u64 },
+    /// The first record that does not fit, and why.
+    Broken { seq: u64, why: String },
+}
+
+/// Walks the whole chain.
+pub fn verify(db: &Db) -> Result<Verdict, StoreError> {
+    let tree = db.tree(TREE)?;
+    let mut expect_seq = 0u64;
+    let mut prev = GENESIS.to_owned();
+    for item in &tree {
+        let (key, raw) = item.map_err(|e| db.io(&e))?;
+        if key.as_ref() == HEAD {
+            continue;
+        }
+        let key_seq = <[u8; 8]>::try_from(key.as_ref())
+            .map(u64::from_be_bytes)
+            .ok();
+        let Some(key_seq) = key_seq else {
+            return Ok(Verdict::Broken {
+                seq: expect_seq,
+                why: format!("a record under a foreign key ({} bytes)", key.len()),
+            });
+        };
+        let record: Record = match serde_json::from_slice(&raw) {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Verdict::Broken {
+                    seq: key_seq,
+                    why: format!("not a record: {e}"),
+                });
+            }
+        };
+        if key_seq != expect_seq || record.seq != key_seq {
+            return Ok(Verdict::Broken {
+                seq: expect_seq,
+                why: format!(
+                    "record {expect_seq} is missing (next is {key_seq}, which says it is {})",
+                    record.seq
+                ),
+            });
+        }
+        if record.prev != prev {
+            return Ok(Verdict::Broken {
+                seq: key_seq,
+                why: "its prev is not the hash of the record before it".into(),
+            });
+        }
+        if record.hash != record.expected_hash() {
+            return Ok(Verdict::Broken {
+                seq: key_seq,
+                why: "its content does not match its hash (edited)".into(),
+            });
+        }
+        prev = record.hash;
+        expect_seq += 1;
+    }
+    let head = db.get::<Head>(&tree, HEAD)?;
+    let fits = match &head {
+        None => expect_seq == 0,
+        Some(h) => h.seq + 1 == expect_seq && h.hash == prev,
+    };
+    if !fits {
+        return Ok(Verdict::Broken {
+            seq: expect_seq,
+            why: match head {
+                Some(h) => format!(
+                    "the log ends at record {} but its head names record {}: records were cut off the end",
+                    expect_seq.wrapping_sub(1) as i64,
+                    h.seq
+                ),
+                None => "the head entry is missing".into(),
+            },
+        });
+    }
+    Ok(Verdict::Intact {
+        records: expect_seq,
+    })
+}
+
+/// The last `n` records, oldest first.
+pub fn tail(db: &Db, n: usize) -> Result<Vec<Record>, StoreError> {
+    let tree = db.tree(TREE)?;
+    let mut out = Vec::new();
+    for item in tree
+        .iter()
+        .rev()
+        .filter(|i| !matches!(i, Ok((k, _)) if k.as_ref() == HEAD))
+        .take(n)
+    {
+        let (_, raw) = item.map_err(|e| db.io(&e))?;
+        out.push(serde_json::from_slice(&raw).map_err(|e| db.io(&e))?);
+    }
+    out.reverse();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn filled() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        for i in 0..5 {
+            append(
+                &db,
+                Actor::current(),
+                "identity.register",
+                &format!("agent-{i}"),
+                json!({"roles": ["r"]}),
+            )
+            .expect("append");
+        }
+        (dir, db)
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        let (_dir, db) = filled();
+        assert_eq!(verify(&db).expect("verify"), Verdict::Intact { records: 5 });
+        let last = tail(&db, 2).expect("tail");
+        assert_eq!(last.len(), 2);
+        assert_eq!(last[1].seq, 4);
+        assert_eq!(last[1].prev, last[0].hash);
+    }
+
+    #[test]
+    fn an_edit_is_found_at_its_record() {
+        let (_dir, db) = filled();
+        let tree = db.tree(TREE).expect("tree");
+        let mut r: Record =
+            serde_json::from_slice(&tree.get(2u64.to_be_bytes()).expect("get").expect("2"))
+                .expect("record");
+        r.subject = "someone-else".into();
+        db.put(&tree, 2u64.to_be_bytes(), &r).expect("put");
+        let Verdict::Broken { seq, why } = verify(&db).expect("verify") else {
+            panic!("an edit went unseen");
+        };
+        assert_eq!(seq, 2);
+        assert!(why.contains("edited"), "{why}");
+    }
+
+    #[test]
+    fn an_edit_that_rehashes_breaks_the_next_link() {
+        let (_dir, db) = filled();
+        let tree = db.tree(TREE).expect("tree");
+        let mut r: Record =
+            serde_json::from_slice(&tree.get(1u64.to_be_bytes()).expect("get").expect("1"))
+                .expect("record");
+        r.detail = json!({"roles": ["admin"]});
+        r.hash = r.expected_hash();
+        db.put(&tree, 1u64.to_be_bytes(), &r).expect("put");
+        assert!(matches!(
+            verify(&db).expect("verify"),
+            Verdict::Broken { seq: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_removed_record_is_a_gap() {
+        let (_dir, db) = filled();
+        let tree = db.tree(TREE).expect("tree");
+        tree.remove(3u64.to_be_bytes()).expect("remove");
+        let Verdict::Broken { seq, why } = verify(&db).expect("verify") else {
+            panic!("a gap went unseen");
+        };
+        assert_eq!(seq, 3);
+        assert!(why.contains("missing"), "{why}");
+    }
+
+    #[test]
+    fn records_cut_off_the_end_are_found() {
+        let (_dir, db) = filled();
+        let tree = db.tree(TREE).expect("tree");
+        tree.remove(4u64.to_be_bytes()).expect("remove");
+        let Verdict::Broken { why, .. } = verify(&db).expect("verify") else {
+            panic!("a truncation went unseen");
+        };
+        assert!(why.contains("cut off"), "{why}");
+        // Appending again continues from the head, not from what is left.
+        append(&db, Actor::current(), "x", "y", Value::Null).expect("append");
+        assert!(matches!(
+            verify(&db).expect("verify"),
+            Verdict::Broken { .. }
+        ));
+    }
+}

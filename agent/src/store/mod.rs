@@ -1,0 +1,172 @@
+//! The state store: one sled database under the state directory
+//! (`--state`, `MCPWARDEN_STATE_DIR`, or /var/lib/mcpwarden), with a tree
+//! per kind of record: pins and executables ([`crate::registry`]),
+//! identities ([`crate::identity`]), trust ([`crate::trust`]) and the
+//! hash-chained audit log ([`audit`]).
+//!
+//! Until the daemon owns the store (issue 7), every process opens it for
+//! the moment it needs it: sled allows one process at a time, so an open
+//! waits (up to [`OPEN_WAIT`]) for another to finish its update.
+pub mod audit;
+pub mod cli;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The default state directory.
+pub const DEFAULT_DIR: &str = "/var/lib/mcpwarden";
+
+/// How long an open waits for another process's hold on the store.
+pub const OPEN_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store {dir}: {message}")]
+    Open { dir: String, message: String },
+    #[error("store {dir}: {message}")]
+    Io { dir: String, message: String },
+}
+
+/// The state directory: `--state`, else `MCPWARDEN_STATE_DIR`, else
+/// /var/lib/mcpwarden.
+#[must_use]
+pub fn state_dir(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("MCPWARDEN_STATE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+}
+
+/// The open database.
+pub struct Db {
+    dir: PathBuf,
+    db: sled::Db,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Opens (creating it 0700) the store in `dir`, waiting for another
+    /// process's hold.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let fail = |message: String| StoreError::Open {
+            dir: dir.display().to_string(),
+            message,
+        };
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        let started = Instant::now();
+        let db = loop {
+            match sled::Config::new().path(dir.join("db")).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("lock") =>
+                {
+                    if started.elapsed() > OPEN_WAIT {
+                        return Err(fail(format!(
+                            "another process has held it for {} s ({e})",
+                            OPEN_WAIT.as_secs()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            db,
+        })
+    }
+
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tree `name`.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(name).map_err(|e| self.io(&e))
+    }
+
+    /// An I/O or decoding error of this store.
+    pub fn io(&self, e: &impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            dir: self.dir.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Writes everything to disk: what was acknowledged survives a crash.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.io(&e))
+    }
+
+    /// Reads the JSON record at `key` of `tree`.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(raw) = tree.get(key).map_err(|e| self.io(&e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| self.io(&format!("a damaged record: {e}")))
+    }
+
+    /// Writes `value` as JSON at `key` of `tree`.
+    pub fn put<T: Serialize>(
+        &self,
+        tree: &sled::Tree,
+        key: impl AsRef<[u8]>,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let raw = serde_json::to_vec(value).map_err(|e| self.io(&e))?;
+        tree.insert(key.as_ref(), raw).map_err(|e| self.io(&e))?;
+        Ok(())
+    }
+}
+
+/// Seconds since the Unix epoch.
+#[must_use]
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Lower-case hex of SHA-256 over `bytes`.
+#[must_use]
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+/// Lower-case hex of `bytes`.
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
