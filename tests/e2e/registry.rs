@@ -123,6 +123,19 @@ fn new_and_changed_tools_are_quarantined_until_approved() {
     assert_eq!(fourth.text(1), "3");
     let (ok, out) = tools_cmd(&fx, &["approve", "--server", "test-files", "nope"]);
     assert!(!ok && out.contains("no pinned tool \"nope\""), "{out}");
+    // The approval is in the audit log, and the chain verifies.
+    let audit = |what: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mcpwarden"))
+            .args(["audit", what, "--state"])
+            .arg(fx.state())
+            .output()
+            .expect("run mcpwarden audit")
+    };
+    let shown = String::from_utf8_lossy(&audit("show").stdout).into_owned();
+    let record: Value = serde_json::from_str(shown.trim()).expect("one audit record");
+    assert_eq!(record["action"], "tools.approve");
+    assert_eq!(record["detail"]["tools"], serde_json::json!(["add"]));
+    assert!(audit("verify").status.success());
 }
 
 #[test]

@@ -7,6 +7,7 @@ use super::{
     PinState,
     store::{Store, state_dir},
 };
+use crate::store::audit;
 
 #[derive(Debug, Subcommand)]
 pub enum ToolsCmd {
@@ -104,6 +105,16 @@ impl ToolsCmd {
             } => {
                 let store = Store::open(&state_dir(state.as_deref())).map_err(|e| e.to_string())?;
                 let done = store.approve(&server, &tools).map_err(|e| e.to_string())?;
+                if !done.is_empty() {
+                    audit::append(
+                        store.db(),
+                        audit::Actor::current(),
+                        "tools.approve",
+                        &server,
+                        serde_json::json!({ "tools": done }),
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
                 if let Some(missing) = tools.iter().find(|t| !done.contains(t)) {
                     return Err(format!("{server} has no pinned tool {missing:?}"));
                 }
@@ -117,6 +128,14 @@ impl ToolsCmd {
             Self::Forget { server, state } => {
                 let store = Store::open(&state_dir(state.as_deref())).map_err(|e| e.to_string())?;
                 let n = store.forget(&server).map_err(|e| e.to_string())?;
+                audit::append(
+                    store.db(),
+                    audit::Actor::current(),
+                    "tools.forget",
+                    &server,
+                    serde_json::json!({ "pins": n }),
+                )
+                .map_err(|e| e.to_string())?;
                 println!("{server}: forgot {n} pin(s)");
                 Ok(())
             }

@@ -71,6 +71,12 @@ impl Store {
         self.db.io(e)
     }
 
+    /// The database (for the audit log).
+    #[must_use]
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     pub fn put_pin(&self, server: &str, tool: &str, pin: &Pin) -> Result<(), StoreError> {
         let raw = serde_json::to_vec(pin).map_err(|e| self.io(&e))?;
         self.pins

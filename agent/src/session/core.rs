@@ -266,16 +266,22 @@ impl Core {
 
     /// Stops tracking requests whose answers cannot come any more (the
     /// upstream refused the HTTP request that carried them), answering each
-    /// still in flight with `code` and `message`.
+    /// still in flight with `code` and `message`. The kernel's events are
+    /// judged first: when the upstream went away because the kernel killed
+    /// it, the kill's verdict answers the requests, not the broken
+    /// connection.
     pub fn fail(&mut self, ids: &[RequestId], code: i64, message: &str) -> Vec<Reply> {
+        let mut out = self.drain_events();
         let now = monotonic_ns();
-        ids.iter()
-            .filter_map(|id| self.tracker.close(id, now))
-            .map(|r| Reply {
-                key: r.id.key.clone(),
-                line: error_response(Some(&r.id), code, message, None),
-            })
-            .collect()
+        out.extend(
+            ids.iter()
+                .filter_map(|id| self.tracker.close(id, now))
+                .map(|r| Reply {
+                    key: r.id.key.clone(),
+                    line: error_response(Some(&r.id), code, message, None),
+                }),
+        );
+        out
     }
 
     /// Asks the server's processes to stop (SIGTERM), if mcpwarden started

@@ -96,6 +96,7 @@ pub(crate) async fn relay_post(
     else {
         // Nothing to judge: an HTTP error, or an accepted notification.
         if let Some(stream) = stream {
+            settle(front).await;
             front.router.close(stream);
         }
         let _ = lock(&front.core).fail(&ids, code::UPSTREAM, "");
@@ -123,6 +124,17 @@ pub(crate) async fn relay_post(
         return StatusCode::ACCEPTED.into_response();
     }
     (status, out_headers, join_frames(&frames)).into_response()
+}
+
+/// Judges the kernel events already waiting and delivers what they
+/// answer, before a stream closes: when the upstream's answer broke off
+/// because the kernel killed the server, the client gets the kill's verdict
+/// on this stream rather than nothing.
+async fn settle(front: &Arc<Front>) {
+    let replies = lock(&front.core).drain_events();
+    ToClient::Http(Arc::clone(&front.router))
+        .replies(replies)
+        .await;
 }
 
 async fn collect(mut rx: mpsc::Receiver<Frame>) -> Vec<Frame> {
@@ -205,6 +217,7 @@ async fn pump_relayed(
             }
         }
     }
+    settle(&front).await;
     let pending = front.router.close(stream);
     if !sse && !pending.is_empty() {
         // A JSON answer is complete: what it did not answer never will be.

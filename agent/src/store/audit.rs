@@ -3,7 +3,10 @@
 //!
 //! Record `n` is kept at key `n` (big-endian, so sled iterates in order)
 //! and carries `prev`, the hash of record `n - 1`; its own `hash` is
-//! SHA-256 over `prev` and its canonical JSON without `hash`. Editing a
+//! SHA-256 over its canonical JSON without `hash` (which includes `prev`).
+//! The store keeps the hash and exactly the text that was hashed, so a
+//! verification never depends on re-serialising what it read (floats do
+//! not survive a JSON round trip bit for bit). Editing a
 //! record breaks its hash; removing one breaks the next record's `prev` or
 //! the sequence; [`verify`] finds either. A head entry (key `head`),
 //! written in the same atomic batch as each record, names the last record,
@@ -60,26 +63,53 @@ pub struct Record {
     pub subject: String,
     pub detail: Value,
     pub prev: String,
+    #[serde(default)]
     pub hash: String,
 }
 
 impl Record {
-    /// The hash this record must carry.
-    #[must_use]
-    pub fn expected_hash(&self) -> String {
-        let body = serde_json::json!({
+    /// The canonical text of everything but the hash.
+    fn body_text(&self) -> String {
+        // serde_json's maps are sorted: this text is canonical.
+        serde_json::json!({
             "seq": self.seq,
             "time": self.time,
             "actor": self.actor,
             "action": self.action,
             "subject": self.subject,
             "detail": self.detail,
-        });
-        // serde_json's maps are sorted: this text is canonical.
-        let mut text = self.prev.clone().into_bytes();
-        text.push(b'\n');
-        text.extend_from_slice(body.to_string().as_bytes());
-        sha256_hex(&text)
+            "prev": self.prev,
+        })
+        .to_string()
+    }
+
+    /// The hash this record must carry.
+    #[must_use]
+    pub fn expected_hash(&self) -> String {
+        sha256_hex(self.body_text().as_bytes())
+    }
+
+    /// The stored form: the hash it carries, then the text hashed.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.hash.clone().into_bytes();
+        out.extend_from_slice(self.body_text().as_bytes());
+        out
+    }
+
+    /// Reads a stored record; `true` when the text matches its hash.
+    pub fn decode(raw: &[u8]) -> Result<(Self, bool), String> {
+        if raw.len() < 64 {
+            return Err("shorter than a hash".into());
+        }
+        let (hash, body) = raw.split_at(64);
+        let hash = std::str::from_utf8(hash)
+            .map_err(|e| e.to_string())?
+            .to_owned();
+        let intact = sha256_hex(body) == hash;
+        let mut record: Self = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        record.hash = hash;
+        Ok((record, intact))
     }
 }
 
@@ -113,10 +143,7 @@ pub fn append(
         hash: record.hash.clone(),
     };
     let mut batch = sled::Batch::default();
-    batch.insert(
-        &seq.to_be_bytes(),
-        serde_json::to_vec(&record).map_err(|e| db.io(&e))?,
-    );
+    batch.insert(&seq.to_be_bytes(), record.encode());
     batch.insert(HEAD, serde_json::to_vec(&head).map_err(|e| db.io(&e))?);
     tree.apply_batch(batch).map_err(|e| db.io(&e))?;
     db.flush()?;
@@ -151,7 +178,7 @@ pub fn verify(db: &Db) -> Result<Verdict, StoreError> {
                 why: format!("a record under a foreign key ({} bytes)", key.len()),
             });
         };
-        let record: Record = match serde_json::from_slice(&raw) {
+        let (record, intact) = match Record::decode(&raw) {
             Ok(r) => r,
             Err(e) => {
                 return Ok(Verdict::Broken {
@@ -175,7 +202,7 @@ pub fn verify(db: &Db) -> Result<Verdict, StoreError> {
                 why: "its prev is not the hash of the record before it".into(),
             });
         }
-        if record.hash != record.expected_hash() {
+        if !intact {
             return Ok(Verdict::Broken {
                 seq: key_seq,
                 why: "its content does not match its hash (edited)".into(),
@@ -218,7 +245,7 @@ pub fn tail(db: &Db, n: usize) -> Result<Vec<Record>, StoreError> {
         .take(n)
     {
         let (_, raw) = item.map_err(|e| db.io(&e))?;
-        out.push(serde_json::from_slice(&raw).map_err(|e| db.io(&e))?);
+        out.push(Record::decode(&raw).map_err(|e| db.io(&e))?.0);
     }
     out.reverse();
     Ok(out)
@@ -229,6 +256,16 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn floats_in_a_record_verify() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        for x in [0.111_111_111_111_111_12, 1.0 / 3.0, 2.0_f64.sqrt(), 1e-300] {
+            append(&db, Actor::current(), "trust.reset", "s", json!({"was": x})).expect("append");
+        }
+        assert_eq!(verify(&db).expect("verify"), Verdict::Intact { records: 4 });
+    }
 
     fn filled() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -260,11 +297,10 @@ mod tests {
     fn an_edit_is_found_at_its_record() {
         let (_dir, db) = filled();
         let tree = db.tree(TREE).expect("tree");
-        let mut r: Record =
-            serde_json::from_slice(&tree.get(2u64.to_be_bytes()).expect("get").expect("2"))
-                .expect("record");
+        let (mut r, _) = Record::decode(&tree.get(2u64.to_be_bytes()).expect("get").expect("2"))
+            .expect("record");
         r.subject = "someone-else".into();
-        db.put(&tree, 2u64.to_be_bytes(), &r).expect("put");
+        tree.insert(2u64.to_be_bytes(), r.encode()).expect("put");
         let Verdict::Broken { seq, why } = verify(&db).expect("verify") else {
             panic!("an edit went unseen");
         };
@@ -276,12 +312,11 @@ mod tests {
     fn an_edit_that_rehashes_breaks_the_next_link() {
         let (_dir, db) = filled();
         let tree = db.tree(TREE).expect("tree");
-        let mut r: Record =
-            serde_json::from_slice(&tree.get(1u64.to_be_bytes()).expect("get").expect("1"))
-                .expect("record");
+        let (mut r, _) = Record::decode(&tree.get(1u64.to_be_bytes()).expect("get").expect("1"))
+            .expect("record");
         r.detail = json!({"roles": ["admin"]});
         r.hash = r.expected_hash();
-        db.put(&tree, 1u64.to_be_bytes(), &r).expect("put");
+        tree.insert(1u64.to_be_bytes(), r.encode()).expect("put");
         assert!(matches!(
             verify(&db).expect("verify"),
             Verdict::Broken { seq: 2, .. }
