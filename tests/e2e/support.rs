@@ -52,7 +52,22 @@ pub fn mcpwarden() -> Command {
         nix_is_root(),
         "the end-to-end tests load kernel programs: run them as root"
     );
-    Command::new(env!("CARGO_BIN_EXE_mcpwarden"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcpwarden"));
+    // Pins, identities and trust of runs without `--state` go to a store
+    // of this test process, never to the host's /var/lib/mcpwarden.
+    cmd.env("MCPWARDEN_STATE_DIR", test_state_dir());
+    cmd
+}
+
+/// A state directory for this test process (removed at the next run).
+fn test_state_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join("mcpwarden-e2e-state");
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    })
+    .clone()
 }
 
 /// The path of the mcpwarden binary under test.
@@ -232,6 +247,8 @@ impl Run {
 
     fn client_with(scenario: &Value, target: &[String], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(python());
+        // The client passes its environment on to the command it starts.
+        cmd.env("MCPWARDEN_STATE_DIR", test_state_dir());
         cmd.envs(env.iter().copied());
         cmd.arg(repo().join("tests/e2e/client.py"))
             .arg(scenario.to_string())
