@@ -19,6 +19,16 @@ pub mod session;
 pub mod store;
 pub mod trust;
 
+/// The exit code of an administrative command: its own, or 2 with the
+/// error on stderr.
+#[must_use]
+pub fn exit_code(result: Result<std::process::ExitCode, String>) -> std::process::ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::ExitCode::from(2)
+    })
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`, so
 /// kernel event times and proxy times compare directly.
 ///

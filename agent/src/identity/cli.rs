@@ -82,13 +82,7 @@ fn describe(i: &Identity) -> serde_json::Value {
 impl AgentCmd {
     #[must_use]
     pub fn run(self) -> ExitCode {
-        match self.go() {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        }
+        crate::exit_code(self.go())
     }
 
     fn go(self) -> Result<ExitCode, String> {

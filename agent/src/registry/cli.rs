@@ -46,13 +46,7 @@ pub enum ToolsCmd {
 impl ToolsCmd {
     #[must_use]
     pub fn run(self) -> ExitCode {
-        match self.go() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        }
+        crate::exit_code(self.go().map(|()| ExitCode::SUCCESS))
     }
 
     fn go(self) -> Result<(), String> {

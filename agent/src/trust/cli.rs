@@ -40,13 +40,7 @@ fn parse_subject(s: &str) -> Result<(Kind, &str), String> {
 impl TrustCmd {
     #[must_use]
     pub fn run(self) -> ExitCode {
-        match self.go() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        }
+        crate::exit_code(self.go().map(|()| ExitCode::SUCCESS))
     }
 
     fn go(self) -> Result<(), String> {
