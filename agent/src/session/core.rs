@@ -284,6 +284,17 @@ impl Core {
         out
     }
 
+    /// Stops tracking requests another answer already settled (the
+    /// upstream's HTTP error, or a JSON answer that did not include them).
+    /// No replies, and no kernel events judged here: what those answer
+    /// goes out with the next drain.
+    pub fn untrack(&mut self, ids: &[RequestId]) {
+        let now = monotonic_ns();
+        for id in ids {
+            let _ = self.tracker.close(id, now);
+        }
+    }
+
     /// Asks the server's processes to stop (SIGTERM), if mcpwarden started
     /// them: an HTTP server has no stdin to close.
     pub fn terminate_tree(&self) {
@@ -340,11 +351,7 @@ impl Core {
                         self.write_record(r.clone());
                     }
                     self.counts.alerts += l.records.len() as u64;
-                    for _ in l
-                        .records
-                        .iter()
-                        .filter(|r| r["change"] == "changed" || r["change"] == "shadows")
-                    {
+                    for _ in 0..l.violations {
                         self.trust_note(Kind::Server, Signal::PinViolation);
                     }
                     self.quarantined.extend(l.quarantined.iter().cloned());

@@ -99,7 +99,7 @@ pub(crate) async fn relay_post(
             settle(front).await;
             front.router.close(stream);
         }
-        let _ = lock(&front.core).fail(&ids, code::UPSTREAM, "");
+        lock(&front.core).untrack(&ids);
         let body = read_limited(response, front.max).await;
         return (status, out_headers, body).into_response();
     };
@@ -225,7 +225,7 @@ async fn pump_relayed(
             .into_iter()
             .filter(|id| pending.contains(&id.key))
             .collect();
-        let _ = lock(&front.core).fail(&left, code::UPSTREAM, "");
+        lock(&front.core).untrack(&left);
     }
 }
 

@@ -29,6 +29,9 @@ pub(crate) struct Listed {
     pub records: Vec<Value>,
     /// Tools quarantined now.
     pub quarantined: Vec<String>,
+    /// Findings that count against the server: changed definitions and
+    /// shadowing names (a new tool is not a violation).
+    pub violations: usize,
     /// The answer to send instead (tools left out, or an error).
     pub replace: Option<String>,
 }
@@ -58,13 +61,18 @@ impl Registry {
                     records: vec![
                         json!({"kind": "pin", "action": "error", "server": self.server, "error": e.to_string()}),
                     ],
-                    quarantined: Vec::new(),
                     replace: Some(error_response(Some(id), code::BLOCKED, &message, None)),
+                    ..Listed::default()
                 };
             }
         };
         let mut out = Listed {
             quarantined: checked.quarantined.clone(),
+            violations: checked
+                .findings
+                .iter()
+                .filter(|f| f.change != Change::New)
+                .count(),
             ..Listed::default()
         };
         for f in &checked.findings {
