@@ -51,24 +51,37 @@ pub(crate) fn agent_name(agent: &Agent) -> String {
     }
 }
 
-fn load(dir: &Path, kind: Kind, name: &str) -> Trust {
-    Db::open(dir)
-        .and_then(|db| trust::store::load(&db, kind, name))
-        .unwrap_or_else(|e| {
-            tracing::warn!(
-                "cannot read the trust of {}: {e}; it counts as new (0.5)",
-                kind.subject(name)
-            );
-            Trust::new(kind)
-        })
+/// The trust of each (kind, name), read in one opening of the store;
+/// what cannot be read counts as new (0.5).
+fn load<const N: usize>(dir: &Path, subjects: [(Kind, &str); N]) -> [Trust; N] {
+    let db = Db::open(dir);
+    subjects.map(|(kind, name)| {
+        db.as_ref()
+            .map_err(ToString::to_string)
+            .and_then(|db| trust::store::load(db, kind, name).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| {
+                tracing::warn!(
+                    "cannot read the trust of {}: {e}; it counts as new (0.5)",
+                    kind.subject(name)
+                );
+                Trust::new(kind)
+            })
+    })
 }
 
 impl TrustBook {
     /// Loads the scores of `agent` and `server` from the store in `dir`.
     pub fn open(dir: PathBuf, agent: String, server: String) -> Self {
+        let [agent_trust, server_trust] = load(
+            &dir,
+            [
+                (Kind::Agent, agent.as_str()),
+                (Kind::Server, server.as_str()),
+            ],
+        );
         Self {
-            agent: load(&dir, Kind::Agent, &agent),
-            server: load(&dir, Kind::Server, &server),
+            agent: agent_trust,
+            server: server_trust,
             dir,
             agent_name: agent,
             server_name: server,
@@ -83,7 +96,7 @@ impl TrustBook {
         if name == self.agent_name {
             return;
         }
-        let mut agent = load(&self.dir, Kind::Agent, &name);
+        let [mut agent] = load(&self.dir, [(Kind::Agent, name.as_str())]);
         for e in self.log.iter().filter(|e| e.kind == Kind::Agent) {
             for _ in 0..e.count {
                 agent.update(e.signal, e.at, self.decay);
