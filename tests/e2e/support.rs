@@ -59,6 +59,17 @@ pub fn mcpwarden() -> Command {
     cmd
 }
 
+/// The Python virtual environment the test server runs from (the
+/// sandbox must let it read there).
+fn venv_dir() -> String {
+    Path::new(VENV_PYTHON)
+        .ancestors()
+        .nth(2)
+        .expect("venv dir")
+        .display()
+        .to_string()
+}
+
 /// A state directory for this test process (removed at the next run).
 fn test_state_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -112,12 +123,7 @@ impl Fixture {
         std::fs::write(root.join("allowed.txt"), "the allowed file\n").expect("write");
         std::fs::copy(repo().join("tests/e2e/server.py"), root.join("server.py"))
             .expect("copy server");
-        let venv = Path::new(VENV_PYTHON)
-            .ancestors()
-            .nth(2)
-            .expect("venv dir")
-            .display()
-            .to_string();
+        let venv = venv_dir();
         let policy = root.join("policy.toml");
         let text = format!(
             "mode = \"{mode}\"\n[files]\ndeny = [\"{secret}\"]\n\
@@ -139,12 +145,7 @@ impl Fixture {
     /// `[spec...]` keys) appended.
     pub fn write_v1_policy(&self, name: &str, mode: &str, spec_extra: &str) {
         let root = self.dir.path();
-        let venv = Path::new(VENV_PYTHON)
-            .ancestors()
-            .nth(2)
-            .expect("venv dir")
-            .display()
-            .to_string();
+        let venv = venv_dir();
         let text = format!(
             "apiVersion = \"mcpwarden.dev/v1\"\nkind = \"ServerPolicy\"\n[metadata]\nname = \"{name}\"\n\
              [spec]\nmode = \"{mode}\"\n[spec.files]\ndeny = [\"{secret}\"]\n\
