@@ -52,6 +52,16 @@ enum Cmd {
         /// and waits for it to listen; without, it only relays.
         #[arg(long, value_name = "URL")]
         upstream: Option<String>,
+        /// Serve https://ADDR/mcp with the host CA's endpoint certificate
+        /// and accept client certificates it issued (`mcpwarden ca`).
+        #[arg(long, requires = "listen")]
+        tls: bool,
+        /// The endpoint's own certificate chain (PEM) instead of the CA's.
+        #[arg(long, requires = "tls", requires = "tls_key", value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert", value_name = "FILE")]
+        tls_key: Option<PathBuf>,
         /// A browser origin allowed to call the endpoint besides loopback
         /// ones (repeatable).
         #[arg(long = "allow-origin", value_name = "ORIGIN")]
@@ -82,6 +92,12 @@ enum Cmd {
     Agent {
         #[command(subcommand)]
         command: mcpwarden::identity::cli::AgentCmd,
+    },
+    /// The host's CA: X.509 client certificates for agents on the HTTPS
+    /// endpoint (init, issue, list, revoke, crl).
+    Ca {
+        #[command(subcommand)]
+        command: mcpwarden::identity::ca_cli::CaCmd,
     },
     /// Trust scores of agents and servers, and what moved them.
     Trust {
@@ -155,6 +171,7 @@ fn main() -> ExitCode {
         Cmd::Policy { command } => command.run(),
         Cmd::Tools { command } => command.run(),
         Cmd::Agent { command } => command.run(),
+        Cmd::Ca { command } => command.run(),
         Cmd::Trust { command } => command.run(),
         Cmd::Audit { command } => command.run(),
         Cmd::Doctor { json } => doctor_cmd(json),
@@ -165,41 +182,29 @@ fn main() -> ExitCode {
             dry_run,
             listen,
             upstream,
+            tls,
+            tls_cert,
+            tls_key,
             allow_origins,
             monitor,
             state,
             command,
-        } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return fail(&format!("cannot start the runtime: {e}")),
-            };
-            let opts = RunOptions {
-                policy,
-                events,
-                max_message,
-                command,
-                dry_run,
-                listen,
-                upstream,
-                allow_origins,
-                monitor,
-                state,
-            };
-            let result = runtime.block_on(session::run(opts));
-            // A blocking write to a client that stopped reading (our stdout
-            // is a full pipe) must not keep the process alive: the session
-            // has ended and its server is gone.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e.to_string()),
-            }
-        }
+        } => run_session(RunOptions {
+            policy,
+            events,
+            max_message,
+            command,
+            dry_run,
+            listen,
+            upstream,
+            tls: tls.then_some(session::TlsFiles {
+                cert: tls_cert,
+                key: tls_key,
+            }),
+            allow_origins,
+            monitor,
+            state,
+        }),
         Cmd::Sandbox {
             command: SandboxCmd::Explain { policy },
         } => match Policy::load(&policy) {
@@ -239,6 +244,26 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn run_session(opts: RunOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let result = runtime.block_on(session::run(opts));
+    // A blocking write to a client that stopped reading (our stdout is a
+    // full pipe) must not keep the process alive: the session has ended
+    // and its server is gone.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
     }
 }
 

@@ -3,7 +3,10 @@
     client.py SCENARIO_JSON -- CMD [ARGS...]
     client.py SCENARIO_JSON --url URL     (a Streamable HTTP server; with
                                           MCP_BEARER set, it sends
-                                          Authorization: Bearer $MCP_BEARER)
+                                          Authorization: Bearer $MCP_BEARER;
+                                          an https URL is checked against the
+                                          CA in MCP_TLS_CA, and MCP_TLS_CERT/
+                                          MCP_TLS_KEY give a client certificate)
 
 The scenario is a list of steps: {"call": TOOL, "args": {...}},
 {"list_tools": true}, {"procs": true} (record the host pids now in the
@@ -18,10 +21,12 @@ params), so a test can match kernel events to the exact request ids.
 
 import json
 import os
+import ssl
 import sys
 import time
 
 import anyio
+import httpx2
 import mcp_types as types
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -98,10 +103,17 @@ def dump(model):
 def transport(target):
     if target[0] == "--url":
         token = os.environ.get("MCP_BEARER")
-        if token:
-            client = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
-            return streamable_http_client(target[1], http_client=client)
-        return streamable_http_client(target[1])
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        client = create_mcp_http_client(headers=headers)
+        ca = os.environ.get("MCP_TLS_CA")
+        if ca:
+            context = ssl.create_default_context(cafile=ca)
+            if os.environ.get("MCP_TLS_CERT"):
+                context.load_cert_chain(os.environ["MCP_TLS_CERT"], os.environ["MCP_TLS_KEY"])
+            # The SDK's factory sets timeouts and headers; TLS is the one
+            # thing it does not take, so the client is rebuilt with it.
+            client = httpx2.AsyncClient(headers=client.headers, timeout=client.timeout, verify=context)
+        return streamable_http_client(target[1], http_client=client)
     command = target[1:]
     return stdio_client(StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ)))
 

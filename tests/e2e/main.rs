@@ -4,6 +4,7 @@
 //!
 //! Tests that load kernel programs and check that none are left behind run
 //! one at a time (see [`serial`]).
+mod certificates;
 mod cli;
 mod conformance;
 mod files;

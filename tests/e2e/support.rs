@@ -239,11 +239,13 @@ impl Run {
 
     /// [`Run::over_http`] sending `Authorization: Bearer TOKEN`.
     pub fn over_http_with_token(scenario: &Value, url: &str, token: &str) -> Self {
-        Self::client_with(
-            scenario,
-            &["--url".to_owned(), url.to_owned()],
-            &[("MCP_BEARER", token)],
-        )
+        Self::over_http_env(scenario, url, &[("MCP_BEARER", token)])
+    }
+
+    /// [`Run::over_http`] with extra environment for the client (e.g.
+    /// MCP_TLS_CA, MCP_TLS_CERT, MCP_TLS_KEY: see client.py).
+    pub fn over_http_env(scenario: &Value, url: &str, env: &[(&str, &str)]) -> Self {
+        Self::client_with(scenario, &["--url".to_owned(), url.to_owned()], env)
     }
 
     fn client_with(scenario: &Value, target: &[String], env: &[(&str, &str)]) -> Self {
@@ -558,7 +560,14 @@ impl Endpoint {
         wait_for_port(port, &mut child);
         Self {
             child,
-            url: format!("http://127.0.0.1:{port}/mcp"),
+            url: format!(
+                "{}://127.0.0.1:{port}/mcp",
+                if flags.contains(&"--tls") {
+                    "https"
+                } else {
+                    "http"
+                }
+            ),
             port,
             log: Some(log),
         }

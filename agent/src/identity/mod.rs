@@ -1,4 +1,5 @@
-//! Agent identities the host can prove: API tokens.
+//! Agent identities the host can prove: API tokens, and X.509 client
+//! certificates issued by the host's own CA ([`ca`]).
 //!
 //! A token is `mcpw_<id>_<secret>`: the id (8 random bytes, hex) finds the
 //! identity, the secret (32 random bytes, hex) proves it. Only SHA-256 of
@@ -9,6 +10,8 @@
 //! A burst of registrations by one uid (more than [`Sybil::max`] within
 //! [`Sybil::window`] seconds) is sybil-like: the new identities are
 //! flagged, audited, and start with lowered trust.
+pub mod ca;
+pub mod ca_cli;
 pub mod cli;
 pub mod store;
 
@@ -58,8 +61,14 @@ pub enum AuthError {
     Wrong,
     #[error("identity {name:?} was revoked")]
     Revoked { name: String },
-    #[error("identity {name:?}'s token expired")]
+    #[error("identity {name:?} expired")]
     Expired { name: String },
+    #[error("the client certificate was not issued by this host's CA (see `mcpwarden ca list`)")]
+    UnknownCertificate,
+    #[error("client certificate {serial} of {name:?} was revoked")]
+    CertificateRevoked { name: String, serial: String },
+    #[error("client certificate {serial} of {name:?} expired")]
+    CertificateExpired { name: String, serial: String },
 }
 
 /// A token as issued: shown once.
@@ -138,6 +147,11 @@ impl Identity {
         if !ct_eq(&hash_secret(secret), &self.secret_hash) {
             return Err(AuthError::Wrong);
         }
+        self.live(now)
+    }
+
+    /// Whether the identity may act at `now`: neither revoked nor expired.
+    pub fn live(&self, now: u64) -> Result<(), AuthError> {
         if self.revoked.is_some() {
             return Err(AuthError::Revoked {
                 name: self.name.clone(),
@@ -281,7 +295,7 @@ impl Registry {
 }
 
 /// Hex text for a u64 in JSON.
-mod hex_u64 {
+pub(crate) mod hex_u64 {
     use serde::{Deserialize as _, Deserializer, Serializer};
 
     #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `with` signature

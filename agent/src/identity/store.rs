@@ -27,6 +27,11 @@ pub fn by_name(db: &Db, name: &str) -> Result<Option<Identity>, StoreError> {
     db.get(&db.tree(IDENTITIES)?, id)
 }
 
+/// The identity whose token id is `id`, if any.
+pub fn by_id(db: &Db, id: u64) -> Result<Option<Identity>, StoreError> {
+    db.get(&db.tree(IDENTITIES)?, id.to_be_bytes())
+}
+
 /// Registers `name` for `actor`; returns the identity and its token.
 pub fn register(
     db: &Db,

@@ -6,9 +6,10 @@
 //! identity always has that identity's roles as well; an unmatched client
 //! without one is an anonymous agent with no roles.
 //!
-//! `[identity] require = "token"` makes an API token mandatory: HTTP
-//! requests without a valid `Authorization: Bearer` token get 401, and a
-//! stdio session does not start without `MCPWARDEN_TOKEN`.
+//! `[identity] require = "identity"` makes a proven identity mandatory:
+//! HTTP requests without a valid `Authorization: Bearer` token or client
+//! certificate get 401, and a stdio session does not start without
+//! `MCPWARDEN_TOKEN`.
 //!
 //! ```toml
 //! [[spec.agents]]
@@ -53,8 +54,11 @@ pub enum Require {
     /// Anonymous clients are served (their peer credentials still count).
     #[default]
     None,
-    /// A valid API token (`mcpwarden agent register`).
-    Token,
+    /// A registered identity (`mcpwarden agent register`), proven by its
+    /// API token or, over HTTPS, a client certificate of the host's CA.
+    /// `"token"` is accepted as another spelling.
+    #[serde(alias = "token")]
+    Identity,
 }
 
 /// One validated `[[agents]]` entry.

@@ -27,6 +27,7 @@ use super::{
     core::Shared,
     http_host::Host,
     http_relay::{relay_get, relay_plain, relay_post},
+    tls::{ClientConn, Incoming},
 };
 use crate::proxy::{
     message::{self, Message, code, error_response},
@@ -65,7 +66,7 @@ pub(crate) struct Front {
 /// Serves the endpoint on `listener` until `stop` turns true.
 pub(crate) async fn serve(
     front: Arc<Front>,
-    listener: tokio::net::TcpListener,
+    listener: Incoming,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Routes::new()
@@ -78,14 +79,7 @@ pub(crate) async fn serve(
         )
         .with_state(front);
     let mut stop2 = stop.clone();
-    // Answers are small writes that must leave at once: without
-    // TCP_NODELAY, Nagle holds an SSE event behind its headers until the
-    // client's delayed ACK, 40 ms later.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY on a client connection: {e}");
-        }
-    });
+    let app = app.into_make_service_with_connect_info::<ClientConn>();
     let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|s| *s).await;
     });
@@ -258,7 +252,10 @@ async fn read_message(front: &Front, request: Request) -> Result<(HeaderMap, Che
     if let Some(refusal) = screen(front, &parts.headers) {
         return Err(refusal);
     }
-    front.auth.authorize(&front.core, &parts.headers).await?;
+    front
+        .auth
+        .authorize(&front.core, &parts.headers, &parts.extensions)
+        .await?;
     let body = axum::body::to_bytes(body, front.max).await.map_err(|_| {
         refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -296,7 +293,11 @@ async fn on_get(State(front): State<Arc<Front>>, request: Request) -> Response {
     if let Some(refusal) = screen(&front, headers) {
         return refusal;
     }
-    if let Err(refusal) = front.auth.authorize(&front.core, headers).await {
+    if let Err(refusal) = front
+        .auth
+        .authorize(&front.core, headers, request.extensions())
+        .await
+    {
         return refusal;
     }
     match &front.mode {
@@ -310,7 +311,11 @@ async fn on_delete(State(front): State<Arc<Front>>, request: Request) -> Respons
     if let Some(refusal) = screen(&front, headers) {
         return refusal;
     }
-    if let Err(refusal) = front.auth.authorize(&front.core, headers).await {
+    if let Err(refusal) = front
+        .auth
+        .authorize(&front.core, headers, request.extensions())
+        .await
+    {
         return refusal;
     }
     match &front.mode {
@@ -327,7 +332,11 @@ async fn on_options(State(front): State<Arc<Front>>, request: Request) -> Respon
     if let Some(refusal) = screen(&front, headers) {
         return refusal;
     }
-    if let Err(refusal) = front.auth.authorize(&front.core, headers).await {
+    if let Err(refusal) = front
+        .auth
+        .authorize(&front.core, headers, request.extensions())
+        .await
+    {
         return refusal;
     }
     match &front.mode {
@@ -346,12 +355,24 @@ pub(crate) fn refused(replies: &[String]) -> Response {
     }
 }
 
-/// Where the endpoint listens: loopback unless asked otherwise.
-pub(crate) fn warn_if_exposed(addr: SocketAddr) {
-    if !addr.ip().is_loopback() {
+/// Where the endpoint listens: loopback unless asked otherwise. Beyond
+/// loopback, an endpoint that lets anonymous clients in, or carries
+/// tokens in clear text, gets a warning.
+pub(crate) fn warn_if_exposed(addr: SocketAddr, tls: bool, identity_required: bool) {
+    if addr.ip().is_loopback() {
+        return;
+    }
+    if !identity_required {
         tracing::warn!(
             %addr,
-            "the MCP endpoint listens beyond loopback and has no authentication yet: anyone who can reach it can call the tools"
+            "the MCP endpoint listens beyond loopback and its policy lets anonymous clients in \
+             ([spec.identity] require = \"identity\" refuses them): anyone who can reach it can call the tools"
+        );
+    }
+    if !tls {
+        tracing::warn!(
+            %addr,
+            "the MCP endpoint listens beyond loopback without --tls: API tokens cross the network in clear text"
         );
     }
 }

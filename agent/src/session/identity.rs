@@ -1,14 +1,16 @@
 //! Who the client is beyond its peer credentials: the registered identity
-//! its API token proves ([`crate::identity`]).
+//! its API token or its client certificate proves ([`crate::identity`]).
 //!
 //! On stdio the MCP client's configuration hands `mcpwarden run` the token
 //! in `MCPWARDEN_TOKEN`: checked once, before anything starts (a wrong
 //! token is an error, never a silent downgrade to anonymous). Over HTTP
 //! every request may carry `Authorization: Bearer TOKEN`; the first valid
 //! one binds the run to its identity, and a request proving another
-//! identity is refused (one run serves one agent). With
-//! `[identity] require = "token"`, a client without a valid token is
-//! refused (401 over HTTP; the session does not start on stdio).
+//! identity is refused (one run serves one agent). Over HTTPS (`--tls`) a
+//! client certificate of the host's CA proves its identity the same way,
+//! checked against the store at each request (revocation included). With
+//! `[identity] require = "identity"`, a client that proves none is refused
+//! (401 over HTTP; the session does not start on stdio).
 use std::{
     collections::HashMap,
     path::PathBuf,
@@ -17,7 +19,8 @@ use std::{
 };
 
 use axum::{
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::ConnectInfo,
+    http::{Extensions, HeaderMap, HeaderValue, StatusCode, header},
     response::Response,
 };
 use serde_json::json;
@@ -26,6 +29,7 @@ use super::{
     RunError,
     core::{Core, Shared, lock},
     http_front::refuse,
+    tls::ClientConn,
     trust::agent_name,
 };
 use crate::{
@@ -56,7 +60,7 @@ fn proven(i: &Identity) -> Proven {
 /// when no token is given and the policy does not require one.
 pub(super) fn from_env(policy: &Policy, dir: &std::path::Path) -> Result<Option<Proven>, RunError> {
     let Ok(token) = std::env::var(TOKEN_ENV) else {
-        if policy.require == Require::Token {
+        if policy.require == Require::Identity {
             return Err(RunError::Identity(format!(
                 "policy {} requires an API token: set {TOKEN_ENV} in the MCP client's \
                  configuration (`mcpwarden agent register NAME` issues one)",
@@ -95,9 +99,15 @@ impl Auth {
         }
     }
 
-    /// What `token` proves, from the cache or the store.
-    async fn check(&self, token: &str) -> Result<Proven, String> {
-        let key = crate::store::sha256_hex(token.as_bytes());
+    /// What a proof proves, from the cache or the store: `key` names it in
+    /// the cache, `ask` asks the store.
+    async fn check(
+        &self,
+        key: String,
+        ask: impl FnOnce(&Db) -> Result<Result<Identity, identity::AuthError>, crate::store::StoreError>
+        + Send
+        + 'static,
+    ) -> Result<Proven, String> {
         if let Some((answer, at)) = self
             .cache
             .lock()
@@ -108,17 +118,16 @@ impl Auth {
             return answer.clone();
         }
         let dir = self.dir.clone();
-        let token = token.to_owned();
         let answer = tokio::task::spawn_blocking(move || {
             let db = Db::open(&dir).map_err(|e| e.to_string())?;
-            match identity::store::authenticate(&db, &token) {
+            match ask(&db) {
                 Ok(Ok(i)) => Ok(proven(&i)),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(format!("the identity store cannot be read: {e}")),
             }
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the token check failed: {e}")));
+        .unwrap_or_else(|e| Err(format!("the identity check failed: {e}")));
         let mut cache = self
             .cache
             .lock()
@@ -130,16 +139,41 @@ impl Auth {
         answer
     }
 
-    /// Lets a request through (binding the run to the identity it proves)
-    /// or answers it with 401/403.
-    pub async fn authorize(&self, core: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    /// Lets a request through (binding the run to the identity its client
+    /// certificate or API token proves) or answers it with 401/403.
+    pub async fn authorize(
+        &self,
+        core: &Shared,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Result<(), Response> {
+        let cert = extensions
+            .get::<ConnectInfo<ClientConn>>()
+            .and_then(|c| c.0.cert.clone());
+        let mut proven = false;
+        if let Some(fingerprint) = cert {
+            let fp = fingerprint.clone();
+            match self
+                .check(format!("cert:{fingerprint}"), move |db| {
+                    identity::ca::authenticate(db, &fp)
+                })
+                .await
+            {
+                Ok(p) => {
+                    self.bind(core, &p, "https-certificate").await?;
+                    proven = true;
+                }
+                Err(why) => return Err(refused(core, "certificate", &why)),
+            }
+        }
         let given = headers
             .get(header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or_default().trim().to_owned());
         let Some(given) = given else {
-            if self.required {
+            if self.required && !proven {
                 return Err(unauthorized(
-                    "this endpoint requires an API token (Authorization: Bearer ...)",
+                    "this endpoint requires a registered identity: an API token \
+                     (Authorization: Bearer ...) or a client certificate of the host's CA",
                 ));
             }
             return Ok(());
@@ -152,41 +186,54 @@ impl Auth {
                 "the Authorization header must be `Bearer TOKEN`",
             ));
         };
-        match self.check(token.trim()).await {
-            Ok(p) => {
-                let bound = lock(core).bind_identity(&p);
-                match bound {
-                    Bind::Same => Ok(()),
-                    Bind::New => {
-                        let dir = self.dir.clone();
-                        let label = lock(core).label.clone();
-                        let name = p.name.clone();
-                        // The audit record is written off the async threads
-                        // (the store may wait for another process).
-                        let _ = tokio::task::spawn_blocking(move || {
-                            audit_authentication(&dir, &name, &label, "http");
-                        })
-                        .await;
-                        Ok(())
-                    }
-                    Bind::Other(serving) => Err(refuse(
-                        StatusCode::FORBIDDEN,
-                        code::INVALID_REQUEST,
-                        &format!(
-                            "mcpwarden: this endpoint serves agent {serving:?}; {:?} needs a session of its own",
-                            p.name
-                        ),
-                    )),
-                }
-            }
-            Err(why) => {
-                tracing::warn!("refused an HTTP request's API token: {why}");
-                lock(core)
-                    .write_record(json!({"kind": "identity", "action": "refused", "why": why}));
-                Err(unauthorized("the API token was refused"))
-            }
+        let token = token.trim().to_owned();
+        let key = crate::store::sha256_hex(token.as_bytes());
+        match self
+            .check(key, move |db| identity::store::authenticate(db, &token))
+            .await
+        {
+            Ok(p) => self.bind(core, &p, "http-token").await,
+            Err(why) => Err(refused(core, "token", &why)),
         }
     }
+
+    /// Binds the run to `p`: the first identity proven binds it, the same
+    /// one passes, another one gets 403.
+    async fn bind(&self, core: &Shared, p: &Proven, over: &'static str) -> Result<(), Response> {
+        let bound = lock(core).bind_identity(p);
+        match bound {
+            Bind::Same => Ok(()),
+            Bind::New => {
+                let dir = self.dir.clone();
+                let label = lock(core).label.clone();
+                let name = p.name.clone();
+                // The audit record is written off the async threads (the
+                // store may wait for another process).
+                let _ = tokio::task::spawn_blocking(move || {
+                    audit_authentication(&dir, &name, &label, over);
+                })
+                .await;
+                Ok(())
+            }
+            Bind::Other(serving) => Err(refuse(
+                StatusCode::FORBIDDEN,
+                code::INVALID_REQUEST,
+                &format!(
+                    "mcpwarden: this endpoint serves agent {serving:?}; {:?} needs a session of its own",
+                    p.name
+                ),
+            )),
+        }
+    }
+}
+
+/// A refused proof: logged and recorded with its reason; the client only
+/// learns that it was refused.
+fn refused(core: &Shared, proof: &str, why: &str) -> Response {
+    tracing::warn!("refused an HTTP client's {proof}: {why}");
+    lock(core)
+        .write_record(json!({"kind": "identity", "action": "refused", "proof": proof, "why": why}));
+    unauthorized(&format!("the {proof} was refused"))
 }
 
 fn unauthorized(message: &str) -> Response {

@@ -25,8 +25,11 @@ mod record;
 mod relay;
 mod reload;
 mod route;
+mod tls;
 mod trust;
 mod upstream_link;
+
+pub use tls::TlsFiles;
 
 use std::{
     ffi::OsString,
@@ -89,6 +92,9 @@ pub struct RunOptions {
     pub listen: Option<SocketAddr>,
     /// The server speaks Streamable HTTP at this URL instead of stdio.
     pub upstream: Option<String>,
+    /// Serve the endpoint over TLS, with client certificates (None: plain
+    /// HTTP).
+    pub tls: Option<TlsFiles>,
     /// Browser origins allowed on the endpoint besides loopback ones.
     pub allow_origins: Vec<String>,
     /// The global monitor switch: apply the policy without stopping
@@ -139,6 +145,9 @@ pub enum RunError {
     /// The client's API token is missing, refused, or cannot be checked.
     #[error("identity: {0}")]
     Identity(String),
+    /// The HTTPS endpoint cannot be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// PSI is on and its model cannot be loaded.
     #[error("PSI (prompt injection inspection): {0}")]
     Inspect(#[from] crate::inspect::encoder::EncoderError),
@@ -216,14 +225,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         .map(|url| Upstream::new(url, opts.max_message))
         .transpose()?;
     let listener = match opts.listen {
-        Some(addr) => {
-            http_front::warn_if_exposed(addr);
-            Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(io(format!("cannot listen on {addr}")))?,
-            )
-        }
+        Some(addr) => Some(bind_endpoint(addr, opts.tls.as_ref(), &state, &policy).await?),
         None => None,
     };
     let events = match &opts.events {
@@ -325,7 +327,7 @@ async fn serve_session(
     core: &Shared,
     started: Option<Started>,
     upstream: Option<Upstream>,
-    listener: Option<tokio::net::TcpListener>,
+    listener: Option<tls::Incoming>,
     ring_fd: Option<std::os::fd::OwnedFd>,
 ) -> Result<(), RunError> {
     let max = opts.max_message;
@@ -471,12 +473,34 @@ async fn wire_server(
     Ok((to_server, stdin_pipe))
 }
 
+/// The HTTP endpoint's listener on `addr`, with TLS when asked.
+async fn bind_endpoint(
+    addr: SocketAddr,
+    tls: Option<&TlsFiles>,
+    state: &std::path::Path,
+    policy: &Policy,
+) -> Result<tls::Incoming, RunError> {
+    let acceptor = tls
+        .map(|files| tls::acceptor(state, files))
+        .transpose()
+        .map_err(RunError::Tls)?;
+    http_front::warn_if_exposed(
+        addr,
+        acceptor.is_some(),
+        policy.require == Require::Identity,
+    );
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(io(format!("cannot listen on {addr}")))?;
+    Ok(tls::Incoming::new(tcp, acceptor))
+}
+
 /// The client's side, until the client is done: stdin to EOF, or the HTTP
 /// endpoint until DELETE.
 async fn serve_client(
     opts: &RunOptions,
     core: &Shared,
-    listener: Option<tokio::net::TcpListener>,
+    listener: Option<tls::Incoming>,
     stdout: Option<mpsc::Sender<Vec<u8>>>,
     upstream: Option<Upstream>,
     (to_server, stdin_pipe): (Option<ToServer>, Option<ChildStdin>),
@@ -495,7 +519,7 @@ async fn serve_client(
                 (None, Some(to_server)) => FrontMode::Host(Host::new(to_server, stop_tx)),
                 (None, None) => unreachable!("a stdio server has a writer"),
             };
-            let require = lock(core).policy.require == Require::Token;
+            let require = lock(core).policy.require == Require::Identity;
             let front = Arc::new(Front {
                 auth: identity::Auth::new(crate::store::state_dir(opts.state.as_deref()), require),
                 core: Arc::clone(core),
@@ -505,7 +529,8 @@ async fn serve_client(
                 origins: opts.allow_origins.clone(),
                 loopback: addr.ip().is_loopback(),
             });
-            tracing::info!("serving MCP (Streamable HTTP) at http://{addr}{ENDPOINT}");
+            let scheme = if listener.is_tls() { "https" } else { "http" };
+            tracing::info!("serving MCP (Streamable HTTP) at {scheme}://{addr}{ENDPOINT}");
             http_front::serve(front, listener, stop_rx)
                 .await
                 .map_err(io("serving HTTP"))
