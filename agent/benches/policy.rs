@@ -269,7 +269,7 @@ fn register(c: &mut Criterion) {
     };
     let started = Instant::now();
     for name in names.iter().take(durable) {
-        identity::store::register(&db, &me, name, vec!["reader".into()], None, open)
+        identity::store::register(&db, &me, name, vec!["reader".into()], None, None, open)
             .expect("register");
     }
     println!(

@@ -7,6 +7,8 @@
 //! report what that server's process tree does; each kernel event is tied to
 //! the request in flight ([`session`]) and checked against the policy
 //! ([`policy`]), and a denied open kills the tree.
+pub mod admin;
+
 pub mod doctor;
 pub mod identity;
 pub mod inspect;

@@ -505,6 +505,7 @@ mod tests {
             "bot",
             vec!["r".into()],
             Some(3600),
+            None,
             Sybil::default(),
         )
         .expect("register");

@@ -3,11 +3,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
 
-use super::{
-    ca::{self, Paths},
-    cli::parse_ttl,
-};
-use crate::store::{Db, audit::Actor, state_dir};
+use serde_json::Value;
+
+use super::{ca, cli::parse_ttl};
+use crate::admin::{Op, client};
 
 #[derive(Debug, Subcommand)]
 pub enum CaCmd {
@@ -76,50 +75,35 @@ impl CaCmd {
     }
 
     fn go(self) -> Result<ExitCode, String> {
-        let open = |state: Option<PathBuf>| {
-            let dir = state_dir(state.as_deref());
-            let db = Db::open(&dir).map_err(|e| e.to_string())?;
-            Ok::<_, String>((db, Paths::new(&dir)))
+        let call = |op: Op, state: Option<PathBuf>| {
+            client::call(op, state.as_deref()).map_err(|e| e.message)
         };
-        let names = |given: Vec<String>| {
-            if given.is_empty() {
-                ca::default_server_names()
-            } else {
-                given
-            }
-        };
-        let err = |e: ca::CaError| e.to_string();
         match self {
             Self::Init {
                 name,
                 server_names,
                 state,
             } => {
-                let (db, paths) = open(state)?;
-                let server_names = names(server_names);
-                ca::init(&db, &Actor::current(), &paths, &name, &server_names).map_err(err)?;
+                let a = call(Op::CaInit { name, server_names }, state)?;
                 println!(
-                    "CA {name:?} created in {}\n  CA certificate (give it to clients): {}\n  endpoint certificate for {}: {}",
-                    paths.dir.display(),
-                    paths.ca_cert().display(),
-                    server_names.join(", "),
-                    paths.server_cert().display()
+                    "CA {} created in {}\n  CA certificate (give it to clients): {}\n  endpoint certificate for {}: {}",
+                    a["name"],
+                    text(&a["dir"]),
+                    text(&a["ca_cert"]),
+                    names(&a["server_names"]),
+                    text(&a["server_cert"])
                 );
-                Ok(ExitCode::SUCCESS)
             }
             Self::Server {
                 server_names,
                 state,
             } => {
-                let (db, paths) = open(state)?;
-                let server_names = names(server_names);
-                ca::issue_server(&db, &Actor::current(), &paths, &server_names).map_err(err)?;
+                let a = call(Op::CaServer { server_names }, state)?;
                 println!(
                     "endpoint certificate for {} renewed: {}",
-                    server_names.join(", "),
-                    paths.server_cert().display()
+                    names(&a["server_names"]),
+                    text(&a["server_cert"])
                 );
-                Ok(ExitCode::SUCCESS)
             }
             Self::Issue {
                 name,
@@ -127,45 +111,63 @@ impl CaCmd {
                 expires,
                 state,
             } => {
-                let ttl = parse_ttl(&expires)?;
-                let (db, paths) = open(state)?;
-                issue_files(&db, &paths, &name, &out, ttl)
+                parse_ttl(&expires)?;
+                let op = Op::IssueCert {
+                    name: name.clone(),
+                    expires,
+                };
+                issue_files(&name, &out, || call(op, state))?;
             }
             Self::List { json, state } => {
-                let (db, _) = open(state)?;
-                list(&db, json)
+                let all = call(Op::Certs, state)?;
+                if json {
+                    println!("{all}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let now = crate::store::unix_now();
+                for c in all.as_array().into_iter().flatten() {
+                    let status = match (c["revoked"].as_u64(), c["not_after"].as_u64()) {
+                        (Some(_), _) => "revoked",
+                        (None, Some(t)) if t <= now => "expired",
+                        _ => "valid",
+                    };
+                    println!(
+                        "{:<24} serial {}  {status}  sha256 {}",
+                        text(&c["identity"]),
+                        text(&c["serial"]),
+                        text(&c["fingerprint"])
+                    );
+                }
             }
             Self::Revoke { what, state } => {
-                let (db, _) = open(state)?;
-                let done = ca::revoke(&db, &Actor::current(), &what).map_err(err)?;
+                let done = call(Op::RevokeCert { what }, state)?;
+                let done = done.as_array().cloned().unwrap_or_default();
                 if done.is_empty() {
                     println!("already revoked");
                 }
                 for c in done {
-                    println!("revoked certificate {} of {:?}", c.serial, c.identity);
+                    println!(
+                        "revoked certificate {} of {}",
+                        text(&c["serial"]),
+                        c["identity"]
+                    );
                 }
-                Ok(ExitCode::SUCCESS)
             }
             Self::Crl { valid, state } => {
-                let valid = parse_ttl(&valid)?
-                    .ok_or_else(|| "a CRL's validity cannot be `never`".to_owned())?;
-                let (db, paths) = open(state)?;
-                print!("{}", ca::crl(&db, &paths, valid).map_err(err)?);
-                Ok(ExitCode::SUCCESS)
+                print!("{}", text(&call(Op::Crl { valid }, state)?["pem"]));
             }
         }
+        Ok(ExitCode::SUCCESS)
     }
 }
 
-/// Issues a client certificate for `name` and writes it, its key (0600)
-/// and the CA's certificate into `out`, never over existing files.
+/// Writes an issued certificate, its key (0600) and the CA's certificate
+/// into `out`, never over existing files.
 fn issue_files(
-    db: &Db,
-    paths: &Paths,
     name: &str,
     out: &std::path::Path,
-    ttl: Option<u64>,
-) -> Result<ExitCode, String> {
+    issue: impl FnOnce() -> Result<Value, String>,
+) -> Result<(), String> {
     let cert_path = out.join(format!("{name}.crt"));
     let key_path = out.join(format!("{name}.key"));
     for p in [&cert_path, &key_path] {
@@ -176,48 +178,36 @@ fn issue_files(
             ));
         }
     }
-    let issued = ca::issue(db, &Actor::current(), paths, name, ttl).map_err(|e| e.to_string())?;
-    ca::write_file(&key_path, issued.key_pem.as_bytes(), 0o600, false)
-        .map_err(|e| e.to_string())?;
-    ca::write_file(&cert_path, issued.cert_pem.as_bytes(), 0o644, false)
-        .map_err(|e| e.to_string())?;
+    let a = issue()?;
+    let write = |p: &std::path::Path, field: &str, mode| {
+        ca::write_file(p, text(&a[field]).as_bytes(), mode, false).map_err(|e| e.to_string())
+    };
+    write(&key_path, "key_pem", 0o600)?;
+    write(&cert_path, "cert_pem", 0o644)?;
     let ca_copy = out.join("ca.crt");
     if !ca_copy.exists() {
-        let pem = std::fs::read(paths.ca_cert())
-            .map_err(|e| format!("{}: {e}", paths.ca_cert().display()))?;
-        ca::write_file(&ca_copy, &pem, 0o644, false).map_err(|e| e.to_string())?;
+        write(&ca_copy, "ca_pem", 0o644)?;
     }
     println!(
         "issued certificate {} for {name:?} (valid until {} unix)\n  {}\n  {} (secret)\n  {}",
-        issued.record.serial,
-        issued.record.not_after,
+        text(&a["record"]["serial"]),
+        a["record"]["not_after"],
         cert_path.display(),
         key_path.display(),
         ca_copy.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-fn list(db: &Db, json: bool) -> Result<ExitCode, String> {
-    let all = ca::list(db).map_err(|e| e.to_string())?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&all).map_err(|e| e.to_string())?
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let now = crate::store::unix_now();
-    for c in &all {
-        let status = match c.revoked {
-            Some(_) => "revoked",
-            None if c.not_after <= now => "expired",
-            None => "valid",
-        };
-        println!(
-            "{:<24} serial {}  {status}  sha256 {}",
-            c.identity, c.serial, c.fingerprint
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+fn names(v: &Value) -> String {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -3,8 +3,10 @@ use std::{io::Read as _, path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
 
-use super::{Identity, Sybil, store};
-use crate::store::{Db, audit::Actor, state_dir};
+use serde_json::Value;
+
+use super::Scope;
+use crate::admin::{Op, client};
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCmd {
@@ -18,6 +20,10 @@ pub enum AgentCmd {
         /// Lifetime: `90d`, `12h`, `30m`, `3600s` or `never` (default 90d).
         #[arg(long, default_value = "90d")]
         expires: String,
+        /// What the identity may do with the daemon's API: read or admin
+        /// (default: nothing).
+        #[arg(long)]
+        api: Option<Scope>,
         /// State directory (default: $MCPWARDEN_STATE_DIR, else /var/lib/mcpwarden).
         #[arg(long)]
         state: Option<PathBuf>,
@@ -66,19 +72,6 @@ pub fn parse_ttl(text: &str) -> Result<Option<u64>, String> {
     n.checked_mul(scale).map(Some).ok_or_else(bad)
 }
 
-fn describe(i: &Identity) -> serde_json::Value {
-    serde_json::json!({
-        "name": i.name,
-        "id": format!("{:016x}", i.id),
-        "roles": i.roles,
-        "created": i.created,
-        "expires": i.expires,
-        "revoked": i.revoked,
-        "registered_by": i.registered_by,
-        "flagged": i.flagged,
-    })
-}
-
 impl AgentCmd {
     #[must_use]
     pub fn run(self) -> ExitCode {
@@ -86,27 +79,34 @@ impl AgentCmd {
     }
 
     fn go(self) -> Result<ExitCode, String> {
-        let open = |state: Option<PathBuf>| {
-            Db::open(&state_dir(state.as_deref())).map_err(|e| e.to_string())
+        let call = |op: Op, state: Option<PathBuf>| {
+            client::call(op, state.as_deref()).map_err(|e| e.message)
         };
         match self {
             Self::Register {
                 name,
                 roles,
                 expires,
+                api,
                 state,
             } => {
-                let ttl = parse_ttl(&expires)?;
-                let db = open(state)?;
-                let (identity, token) =
-                    store::register(&db, &Actor::current(), &name, roles, ttl, Sybil::default())
-                        .map_err(|e| e.to_string())?;
+                parse_ttl(&expires)?;
+                let answer = call(
+                    Op::Register {
+                        name: name.clone(),
+                        roles,
+                        expires,
+                        api,
+                    },
+                    state,
+                )?;
+                let identity = &answer["identity"];
                 eprintln!(
-                    "registered {name:?} (id {:016x}); its token is shown once, keep it secret:",
-                    identity.id
+                    "registered {name:?} (id {}); its token is shown once, keep it secret:",
+                    identity["id"].as_str().unwrap_or_default()
                 );
-                println!("{}", token.0);
-                if let Some(flag) = &identity.flagged {
+                println!("{}", answer["token"].as_str().unwrap_or_default());
+                if let Some(flag) = identity["flagged"].as_str() {
                     eprintln!(
                         "warning: flagged as sybil-like: {flag}; it starts with lowered trust"
                     );
@@ -114,32 +114,12 @@ impl AgentCmd {
                 Ok(ExitCode::SUCCESS)
             }
             Self::List { state, json } => {
-                let db = open(state)?;
-                let all = store::list(&db).map_err(|e| e.to_string())?;
+                let all = call(Op::Identities, state)?;
                 if json {
-                    let list: Vec<_> = all.iter().map(describe).collect();
-                    println!("{}", serde_json::Value::Array(list));
+                    println!("{all}");
                     return Ok(ExitCode::SUCCESS);
                 }
-                let now = crate::store::unix_now();
-                for i in &all {
-                    let status = match (i.revoked, i.expires) {
-                        (Some(_), _) => "revoked".to_owned(),
-                        (None, Some(e)) if e <= now => "expired".to_owned(),
-                        (None, Some(e)) => format!("expires in {} d", (e - now) / 86_400),
-                        (None, None) => "never expires".to_owned(),
-                    };
-                    println!(
-                        "{:<24} {:016x}  roles [{}]  {status}{}",
-                        i.name,
-                        i.id,
-                        i.roles.join(", "),
-                        i.flagged
-                            .as_deref()
-                            .map(|f| format!("  FLAGGED: {f}"))
-                            .unwrap_or_default()
-                    );
-                }
+                print_list(&all);
                 Ok(ExitCode::SUCCESS)
             }
             Self::Verify { state } => {
@@ -153,31 +133,59 @@ impl AgentCmd {
                         .map_err(|e| format!("cannot read the token: {e}"))?;
                     t
                 };
-                let db = open(state)?;
-                match store::authenticate(&db, token.trim()).map_err(|e| e.to_string())? {
-                    Ok(i) => {
-                        println!("{}", describe(&i));
-                        Ok(ExitCode::SUCCESS)
-                    }
-                    Err(e) => {
-                        eprintln!("refused: {e}");
-                        Ok(ExitCode::from(1))
-                    }
+                let answer = call(
+                    Op::VerifyToken {
+                        token: token.trim().to_owned(),
+                    },
+                    state,
+                )?;
+                if answer["valid"] == true {
+                    println!("{}", answer["identity"]);
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    eprintln!("refused: {}", answer["why"].as_str().unwrap_or_default());
+                    Ok(ExitCode::from(1))
                 }
             }
             Self::Revoke { name, state } => {
-                let db = open(state)?;
-                match store::revoke(&db, &Actor::current(), &name).map_err(|e| e.to_string())? {
-                    Some(_) => {
-                        println!("revoked {name:?}");
-                        Ok(ExitCode::SUCCESS)
-                    }
-                    None => Err(format!(
-                        "no identity named {name:?} (see `mcpwarden agent list`)"
-                    )),
-                }
+                call(Op::RevokeIdentity { name: name.clone() }, state)?;
+                println!("revoked {name:?}");
+                Ok(ExitCode::SUCCESS)
             }
         }
+    }
+}
+
+/// One line per identity.
+fn print_list(all: &Value) {
+    let now = crate::store::unix_now();
+    for i in all.as_array().into_iter().flatten() {
+        let status = match (i["revoked"].as_u64(), i["expires"].as_u64()) {
+            (Some(_), _) => "revoked".to_owned(),
+            (None, Some(e)) if e <= now => "expired".to_owned(),
+            (None, Some(e)) => format!("expires in {} d", (e - now) / 86_400),
+            (None, None) => "never expires".to_owned(),
+        };
+        let roles: Vec<&str> = i["roles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "{:<24} {}  roles [{}]{}  {status}{}",
+            i["name"].as_str().unwrap_or_default(),
+            i["id"].as_str().unwrap_or_default(),
+            roles.join(", "),
+            i["api"]
+                .as_str()
+                .map(|a| format!("  api {a}"))
+                .unwrap_or_default(),
+            i["flagged"]
+                .as_str()
+                .map(|f| format!("  FLAGGED: {f}"))
+                .unwrap_or_default()
+        );
     }
 }
 

@@ -47,6 +47,28 @@ pub struct Identity {
     /// Why it looks sybil-like, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flagged: Option<String>,
+    /// What it may do with the daemon's API, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<Scope>,
+}
+
+/// An API scope: `read` sees, `admin` also changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Admin,
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "read" => Ok(Self::Read),
+            "admin" => Ok(Self::Admin),
+            _ => Err(format!("{s:?}: an API scope is read or admin")),
+        }
+    }
 }
 
 /// Why a token was refused. The client is told only that it was refused;
@@ -137,6 +159,7 @@ impl Identity {
                 revoked: None,
                 registered_by,
                 flagged: None,
+                api: None,
             },
             token,
         ))

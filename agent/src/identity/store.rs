@@ -4,7 +4,7 @@
 //! is audited.
 use serde_json::json;
 
-use super::{AuthError, Identity, RegisterError, Sybil, Token, parse_token, valid_name};
+use super::{AuthError, Identity, RegisterError, Scope, Sybil, Token, parse_token, valid_name};
 use crate::{
     store::{Db, StoreError, audit},
     trust::{self, Kind, Signal},
@@ -39,6 +39,7 @@ pub fn register(
     name: &str,
     roles: Vec<String>,
     ttl: Option<u64>,
+    api: Option<Scope>,
     sybil: Sybil,
 ) -> Result<(Identity, Token), RegisterError> {
     valid_name(name)?;
@@ -49,6 +50,7 @@ pub fn register(
     }
     let now = crate::store::unix_now();
     let (mut identity, token) = Identity::issue(name, roles, now, ttl, actor.uid)?;
+    identity.api = api;
     let regs = db.tree(REGISTRATIONS)?;
     let mut from = uid_key(actor.uid).to_vec();
     from.extend_from_slice(
@@ -76,6 +78,7 @@ pub fn register(
             "id": format!("{:016x}", identity.id),
             "roles": identity.roles,
             "expires": identity.expires,
+            "api": identity.api,
         }),
     )?;
     if let Some(flag) = &identity.flagged {
@@ -159,11 +162,12 @@ mod tests {
             "ci-bot",
             vec!["builder".into()],
             Some(3600),
+            None,
             Sybil::default(),
         )
         .expect("register");
         assert!(matches!(
-            register(&db, &me, "ci-bot", Vec::new(), None, Sybil::default()),
+            register(&db, &me, "ci-bot", Vec::new(), None, None, Sybil::default()),
             Err(RegisterError::Taken(_))
         ));
         let who = authenticate(&db, &token.0).expect("store").expect("valid");
@@ -180,7 +184,7 @@ mod tests {
         ));
         // A revoked name may be registered again, with a new token.
         let (again, token2) =
-            register(&db, &me, "ci-bot", Vec::new(), None, Sybil::default()).expect("again");
+            register(&db, &me, "ci-bot", Vec::new(), None, None, Sybil::default()).expect("again");
         assert_ne!(again.id, id.id);
         assert!(authenticate(&db, &token2.0).expect("store").is_ok());
         assert!(authenticate(&db, &token.0).expect("store").is_err());
@@ -207,7 +211,7 @@ mod tests {
         let rule = Sybil { max: 2, window: 60 };
         let flags: Vec<bool> = (0..4)
             .map(|i| {
-                register(&db, &me, &format!("n{i}"), Vec::new(), None, rule)
+                register(&db, &me, &format!("n{i}"), Vec::new(), None, None, rule)
                     .expect("register")
                     .0
                     .flagged

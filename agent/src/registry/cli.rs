@@ -3,11 +3,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
 
-use super::{
-    PinState,
-    store::{Store, state_dir},
-};
-use crate::store::audit;
+use super::{Pin, PinState};
+use crate::admin::{Op, client};
 
 #[derive(Debug, Subcommand)]
 pub enum ToolsCmd {
@@ -50,28 +47,29 @@ impl ToolsCmd {
     }
 
     fn go(self) -> Result<(), String> {
+        let call = |op: Op, state: Option<PathBuf>| {
+            client::call(op, state.as_deref()).map_err(|e| e.message)
+        };
         match self {
             Self::List {
                 server,
                 state,
                 json,
             } => {
-                let store = Store::open(&state_dir(state.as_deref())).map_err(|e| e.to_string())?;
-                let pins = store.pins(server.as_deref()).map_err(|e| e.to_string())?;
+                let pins = call(Op::Tools { server }, state)?;
                 if json {
-                    let list: Vec<_> = pins
-                        .iter()
-                        .map(|(s, t, p)| serde_json::json!({"server": s, "tool": t, "pin": p}))
-                        .collect();
-                    println!("{}", serde_json::Value::Array(list));
+                    println!("{pins}");
                     return Ok(());
                 }
-                for (s, t, p) in &pins {
-                    let state = match (p.state, &p.approved) {
+                let pins = pins.as_array().cloned().unwrap_or_default();
+                for entry in &pins {
+                    let pin: Pin = serde_json::from_value(entry["pin"].clone())
+                        .map_err(|e| format!("a pin the store answered: {e}"))?;
+                    let state = match (pin.state, &pin.approved) {
                         (PinState::Approved, _) => "approved".to_owned(),
                         (PinState::Pending, None) => "pending (new tool)".to_owned(),
                         (PinState::Pending, Some(a)) => {
-                            let fields = p
+                            let fields = pin
                                 .pending
                                 .as_ref()
                                 .map(|n| {
@@ -81,11 +79,15 @@ impl ToolsCmd {
                             format!("pending (changed: {fields})")
                         }
                     };
-                    let hash = p
+                    let hash = pin
                         .approved
                         .as_ref()
                         .map_or("-", |a| &a.hash[..16.min(a.hash.len())]);
-                    println!("{s}\t{t}\t{state}\t{hash}");
+                    println!(
+                        "{}\t{}\t{state}\t{hash}",
+                        entry["server"].as_str().unwrap_or_default(),
+                        entry["tool"].as_str().unwrap_or_default()
+                    );
                 }
                 if pins.is_empty() {
                     println!("no pinned tools");
@@ -97,21 +99,19 @@ impl ToolsCmd {
                 state,
                 tools,
             } => {
-                let store = Store::open(&state_dir(state.as_deref())).map_err(|e| e.to_string())?;
-                let done = store.approve(&server, &tools).map_err(|e| e.to_string())?;
-                if !done.is_empty() {
-                    audit::append(
-                        store.db(),
-                        audit::Actor::current(),
-                        "tools.approve",
-                        &server,
-                        serde_json::json!({ "tools": done }),
-                    )
-                    .map_err(|e| e.to_string())?;
-                }
-                if let Some(missing) = tools.iter().find(|t| !done.contains(t)) {
-                    return Err(format!("{server} has no pinned tool {missing:?}"));
-                }
+                let a = call(
+                    Op::ApproveTools {
+                        server: server.clone(),
+                        tools,
+                    },
+                    state,
+                )?;
+                let done: Vec<&str> = a["approved"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(serde_json::Value::as_str)
+                    .collect();
                 if done.is_empty() {
                     println!("{server}: nothing pending");
                 } else {
@@ -120,17 +120,13 @@ impl ToolsCmd {
                 Ok(())
             }
             Self::Forget { server, state } => {
-                let store = Store::open(&state_dir(state.as_deref())).map_err(|e| e.to_string())?;
-                let n = store.forget(&server).map_err(|e| e.to_string())?;
-                audit::append(
-                    store.db(),
-                    audit::Actor::current(),
-                    "tools.forget",
-                    &server,
-                    serde_json::json!({ "pins": n }),
-                )
-                .map_err(|e| e.to_string())?;
-                println!("{server}: forgot {n} pin(s)");
+                let a = call(
+                    Op::ForgetTools {
+                        server: server.clone(),
+                    },
+                    state,
+                )?;
+                println!("{server}: forgot {} pin(s)", a["forgot"]);
                 Ok(())
             }
         }

@@ -59,7 +59,11 @@ fn key(server: &str, tool: &str) -> Vec<u8> {
 impl Store {
     /// Opens the store in `dir` (see [`Db::open`]).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = Db::open(dir)?;
+        Self::from_db(Db::open(dir)?)
+    }
+
+    /// The registry in an open store.
+    pub fn from_db(db: Db) -> Result<Self, StoreError> {
         Ok(Self {
             pins: db.tree("pins")?,
             exes: db.tree("executables")?,

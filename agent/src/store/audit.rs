@@ -122,6 +122,14 @@ pub fn append(
     subject: &str,
     detail: Value,
 ) -> Result<Record, StoreError> {
+    // Threads of one process (the daemon's) share the store: the read of
+    // the head and the write of the next record must not interleave, or
+    // two records would claim the same place in the chain. (Processes are
+    // kept apart by the store's own lock.)
+    static APPEND: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = APPEND
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tree = db.tree(TREE)?;
     let (seq, prev) = match db.get::<Head>(&tree, HEAD)? {
         Some(head) => (head.seq + 1, head.hash),

@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
 
-use super::{Db, audit, state_dir};
+use crate::admin::{Op, client};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
@@ -26,36 +26,36 @@ pub enum AuditCmd {
 impl AuditCmd {
     #[must_use]
     pub fn run(self) -> ExitCode {
-        let (state, verify_only, last) = match &self {
-            Self::Verify { state } => (state.clone(), true, 0),
-            Self::Show { state, last } => (state.clone(), false, *last),
-        };
-        let result = Db::open(&state_dir(state.as_deref())).and_then(|db| {
-            if verify_only {
-                audit::verify(&db).map(|v| match v {
-                    audit::Verdict::Intact { records } => {
-                        println!(
-                            "audit log intact: {records} records, every hash and link checked"
-                        );
-                        ExitCode::SUCCESS
-                    }
-                    audit::Verdict::Broken { seq, why } => {
-                        println!("audit log BROKEN at record {seq}: {why}");
-                        ExitCode::from(1)
-                    }
-                })
-            } else {
-                audit::tail(&db, last).map(|records| {
-                    for r in records {
-                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                    }
-                    ExitCode::SUCCESS
-                })
+        crate::exit_code(self.go())
+    }
+
+    fn go(self) -> Result<ExitCode, String> {
+        match self {
+            Self::Verify { state } => {
+                let v = client::call(Op::VerifyAudit, state.as_deref()).map_err(|e| e.message)?;
+                if v["intact"] == true {
+                    println!(
+                        "audit log intact: {} records, every hash and link checked",
+                        v["records"]
+                    );
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    println!(
+                        "audit log BROKEN at record {}: {}",
+                        v["seq"],
+                        v["why"].as_str().unwrap_or_default()
+                    );
+                    Ok(ExitCode::from(1))
+                }
             }
-        });
-        result.unwrap_or_else(|e| {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        })
+            Self::Show { last, state } => {
+                let records =
+                    client::call(Op::Audit { last }, state.as_deref()).map_err(|e| e.message)?;
+                for r in records.as_array().into_iter().flatten() {
+                    println!("{r}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        }
     }
 }

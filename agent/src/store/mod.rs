@@ -4,9 +4,11 @@
 //! identities ([`crate::identity`]), trust ([`crate::trust`]) and the
 //! hash-chained audit log ([`audit`]).
 //!
-//! Until the daemon owns the store (issue 7), every process opens it for
-//! the moment it needs it: sled allows one process at a time, so an open
-//! waits (up to [`OPEN_WAIT`]) for another to finish its update.
+//! sled allows one process at a time. The daemon keeps the store open for
+//! its whole life ([`Db::open_resident`]) and every part of it shares that
+//! handle; without a daemon, every process opens the store for the moment
+//! it needs it, and an open waits (up to [`OPEN_WAIT`]) for another process
+//! to finish its update.
 pub mod audit;
 pub mod cli;
 
@@ -40,7 +42,8 @@ pub fn state_dir(flag: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
 }
 
-/// The open database.
+/// The open database (clones share it).
+#[derive(Clone)]
 pub struct Db {
     dir: PathBuf,
     db: sled::Db,
@@ -55,9 +58,26 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
+    /// Opens the store in `dir` and keeps it open for the life of this
+    /// process (the daemon's): later opens of the same directory share it
+    /// instead of waiting for its lock.
+    pub fn open_resident(dir: &Path) -> Result<Self, StoreError> {
+        let db = Self::open(dir)?;
+        *resident() = Some((canonical(dir), db.db.clone()));
+        Ok(db)
+    }
+
     /// Opens (creating it 0700) the store in `dir`, waiting for another
-    /// process's hold.
+    /// process's hold; the resident store when it is this one.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        if let Some((held, db)) = resident().as_ref()
+            && *held == canonical(dir)
+        {
+            return Ok(Self {
+                dir: dir.to_path_buf(),
+                db: db.clone(),
+            });
+        }
         let fail = |message: String| StoreError::Open {
             dir: dir.display().to_string(),
             message,
@@ -80,7 +100,8 @@ impl Db {
                 {
                     if started.elapsed() > OPEN_WAIT {
                         return Err(fail(format!(
-                            "another process has held it for {} s ({e})",
+                            "another process has held it for {} s ({e}); if it is the \
+                             mcpwarden daemon, admin commands without --state go through it",
                             OPEN_WAIT.as_secs()
                         )));
                     }
@@ -145,6 +166,20 @@ impl Db {
     }
 }
 
+type Resident = Option<(PathBuf, sled::Db)>;
+
+/// The store this process keeps open, if any.
+fn resident() -> std::sync::MutexGuard<'static, Resident> {
+    static RESIDENT: std::sync::Mutex<Resident> = std::sync::Mutex::new(None);
+    RESIDENT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn canonical(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
 /// Seconds since the Unix epoch.
 #[must_use]
 pub fn unix_now() -> u64 {
@@ -169,4 +204,28 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resident_store_is_shared_not_waited_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = Db::open_resident(dir.path()).expect("resident");
+        let tree = held.tree("t").expect("tree");
+        held.put(&tree, "k", &1u32).expect("put");
+        // sled's lock would make a second open wait OPEN_WAIT and fail;
+        // the resident handle is shared at once, with its data.
+        let started = Instant::now();
+        let again = Db::open(&dir.path().join(".")).expect("shared");
+        assert!(started.elapsed() < OPEN_WAIT);
+        assert_eq!(
+            again
+                .get::<u32>(&again.tree("t").expect("tree"), "k")
+                .expect("get"),
+            Some(1)
+        );
+    }
 }

@@ -3,8 +3,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
 
-use super::{Decay, Dimension, Kind, Trust, now_ms, store};
-use crate::store::{Db, audit, state_dir};
+use serde_json::Value;
+
+use super::Dimension;
+use crate::admin::{Op, client};
 
 #[derive(Debug, Subcommand)]
 pub enum TrustCmd {
@@ -27,16 +29,6 @@ pub enum TrustCmd {
     },
 }
 
-fn parse_subject(s: &str) -> Result<(Kind, &str), String> {
-    match s.split_once(':') {
-        Some(("agent", name)) if !name.is_empty() => Ok((Kind::Agent, name)),
-        Some(("server", name)) if !name.is_empty() => Ok((Kind::Server, name)),
-        _ => Err(format!(
-            "{s:?}: a subject is agent:NAME or server:NAME (see `mcpwarden trust show`)"
-        )),
-    }
-}
-
 impl TrustCmd {
     #[must_use]
     pub fn run(self) -> ExitCode {
@@ -44,61 +36,36 @@ impl TrustCmd {
     }
 
     fn go(self) -> Result<(), String> {
-        let now = now_ms();
-        let decay = Decay::default();
+        let call = |op: Op, state: Option<PathBuf>| {
+            client::call(op, state.as_deref()).map_err(|e| e.message)
+        };
         match self {
             Self::Show {
                 subject,
                 state,
                 json,
             } => {
-                let db = Db::open(&state_dir(state.as_deref())).map_err(|e| e.to_string())?;
-                let subjects: Vec<(String, Trust)> = match &subject {
-                    Some(s) => {
-                        let (kind, name) = parse_subject(s)?;
-                        vec![(
-                            s.clone(),
-                            store::load(&db, kind, name).map_err(|e| e.to_string())?,
-                        )]
-                    }
-                    None => store::all(&db).map_err(|e| e.to_string())?,
-                };
+                let all = call(Op::Trust { subject }, state)?;
                 if json {
-                    let list: Vec<_> = subjects
-                        .iter()
-                        .map(|(s, t)| {
-                            let mut v = t.explain(now, decay);
-                            v["subject"] = s.clone().into();
-                            v
-                        })
-                        .collect();
-                    println!("{}", serde_json::Value::Array(list));
+                    println!("{all}");
                     return Ok(());
                 }
-                if subjects.is_empty() {
+                let all = all.as_array().cloned().unwrap_or_default();
+                if all.is_empty() {
                     println!("no trust history yet");
                 }
-                for (s, t) in &subjects {
-                    print_one(s, t, now, decay);
+                let now = crate::store::unix_now();
+                for t in &all {
+                    print_one(t, now);
                 }
                 Ok(())
             }
             Self::Reset { subject, state } => {
-                let (kind, name) = parse_subject(&subject)?;
-                let db = Db::open(&state_dir(state.as_deref())).map_err(|e| e.to_string())?;
-                let old = store::load(&db, kind, name).map_err(|e| e.to_string())?;
-                store::save(&db, name, &Trust::new(kind)).map_err(|e| e.to_string())?;
-                audit::append(
-                    &db,
-                    audit::Actor::current(),
-                    "trust.reset",
-                    &subject,
-                    serde_json::json!({"was": old.overall(now, decay)}),
-                )
-                .map_err(|e| e.to_string())?;
+                let a = call(Op::ResetTrust { subject }, state)?;
                 println!(
-                    "{subject}: history forgotten (was {:.3})",
-                    old.overall(now, decay)
+                    "{}: history forgotten (was {:.3})",
+                    a["subject"].as_str().unwrap_or_default(),
+                    a["was"].as_f64().unwrap_or_default()
                 );
                 Ok(())
             }
@@ -106,25 +73,33 @@ impl TrustCmd {
     }
 }
 
-fn print_one(subject: &str, t: &Trust, now: u64, decay: Decay) {
-    println!("{subject}  trust {:.3}", t.overall(now, decay));
+/// One subject's account ([`super::Trust::explain`]) in plain lines.
+fn print_one(t: &Value, now: u64) {
+    println!(
+        "{}  trust {:.3}",
+        t["subject"].as_str().unwrap_or_default(),
+        t["overall"].as_f64().unwrap_or_default()
+    );
     for d in Dimension::ALL {
-        let e = t.dims[d as usize].at(now, decay);
+        let name = serde_json::to_value(d)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let e = &t["dimensions"][&name];
         println!(
-            "  {:<12} {:.3}  (good {:.1}, bad {:.1})",
-            format!("{d:?}").to_lowercase(),
-            e.score(),
-            e.good,
-            e.bad
+            "  {name:<12} {:.3}  (good {:.1}, bad {:.1})",
+            e["score"].as_f64().unwrap_or_default(),
+            e["good"].as_f64().unwrap_or_default(),
+            e["bad"].as_f64().unwrap_or_default()
         );
     }
-    for m in t.movers() {
+    for m in t["recent"].as_array().into_iter().flatten() {
         println!(
             "  {} s ago: {} moved it {:.3} -> {:.3}",
-            now.saturating_sub(m.at) / 1000,
-            m.signal.name(),
-            m.before,
-            m.after
+            now.saturating_sub(m["at"].as_u64().unwrap_or_default()),
+            m["event"].as_str().unwrap_or_default(),
+            m["from"].as_f64().unwrap_or_default(),
+            m["to"].as_f64().unwrap_or_default()
         );
     }
 }
