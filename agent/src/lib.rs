@@ -8,7 +8,7 @@
 //! the request in flight ([`session`]) and checked against the policy
 //! ([`policy`]), and a denied open kills the tree.
 pub mod admin;
-
+pub mod daemon;
 pub mod doctor;
 pub mod identity;
 pub mod inspect;

@@ -99,6 +99,32 @@ enum Cmd {
         #[command(subcommand)]
         command: mcpwarden::identity::ca_cli::CaCmd,
     },
+    /// The long-lived service (root, under systemd): holds the store and
+    /// serves the API on its Unix socket and on TCP.
+    Daemon {
+        /// State directory (default: $MCPWARDEN_STATE_DIR, else /var/lib/mcpwarden).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The Unix socket (default: $MCPWARDEN_SOCKET, else
+        /// /run/mcpwarden/mcpwarden.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Where the TCP API listens.
+        #[arg(long, default_value = mcpwarden::daemon::DEFAULT_API, conflicts_with = "no_api")]
+        api: std::net::SocketAddr,
+        /// No TCP API: the Unix socket only.
+        #[arg(long)]
+        no_api: bool,
+        /// Serve the TCP API over HTTPS, accepting client certificates of
+        /// the host's CA (`mcpwarden ca init`).
+        #[arg(long)]
+        api_tls: bool,
+    },
+    /// Ask the running daemon how it is (exit 1 when none answers).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Trust scores of agents and servers, and what moved them.
     Trust {
         #[command(subcommand)]
@@ -173,6 +199,19 @@ fn main() -> ExitCode {
         Cmd::Agent { command } => command.run(),
         Cmd::Ca { command } => command.run(),
         Cmd::Trust { command } => command.run(),
+        Cmd::Daemon {
+            state,
+            socket,
+            api,
+            no_api,
+            api_tls,
+        } => daemon_cmd(mcpwarden::daemon::DaemonOptions {
+            state,
+            socket: socket.unwrap_or_else(mcpwarden::admin::client::socket_path),
+            api: (!no_api).then_some(api),
+            api_tls,
+        }),
+        Cmd::Status { json } => status_cmd(json),
         Cmd::Audit { command } => command.run(),
         Cmd::Doctor { json } => doctor_cmd(json),
         Cmd::Run {
@@ -243,6 +282,46 @@ fn main() -> ExitCode {
                     ExitCode::from(127)
                 }
             }
+        }
+    }
+}
+
+fn daemon_cmd(opts: mcpwarden::daemon::DaemonOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(mcpwarden::daemon::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn status_cmd(json: bool) -> ExitCode {
+    let socket = mcpwarden::admin::client::socket_path();
+    match mcpwarden::admin::client::daemon_call(&socket, &mcpwarden::admin::Op::Health) {
+        Some(Ok(health)) if json => {
+            println!("{health}");
+            ExitCode::SUCCESS
+        }
+        Some(Ok(h)) => {
+            println!(
+                "mcpwarden daemon {} (pid {}) up {} s, store {}",
+                h["version"].as_str().unwrap_or_default(),
+                h["pid"],
+                h["uptime_s"],
+                h["state"].as_str().unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => fail(&e.message),
+        None => {
+            eprintln!("no mcpwarden daemon answers on {}", socket.display());
+            ExitCode::from(1)
         }
     }
 }

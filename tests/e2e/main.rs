@@ -7,6 +7,7 @@
 mod certificates;
 mod cli;
 mod conformance;
+mod daemon;
 mod files;
 mod hardening;
 mod http;

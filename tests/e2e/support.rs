@@ -56,6 +56,8 @@ pub fn mcpwarden() -> Command {
     // Pins, identities and trust of runs without `--state` go to a store
     // of this test process, never to the host's /var/lib/mcpwarden.
     cmd.env("MCPWARDEN_STATE_DIR", test_state_dir());
+    // Nor do admin commands reach a daemon the host may be running.
+    cmd.env("MCPWARDEN_SOCKET", test_state_dir().join("no-daemon.sock"));
     cmd
 }
 

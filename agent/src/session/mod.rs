@@ -25,7 +25,7 @@ mod record;
 mod relay;
 mod reload;
 mod route;
-mod tls;
+pub(crate) mod tls;
 mod trust;
 mod upstream_link;
 

@@ -53,7 +53,6 @@ pub struct TlsFiles {
 /// What the endpoint knows of a client's connection.
 #[derive(Clone, Debug)]
 pub(crate) struct ClientConn {
-    #[allow(dead_code)] // for logs and the daemon's sessions
     pub addr: SocketAddr,
     /// SHA-256 (hex) of the client certificate the handshake verified.
     pub cert: Option<String>,
@@ -300,7 +299,8 @@ mod tests {
         ca::init(&db, &me, &paths, "ours", &names).expect("init");
         ca::init(&odb, &me, &opaths, "theirs", &names).expect("init other");
         for (d, p) in [(&db, &paths), (&odb, &opaths)] {
-            identities::register(d, &me, "bot", Vec::new(), None, Sybil::default()).expect("reg");
+            identities::register(d, &me, "bot", Vec::new(), None, None, Sybil::default())
+                .expect("reg");
             let _ = p;
         }
         let ours = ca::issue(&db, &me, &paths, "bot", None).expect("issue");

@@ -1,0 +1,156 @@
+//! `mcpwarden daemon`: the long-lived service. It holds the store for its
+//! whole life and serves the API twice: on a Unix socket, where the
+//! kernel's peer credentials say who is asking (root administers), and on
+//! TCP (127.0.0.1:8000 unless told otherwise, optionally HTTPS with client
+//! certificates), where a token or a certificate must. Under systemd it
+//! reports READY once both listen, pets the watchdog, and stops cleanly on
+//! SIGTERM (socket removed, store flushed).
+pub mod api;
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::{net::UnixListener, signal::unix::SignalKind, sync::watch};
+
+use crate::{
+    session::tls::{self, Incoming, TlsFiles},
+    store::{Db, state_dir},
+};
+
+/// The daemon's API address unless told otherwise.
+pub const DEFAULT_API: &str = "127.0.0.1:8000";
+
+/// How the daemon runs.
+#[derive(Debug)]
+pub struct DaemonOptions {
+    pub state: Option<PathBuf>,
+    pub socket: PathBuf,
+    /// `None`: no TCP API.
+    pub api: Option<SocketAddr>,
+    /// Serve the TCP API over HTTPS with client certificates.
+    pub api_tls: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("another daemon already answers on {0}")]
+    Running(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Binds the Unix socket: its directory is made if missing, a socket left
+/// by a dead daemon is replaced, a live daemon's is not. Any local user may
+/// connect (0666): what each may do, the peer credentials decide.
+fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::Running(path.display().to_string()));
+        }
+        std::fs::remove_file(path).map_err(io(format!(
+            "cannot remove the stale socket {}",
+            path.display()
+        )))?;
+    }
+    let listener =
+        UnixListener::bind(path).map_err(io(format!("cannot listen on {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(io(format!("cannot open {} to local users", path.display())))?;
+    Ok(listener)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let state = state_dir(opts.state.as_deref());
+    let db = Db::open_resident(&state)?;
+    let unix = bind_socket(&opts.socket)?;
+    let tcp = match opts.api {
+        Some(addr) => {
+            let acceptor = if opts.api_tls {
+                Some(tls::acceptor(&state, &TlsFiles::default()).map_err(DaemonError::Tls)?)
+            } else {
+                None
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("cannot listen on {addr}")))?;
+            Some(Incoming::new(listener, acceptor))
+        }
+        None => None,
+    };
+    let api = Arc::new(api::Api {
+        db,
+        state: state.clone(),
+        started: Instant::now(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let unix_task = tokio::spawn(api::serve_unix(Arc::clone(&api), unix, stop_rx.clone()));
+    let tcp_task = tcp.map(|listener| {
+        let scheme = if listener.is_tls() { "https" } else { "http" };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("API at {scheme}://{addr}{}", crate::admin::route::PREFIX);
+        }
+        tokio::spawn(api::serve_tcp(Arc::clone(&api), listener, stop_rx.clone()))
+    });
+    tracing::info!(
+        socket = %opts.socket.display(),
+        state = %state.display(),
+        "mcpwarden daemon ready"
+    );
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot tell systemd we are ready: {e}");
+    }
+    let watchdog = sd_notify::watchdog_enabled().map(|period| {
+        tokio::spawn(async move {
+            // Pet twice per period, as systemd advises.
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        })
+    });
+    wait_for_stop().await;
+    tracing::info!("stopping");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let _ = unix_task.await;
+    if let Some(t) = tcp_task {
+        let _ = t.await;
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    api.db.flush()?;
+    Ok(())
+}
+
+async fn wait_for_stop() {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).ok();
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).ok();
+    tokio::select! {
+        _ = async { match &mut term { Some(s) => s.recv().await, None => std::future::pending().await } } => {}
+        _ = async { match &mut int { Some(s) => s.recv().await, None => std::future::pending().await } } => {}
+    }
+}

@@ -1,0 +1,358 @@
+//! The daemon and its API, for real: `mcpwarden daemon` holds the store and
+//! serves the API on its Unix socket (peer credentials from the kernel)
+//! and on TCP; the command line goes through it; every route refuses the
+//! unauthenticated and the wrongly scoped; an identity registered through
+//! the API works and is revoked through it, audited under its caller.
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::support::{free_port, mcpwarden};
+
+/// A daemon on a socket and port of its own, stopped (SIGTERM) on drop.
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    state: PathBuf,
+    port: u16,
+}
+
+impl Daemon {
+    fn start() -> Self {
+        // The socket's directory must let any uid reach the socket (the
+        // test connects as nobody too); tempfile directories are 0700.
+        let dir = std::env::temp_dir().join(format!("mcpwarden-e2e-daemon-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let socket = dir.join("run/mcpwarden.sock");
+        let state = dir.join("state");
+        let port = free_port();
+        let child = mcpwarden()
+            .args(["daemon", "--api", &format!("127.0.0.1:{port}"), "--socket"])
+            .arg(&socket)
+            .arg("--state")
+            .arg(&state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the daemon");
+        let daemon = Self {
+            child,
+            dir,
+            socket,
+            state,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
+            assert!(Instant::now() < deadline, "the daemon never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    /// `mcpwarden ARGS` through this daemon (no --state).
+    fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+        let out = mcpwarden()
+            .env("MCPWARDEN_SOCKET", &self.socket)
+            .env(
+                "MCPWARDEN_STATE_DIR",
+                self.dir.join("not-the-daemons-store"),
+            )
+            .envs(env.iter().copied())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mcpwarden");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// SIGTERM, then its exit status and log.
+    fn stop(&mut self) -> (std::process::ExitStatus, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().expect("wait");
+        let mut log = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut log);
+        }
+        (status, log)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One request to the TCP API: (status, JSON body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    let status = answer[9..12].parse().expect("status");
+    let json = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// A route to call: method, path, body.
+type Route = (&'static str, &'static str, Option<Value>);
+
+/// Every route: (method, path, body), read-only first.
+fn routes() -> (Vec<Route>, Vec<Route>) {
+    let read = vec![
+        ("GET", "/api/v1/health", None),
+        ("GET", "/api/v1/identities", None),
+        (
+            "POST",
+            "/api/v1/identities/verify",
+            Some(json!({"op": "verify_token", "token": "mcpw_x"})),
+        ),
+        ("GET", "/api/v1/certs", None),
+        ("GET", "/api/v1/trust", None),
+        ("GET", "/api/v1/trust/agent:ci-bot", None),
+        ("GET", "/api/v1/audit?last=5", None),
+        ("GET", "/api/v1/audit/verify", None),
+        ("GET", "/api/v1/tools", None),
+        (
+            "POST",
+            "/api/v1/policies/check",
+            Some(json!({"op": "check_policy", "text": "mode = \"enforce\""})),
+        ),
+    ];
+    let admin = vec![
+        (
+            "POST",
+            "/api/v1/identities",
+            Some(json!({"op": "register", "name": "x", "expires": "1d"})),
+        ),
+        ("DELETE", "/api/v1/identities/bot", None),
+        (
+            "POST",
+            "/api/v1/ca",
+            Some(json!({"op": "ca_init", "name": "ca"})),
+        ),
+        (
+            "POST",
+            "/api/v1/ca/server",
+            Some(json!({"op": "ca_server"})),
+        ),
+        (
+            "POST",
+            "/api/v1/certs",
+            Some(json!({"op": "issue_cert", "name": "bot", "expires": "1d"})),
+        ),
+        ("DELETE", "/api/v1/certs/bot", None),
+        ("DELETE", "/api/v1/trust/agent:bot", None),
+        (
+            "POST",
+            "/api/v1/tools/approve",
+            Some(json!({"op": "approve_tools", "server": "s"})),
+        ),
+        ("DELETE", "/api/v1/tools?server=s", None),
+    ];
+    (read, admin)
+}
+
+/// Connects to the socket as uid 65534 (nobody) and asks for the
+/// identities, with or without a token; the HTTP status.
+fn as_nobody(socket: &Path, token: Option<&str>) -> u16 {
+    const ASK: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+auth = f"Authorization: Bearer {sys.argv[2]}\r\n" if len(sys.argv) > 2 else ""
+s.sendall(f"GET /api/v1/identities HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n".encode())
+print(s.recv(64).decode().split()[1])
+"#;
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", ASK])
+        .arg(socket)
+        .args(token)
+        .uid(65534)
+        .gid(65534);
+    let out = cmd.output().expect("python as nobody");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no status: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Every route refuses callers without a valid token (401) and identities
+/// without the scope (403), over TCP and on the socket for non-root uids.
+fn every_route_checks_its_caller(d: &Daemon, viewer: &str, bot: &str) {
+    let (read, admin) = routes();
+    for (method, path, body) in read.iter().chain(&admin) {
+        let (status, _) = http(d.port, method, path, None, body.as_ref());
+        assert_eq!(status, 401, "{method} {path} without a token");
+        let (status, _) = http(
+            d.port,
+            method,
+            path,
+            Some("mcpw_0000000000000000_00"),
+            body.as_ref(),
+        );
+        assert_eq!(status, 401, "{method} {path} with a forged token");
+        let (status, _) = http(d.port, method, path, Some(bot), body.as_ref());
+        assert_eq!(
+            status, 403,
+            "{method} {path} by an identity without a scope"
+        );
+    }
+    for (method, path, body) in &read {
+        let (status, answer) = http(d.port, method, path, Some(viewer), body.as_ref());
+        assert_eq!(status, 200, "{method} {path} read: {answer}");
+    }
+    for (method, path, body) in &admin {
+        let (status, answer) = http(d.port, method, path, Some(viewer), body.as_ref());
+        assert_eq!(status, 403, "{method} {path} by a reader: {answer}");
+    }
+    assert_eq!(as_nobody(&d.socket, None), 401, "nobody without a token");
+    assert_eq!(
+        as_nobody(&d.socket, Some(viewer)),
+        200,
+        "nobody with a token"
+    );
+}
+
+fn register(d: &Daemon, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["agent", "register", name];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = d.cli(&args, &[]);
+    assert!(ok, "{err}");
+    out.trim().to_owned()
+}
+
+#[test]
+fn the_daemon_serves_the_command_line_and_an_authenticated_api() {
+    let mut d = Daemon::start();
+    // A second daemon on the same socket is refused.
+    let second = mcpwarden()
+        .args(["daemon", "--no-api", "--socket"])
+        .arg(&d.socket)
+        .arg("--state")
+        .arg(d.dir.join("other"))
+        .output()
+        .expect("second daemon");
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already answers"));
+
+    let (ok, out, err) = d.cli(&["status"], &[]);
+    assert!(
+        ok && out.contains(&d.state.display().to_string()),
+        "{out}{err}"
+    );
+    // Root on the socket administers: registrations go through the daemon
+    // (its store, not MCPWARDEN_STATE_DIR).
+    let ops = register(&d, "ops", &["--api", "admin"]);
+    let viewer = register(&d, "viewer", &["--api", "read"]);
+    let bot = register(&d, "bot", &[]);
+    let (ok, out, _) = d.cli(&["agent", "list", "--json"], &[]);
+    let list: Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        ok && list.as_array().is_some_and(|l| l.len() == 3),
+        "{list}"
+    );
+    assert!(!d.dir.join("not-the-daemons-store").exists());
+
+    every_route_checks_its_caller(&d, &viewer, &bot);
+
+    // An administrator registers an identity through the API; its token
+    // works, until the API revokes it.
+    let (status, made) = http(
+        d.port,
+        "POST",
+        "/api/v1/identities",
+        Some(&ops),
+        Some(&json!({"op": "register", "name": "api-made", "roles": ["builder"], "expires": "1d"})),
+    );
+    assert_eq!(status, 200, "{made}");
+    let token = made["token"].as_str().expect("token").to_owned();
+    let (ok, out, err) = d.cli(&["agent", "verify"], &[("MCPWARDEN_TOKEN", &token)]);
+    assert!(ok && out.contains("api-made"), "{out}{err}");
+    let (status, _) = http(
+        d.port,
+        "DELETE",
+        "/api/v1/identities/api-made",
+        Some(&ops),
+        None,
+    );
+    assert_eq!(status, 200);
+    let (ok, _, err) = d.cli(&["agent", "verify"], &[("MCPWARDEN_TOKEN", &token)]);
+    assert!(!ok && err.contains("revoked"), "{err}");
+    let (status, again) = http(
+        d.port,
+        "DELETE",
+        "/api/v1/identities/nobody-here",
+        Some(&ops),
+        None,
+    );
+    assert_eq!(status, 404, "{again}");
+
+    let (_, audit) = http(d.port, "GET", "/api/v1/audit?last=50", Some(&viewer), None);
+    let by_ops: Vec<&str> = audit
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["actor"]["name"] == "ops")
+        .filter_map(|r| r["action"].as_str())
+        .collect();
+    assert_eq!(by_ops, ["identity.register", "identity.revoke"], "{audit}");
+    let (_, verdict) = http(d.port, "GET", "/api/v1/audit/verify", Some(&viewer), None);
+    assert_eq!(verdict["intact"], true, "{verdict}");
+
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status}: {log}");
+    assert!(!d.socket.exists(), "the socket is removed on stop");
+    let (ok, _, err) = d.cli(&["status"], &[]);
+    assert!(!ok && err.contains("no mcpwarden daemon"), "{err}");
+    // Without the daemon the same commands work on the store itself.
+    let out = mcpwarden()
+        .env("MCPWARDEN_SOCKET", &d.socket)
+        .args(["audit", "verify", "--state"])
+        .arg(&d.state)
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
