@@ -26,11 +26,17 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    fn start_with_env(env: &[(&str, &str)]) -> Self {
         // The socket's directory must let any uid reach the socket (the
         // test connects as nobody too); tempfile directories are 0700.
-        let dir = std::env::temp_dir().join(format!("mcpwarden-e2e-daemon-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = tempfile::Builder::new()
+            .prefix("mcpwarden-e2e-daemon-")
+            .tempdir()
+            .expect("dir")
+            .keep();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let socket = dir.join("run/mcpwarden.sock");
         let state = dir.join("state");
@@ -40,6 +46,7 @@ impl Daemon {
             .arg(&socket)
             .arg("--state")
             .arg(&state)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -355,4 +362,61 @@ fn the_daemon_serves_the_command_line_and_an_authenticated_api() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_daemon_speaks_systemds_notify_protocol() {
+    // systemd's side of Type=notify: a datagram socket in NOTIFY_SOCKET.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).expect("bind");
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let notify_path = notify.display().to_string();
+    let mut d =
+        Daemon::start_with_env(&[("NOTIFY_SOCKET", &notify_path), ("WATCHDOG_USEC", "200000")]);
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 256];
+    while !heard.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        let n = listener.recv(&mut buf).expect("a notification");
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(heard[0].contains("READY=1"), "{heard:?}");
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    let mut stopping = false;
+    while let Ok(n) = listener.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    // systemd-analyze checks the unit's keys and that ExecStart exists:
+    // the unit is checked as shipped, with the binary under test in place
+    // of /usr/bin/mcpwarden.
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/mcpwarden.service"),
+    )
+    .expect("the unit");
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mcpwarden.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/mcpwarden", env!("CARGO_BIN_EXE_mcpwarden")),
+    )
+    .expect("write");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (package systemd)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
 }
