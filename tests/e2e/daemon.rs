@@ -345,6 +345,23 @@ fn the_daemon_serves_the_command_line_and_an_authenticated_api() {
     let (_, verdict) = http(d.port, "GET", "/api/v1/audit/verify", Some(&viewer), None);
     assert_eq!(verdict["intact"], true, "{verdict}");
 
+    // A session beside the daemon, on its store, is refused with the
+    // reason (not after waiting for the store's lock).
+    let run = mcpwarden()
+        .env("MCPWARDEN_SOCKET", &d.socket)
+        .env("MCPWARDEN_STATE_DIR", &d.state)
+        .args(["run", "--policy"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/example.toml"))
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && err.contains("holds the store"),
+        "{err}"
+    );
+
     let (status, log) = d.stop();
     assert!(status.success(), "{status}: {log}");
     assert!(!d.socket.exists(), "the socket is removed on stop");

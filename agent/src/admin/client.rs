@@ -51,7 +51,8 @@ pub fn daemon_call(socket: &Path, op: &Op) -> Option<Result<Value, OpError>> {
     runtime.block_on(request(socket, op))
 }
 
-async fn request(socket: &Path, op: &Op) -> Option<Result<Value, OpError>> {
+/// [`daemon_call`] from async code.
+pub async fn request(socket: &Path, op: &Op) -> Option<Result<Value, OpError>> {
     let client = match reqwest::Client::builder().unix_socket(socket).build() {
         Ok(c) => c,
         Err(e) => return Some(Err(OpError::new(500, format!("HTTP client: {e}")))),

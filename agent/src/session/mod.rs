@@ -199,9 +199,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         tracing::warn!("--monitor: nothing is stopped, every violation is recorded");
         policy.force_monitor();
     }
+    let state = crate::store::state_dir(opts.state.as_deref());
+    refuse_if_a_daemon_holds(&state).await?;
     let server = policy.server_name(&server_label(&opts));
     let registry = pins::registry_for(&opts, &policy, &server)?;
-    let state = crate::store::state_dir(opts.state.as_deref());
     // Who the client is: over HTTP, what each request proves (nothing
     // about a TCP peer is proven); on stdio, the parent process and the
     // token it was given.
@@ -471,6 +472,34 @@ async fn wire_server(
         (None, None) => unreachable!("a stdio server always has pipes"),
     };
     Ok((to_server, stdin_pipe))
+}
+
+/// Fails at once, and says why, when a running daemon holds this store:
+/// sessions do not run through the daemon yet, and opening its store would
+/// only wait and fail.
+async fn refuse_if_a_daemon_holds(state: &std::path::Path) -> Result<(), RunError> {
+    let socket = crate::admin::client::socket_path();
+    if !socket.exists() {
+        return Ok(());
+    }
+    let Some(Ok(health)) = crate::admin::client::request(&socket, &crate::admin::Op::Health).await
+    else {
+        return Ok(());
+    };
+    let held = health["state"].as_str().map(std::path::PathBuf::from);
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+    };
+    if held.is_some_and(|h| same(&h, state)) {
+        return Err(RunError::Registry(format!(
+            "the mcpwarden daemon (pid {}) holds the store {}; sessions do not run through \
+             the daemon yet: stop it (systemctl stop mcpwarden) or give this run a store of \
+             its own (--state DIR)",
+            health["pid"],
+            state.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The HTTP endpoint's listener on `addr`, with TLS when asked.
