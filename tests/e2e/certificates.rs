@@ -9,25 +9,12 @@ use std::{path::Path, process::Command};
 
 use serde_json::{Value, json};
 
-use crate::support::{Endpoint, Fixture, Run, events, mcpwarden, python, serial};
-
-/// Runs `mcpwarden ARGS --state STATE`; returns (success, stdout, stderr).
-fn cli(state: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = mcpwarden()
-        .args(args)
-        .arg("--state")
-        .arg(state)
-        .output()
-        .expect("run mcpwarden");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::support::{
+    Endpoint, Fixture, Run, admin_cli, audit_actions, events, mcpwarden, python, serial,
+};
 
 fn ok(state: &Path, args: &[&str]) -> String {
-    let (ok, out, err) = cli(state, args);
+    let (ok, out, err) = admin_cli(state, args);
     assert!(ok, "mcpwarden {args:?}: {err}");
     out
 }
@@ -135,20 +122,6 @@ fn tls_without_a_ca_is_refused(fx: &Fixture) {
         !out.status.success() && err.contains("mcpwarden ca init"),
         "{err}"
     );
-}
-
-fn audit_actions(state: &Path) -> Vec<String> {
-    let (verified, out, err) = cli(state, &["audit", "verify"]);
-    assert!(verified && out.contains("intact"), "{out}{err}");
-    ok(state, &["audit", "show", "-n", "100"])
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).expect("record")["action"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect()
 }
 
 #[test]

@@ -12,22 +12,12 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::support::{Endpoint, Fixture, Run, events, mcpwarden, run_command, serial};
+use crate::support::{
+    Endpoint, Fixture, Run, admin_cli, audit_actions, events, run_command, serial,
+};
 
-/// Runs `mcpwarden ARGS --state STATE`; returns (success, stdout, stderr).
 fn cli(fx: &Fixture, args: &[&str]) -> (bool, String, String) {
-    let out = mcpwarden()
-        .args(args)
-        .arg("--state")
-        .arg(fx.state())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mcpwarden");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    admin_cli(&fx.state(), args)
 }
 
 fn register(fx: &Fixture, name: &str, role: &str) -> String {
@@ -61,19 +51,6 @@ fn records(fx: &Fixture, kind: &str) -> Vec<Value> {
     events(&fx.events)
         .into_iter()
         .filter(|e| e["kind"] == kind)
-        .collect()
-}
-
-fn audit_actions(fx: &Fixture) -> Vec<String> {
-    let (ok, out, err) = cli(fx, &["audit", "verify"]);
-    assert!(ok && out.contains("intact"), "{out}{err}");
-    let (ok, out, err) = cli(fx, &["audit", "show", "-n", "100"]);
-    assert!(ok, "{err}");
-    out.lines()
-        .map(|l| {
-            let r: Value = serde_json::from_str(l).expect("audit record");
-            r["action"].as_str().unwrap_or_default().to_owned()
-        })
         .collect()
 }
 
@@ -156,7 +133,7 @@ fn an_http_client_proves_its_token_and_a_revoked_one_is_refused() {
     assert!(list[0]["revoked"].is_u64(), "{list}");
     assert!(!out.contains(&token[21..]), "the secret is never stored");
     assert_eq!(
-        audit_actions(&fx),
+        audit_actions(&fx.state()),
         [
             "identity.register",
             "identity.authenticate",
@@ -198,7 +175,7 @@ fn a_stdio_client_proves_itself_with_mcpwarden_token() {
         assert!(err.contains(expected), "{err}");
     }
     assert_eq!(
-        audit_actions(&fx),
+        audit_actions(&fx.state()),
         ["identity.register", "identity.authenticate"]
     );
 }
@@ -268,5 +245,5 @@ action = "allow"
     assert!(ok, "{err}");
     let run = Run::client(&json!([{"call": "whoami"}]), session());
     assert!(run.step(0)["result"].is_object(), "{}", run.raw);
-    assert_eq!(audit_actions(&fx), ["trust.reset"]);
+    assert_eq!(audit_actions(&fx.state()), ["trust.reset"]);
 }

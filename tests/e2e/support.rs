@@ -595,3 +595,35 @@ impl Endpoint {
         (status, log)
     }
 }
+
+/// Runs `mcpwarden ARGS --state STATE` (an admin command on that store);
+/// returns (success, stdout, stderr).
+pub fn admin_cli(state: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = mcpwarden()
+        .args(args)
+        .arg("--state")
+        .arg(state)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mcpwarden");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The actions of the store's audit log, oldest first, after checking
+/// that its chain is intact.
+pub fn audit_actions(state: &Path) -> Vec<String> {
+    let (ok, out, err) = admin_cli(state, &["audit", "verify"]);
+    assert!(ok && out.contains("intact"), "{out}{err}");
+    let (ok, out, err) = admin_cli(state, &["audit", "show", "-n", "100"]);
+    assert!(ok, "{err}");
+    out.lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).expect("audit record");
+            r["action"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}

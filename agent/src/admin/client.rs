@@ -35,6 +35,11 @@ pub fn call(op: Op, state: Option<&Path>) -> Result<Value, OpError> {
     execute(&db, &dir, &Actor::current(), op)
 }
 
+/// [`call`] for a command: the error is its message.
+pub fn ask(op: Op, state: Option<&Path>) -> Result<Value, String> {
+    call(op, state).map_err(|e| e.message)
+}
+
 /// The daemon's answer, or `None` when no daemon listens at `socket`.
 #[must_use]
 pub fn daemon_call(socket: &Path, op: &Op) -> Option<Result<Value, OpError>> {

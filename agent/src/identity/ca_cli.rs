@@ -75,16 +75,13 @@ impl CaCmd {
     }
 
     fn go(self) -> Result<ExitCode, String> {
-        let call = |op: Op, state: Option<PathBuf>| {
-            client::call(op, state.as_deref()).map_err(|e| e.message)
-        };
         match self {
             Self::Init {
                 name,
                 server_names,
                 state,
             } => {
-                let a = call(Op::CaInit { name, server_names }, state)?;
+                let a = client::ask(Op::CaInit { name, server_names }, state.as_deref())?;
                 println!(
                     "CA {} created in {}\n  CA certificate (give it to clients): {}\n  endpoint certificate for {}: {}",
                     a["name"],
@@ -98,7 +95,7 @@ impl CaCmd {
                 server_names,
                 state,
             } => {
-                let a = call(Op::CaServer { server_names }, state)?;
+                let a = client::ask(Op::CaServer { server_names }, state.as_deref())?;
                 println!(
                     "endpoint certificate for {} renewed: {}",
                     names(&a["server_names"]),
@@ -116,10 +113,10 @@ impl CaCmd {
                     name: name.clone(),
                     expires,
                 };
-                issue_files(&name, &out, || call(op, state))?;
+                issue_files(&name, &out, || client::ask(op, state.as_deref()))?;
             }
             Self::List { json, state } => {
-                let all = call(Op::Certs, state)?;
+                let all = client::ask(Op::Certs, state.as_deref())?;
                 if json {
                     println!("{all}");
                     return Ok(ExitCode::SUCCESS);
@@ -140,7 +137,7 @@ impl CaCmd {
                 }
             }
             Self::Revoke { what, state } => {
-                let done = call(Op::RevokeCert { what }, state)?;
+                let done = client::ask(Op::RevokeCert { what }, state.as_deref())?;
                 let done = done.as_array().cloned().unwrap_or_default();
                 if done.is_empty() {
                     println!("already revoked");
@@ -154,7 +151,10 @@ impl CaCmd {
                 }
             }
             Self::Crl { valid, state } => {
-                print!("{}", text(&call(Op::Crl { valid }, state)?["pem"]));
+                print!(
+                    "{}",
+                    text(&client::ask(Op::Crl { valid }, state.as_deref())?["pem"])
+                );
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -79,9 +79,6 @@ impl AgentCmd {
     }
 
     fn go(self) -> Result<ExitCode, String> {
-        let call = |op: Op, state: Option<PathBuf>| {
-            client::call(op, state.as_deref()).map_err(|e| e.message)
-        };
         match self {
             Self::Register {
                 name,
@@ -91,14 +88,14 @@ impl AgentCmd {
                 state,
             } => {
                 parse_ttl(&expires)?;
-                let answer = call(
+                let answer = client::ask(
                     Op::Register {
                         name: name.clone(),
                         roles,
                         expires,
                         api,
                     },
-                    state,
+                    state.as_deref(),
                 )?;
                 let identity = &answer["identity"];
                 eprintln!(
@@ -114,7 +111,7 @@ impl AgentCmd {
                 Ok(ExitCode::SUCCESS)
             }
             Self::List { state, json } => {
-                let all = call(Op::Identities, state)?;
+                let all = client::ask(Op::Identities, state.as_deref())?;
                 if json {
                     println!("{all}");
                     return Ok(ExitCode::SUCCESS);
@@ -133,11 +130,11 @@ impl AgentCmd {
                         .map_err(|e| format!("cannot read the token: {e}"))?;
                     t
                 };
-                let answer = call(
+                let answer = client::ask(
                     Op::VerifyToken {
                         token: token.trim().to_owned(),
                     },
-                    state,
+                    state.as_deref(),
                 )?;
                 if answer["valid"] == true {
                     println!("{}", answer["identity"]);
@@ -148,7 +145,7 @@ impl AgentCmd {
                 }
             }
             Self::Revoke { name, state } => {
-                call(Op::RevokeIdentity { name: name.clone() }, state)?;
+                client::ask(Op::RevokeIdentity { name: name.clone() }, state.as_deref())?;
                 println!("revoked {name:?}");
                 Ok(ExitCode::SUCCESS)
             }

@@ -47,16 +47,13 @@ impl ToolsCmd {
     }
 
     fn go(self) -> Result<(), String> {
-        let call = |op: Op, state: Option<PathBuf>| {
-            client::call(op, state.as_deref()).map_err(|e| e.message)
-        };
         match self {
             Self::List {
                 server,
                 state,
                 json,
             } => {
-                let pins = call(Op::Tools { server }, state)?;
+                let pins = client::ask(Op::Tools { server }, state.as_deref())?;
                 if json {
                     println!("{pins}");
                     return Ok(());
@@ -99,12 +96,12 @@ impl ToolsCmd {
                 state,
                 tools,
             } => {
-                let a = call(
+                let a = client::ask(
                     Op::ApproveTools {
                         server: server.clone(),
                         tools,
                     },
-                    state,
+                    state.as_deref(),
                 )?;
                 let done: Vec<&str> = a["approved"]
                     .as_array()
@@ -120,11 +117,11 @@ impl ToolsCmd {
                 Ok(())
             }
             Self::Forget { server, state } => {
-                let a = call(
+                let a = client::ask(
                     Op::ForgetTools {
                         server: server.clone(),
                     },
-                    state,
+                    state.as_deref(),
                 )?;
                 println!("{server}: forgot {} pin(s)", a["forgot"]);
                 Ok(())

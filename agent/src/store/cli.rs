@@ -32,7 +32,7 @@ impl AuditCmd {
     fn go(self) -> Result<ExitCode, String> {
         match self {
             Self::Verify { state } => {
-                let v = client::call(Op::VerifyAudit, state.as_deref()).map_err(|e| e.message)?;
+                let v = client::ask(Op::VerifyAudit, state.as_deref())?;
                 if v["intact"] == true {
                     println!(
                         "audit log intact: {} records, every hash and link checked",
@@ -49,8 +49,7 @@ impl AuditCmd {
                 }
             }
             Self::Show { last, state } => {
-                let records =
-                    client::call(Op::Audit { last }, state.as_deref()).map_err(|e| e.message)?;
+                let records = client::ask(Op::Audit { last }, state.as_deref())?;
                 for r in records.as_array().into_iter().flatten() {
                     println!("{r}");
                 }

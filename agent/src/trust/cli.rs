@@ -36,16 +36,13 @@ impl TrustCmd {
     }
 
     fn go(self) -> Result<(), String> {
-        let call = |op: Op, state: Option<PathBuf>| {
-            client::call(op, state.as_deref()).map_err(|e| e.message)
-        };
         match self {
             Self::Show {
                 subject,
                 state,
                 json,
             } => {
-                let all = call(Op::Trust { subject }, state)?;
+                let all = client::ask(Op::Trust { subject }, state.as_deref())?;
                 if json {
                     println!("{all}");
                     return Ok(());
@@ -61,7 +58,7 @@ impl TrustCmd {
                 Ok(())
             }
             Self::Reset { subject, state } => {
-                let a = call(Op::ResetTrust { subject }, state)?;
+                let a = client::ask(Op::ResetTrust { subject }, state.as_deref())?;
                 println!(
                     "{}: history forgotten (was {:.3})",
                     a["subject"].as_str().unwrap_or_default(),
