@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::support::{free_port, mcpwarden};
+use crate::support::{free_port, mcpwarden, outcome};
 
 /// A daemon on a socket and port of its own, stopped (SIGTERM) on drop.
 struct Daemon {
@@ -69,21 +69,16 @@ impl Daemon {
 
     /// `mcpwarden ARGS` through this daemon (no --state).
     fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-        let out = mcpwarden()
-            .env("MCPWARDEN_SOCKET", &self.socket)
-            .env(
-                "MCPWARDEN_STATE_DIR",
-                self.dir.join("not-the-daemons-store"),
-            )
-            .envs(env.iter().copied())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run mcpwarden");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        outcome(
+            mcpwarden()
+                .env("MCPWARDEN_SOCKET", &self.socket)
+                .env(
+                    "MCPWARDEN_STATE_DIR",
+                    self.dir.join("not-the-daemons-store"),
+                )
+                .envs(env.iter().copied())
+                .args(args)
+                .stdin(Stdio::null()),
         )
     }
 

@@ -599,13 +599,18 @@ impl Endpoint {
 /// Runs `mcpwarden ARGS --state STATE` (an admin command on that store);
 /// returns (success, stdout, stderr).
 pub fn admin_cli(state: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = mcpwarden()
-        .args(args)
-        .arg("--state")
-        .arg(state)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mcpwarden");
+    outcome(
+        mcpwarden()
+            .args(args)
+            .arg("--state")
+            .arg(state)
+            .stdin(Stdio::null()),
+    )
+}
+
+/// Runs `cmd` to its end: (success, stdout, stderr).
+pub fn outcome(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("run mcpwarden");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

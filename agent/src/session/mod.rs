@@ -145,6 +145,9 @@ pub enum RunError {
     /// The client's API token is missing, refused, or cannot be checked.
     #[error("identity: {0}")]
     Identity(String),
+    /// A running daemon holds the store this session would use.
+    #[error("{0}")]
+    DaemonHolds(String),
     /// The HTTPS endpoint cannot be set up.
     #[error("TLS: {0}")]
     Tls(String),
@@ -486,12 +489,9 @@ async fn refuse_if_a_daemon_holds(state: &std::path::Path) -> Result<(), RunErro
     else {
         return Ok(());
     };
-    let held = health["state"].as_str().map(std::path::PathBuf::from);
-    let same = |a: &std::path::Path, b: &std::path::Path| {
-        std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
-    };
-    if held.is_some_and(|h| same(&h, state)) {
-        return Err(RunError::Registry(format!(
+    let held = health["state"].as_str().map(std::path::Path::new);
+    if held.is_some_and(|h| crate::store::same_dir(h, state)) {
+        return Err(RunError::DaemonHolds(format!(
             "the mcpwarden daemon (pid {}) holds the store {}; sessions do not run through \
              the daemon yet: stop it (systemctl stop mcpwarden) or give this run a store of \
              its own (--state DIR)",

@@ -176,6 +176,12 @@ fn resident() -> std::sync::MutexGuard<'static, Resident> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Whether two paths name the same directory (links and `.` resolved).
+#[must_use]
+pub fn same_dir(a: &Path, b: &Path) -> bool {
+    canonical(a) == canonical(b)
+}
+
 fn canonical(dir: &Path) -> PathBuf {
     std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
