@@ -21,15 +21,14 @@ pub struct Session {
 /// Creates a session cgroup with the spec's limits, after removing sessions
 /// left by an mcpwarden that died before it could clean up.
 pub fn new_session(spec: &Spec) -> Result<Session, CgroupError> {
-    let hierarchy = Hierarchy::discover()?;
-    let controllers = Controllers::discover(&hierarchy)?;
-    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
-    for stale in hierarchy.reap_stale(&controllers, alive)? {
+    for stale in reap_stale()? {
         tracing::warn!(
             "removed the stale session cgroup {} (its mcpwarden is gone)",
             stale.display()
         );
     }
+    let hierarchy = Hierarchy::discover()?;
+    let controllers = Controllers::discover(&hierarchy)?;
     let pid = std::process::id();
     let number = pid ^ (crate::monotonic_ns() as u32).rotate_left(16);
     let label = format!("session-{pid}-{number:08x}");
@@ -42,17 +41,35 @@ pub fn new_session(spec: &Spec) -> Result<Session, CgroupError> {
     })
 }
 
+/// Kills and removes the session cgroups whose mcpwarden is gone (the pid
+/// their name starts with); returns their paths.
+pub fn reap_stale() -> Result<Vec<std::path::PathBuf>, CgroupError> {
+    let hierarchy = Hierarchy::discover()?;
+    let controllers = Controllers::discover(&hierarchy)?;
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    hierarchy.reap_stale(&controllers, alive)
+}
+
 /// The helper's command line: `mcpwarden sandbox-exec --spec JSON
-/// --traced-procs FILE [--procs FILE]... -- CMD...`.
+/// --traced-procs FILE [--procs FILE]... [--die-with-parent PID] -- CMD...`.
+/// With `die_with_us`, the whole sandbox dies with this process.
 pub fn helper_command(
     cgroup: &SessionCgroup,
     spec: &Spec,
     command: &[OsString],
+    die_with_us: bool,
 ) -> std::io::Result<Command> {
-    let exe = std::env::current_exe()?;
+    // Our own image, even when the file was replaced since we started (a
+    // package upgrade under a running daemon): helper and relay always
+    // agree on the version.
+    let exe = std::path::PathBuf::from("/proc/self/exe");
     let spec_json = serde_json::to_string(spec).map_err(std::io::Error::other)?;
     let mut cmd = Command::new(exe);
     cmd.arg("sandbox-exec").arg("--spec").arg(spec_json);
+    if die_with_us {
+        cmd.arg("--die-with-parent")
+            .arg(std::process::id().to_string());
+    }
     let mut procs = cgroup.all_procs_files().into_iter();
     if let Some(traced) = procs.next() {
         cmd.arg("--traced-procs").arg(traced);

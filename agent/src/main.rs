@@ -125,6 +125,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Sessions the daemon runs and ran, newest first.
+    Sessions {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Read this state directory instead of asking the daemon.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
     /// Trust scores of agents and servers, and what moved them.
     Trust {
         #[command(subcommand)]
@@ -155,6 +167,9 @@ enum Cmd {
         /// A limit cgroup's cgroup.procs (v1 companions; repeatable).
         #[arg(long = "procs")]
         procs: Vec<PathBuf>,
+        /// Die (SIGKILL) when the process PID that started us exits.
+        #[arg(long, value_name = "PID")]
+        die_with_parent: Option<i32>,
         /// The server command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
@@ -212,6 +227,7 @@ fn main() -> ExitCode {
             api_tls,
         }),
         Cmd::Status { json } => status_cmd(json),
+        Cmd::Sessions { last, json, state } => sessions_cmd(last, json, state.as_deref()),
         Cmd::Audit { command } => command.run(),
         Cmd::Doctor { json } => doctor_cmd(json),
         Cmd::Run {
@@ -268,20 +284,35 @@ fn main() -> ExitCode {
             spec,
             traced_procs,
             procs,
+            die_with_parent,
             command,
-        } => {
-            let spec: Spec = match serde_json::from_str(&spec) {
-                Ok(s) => s,
-                Err(e) => return fail(&format!("bad sandbox spec: {e}")),
-            };
-            let env = exec::server_env(&spec.env, |name| std::env::var_os(name));
-            match exec::confine_and_run(&traced_procs, &procs, &spec, &env, &command) {
-                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-                Err(e) => {
-                    eprintln!("mcpwarden: {e}");
-                    ExitCode::from(127)
-                }
-            }
+        } => sandbox_exec_cmd(&spec, &traced_procs, &procs, die_with_parent, &command),
+    }
+}
+
+/// The exec helper (`mcpwarden sandbox-exec`), run by a session.
+fn sandbox_exec_cmd(
+    spec: &str,
+    traced_procs: &std::path::Path,
+    procs: &[PathBuf],
+    die_with_parent: Option<i32>,
+    command: &[OsString],
+) -> ExitCode {
+    if let Some(parent) = die_with_parent
+        && let Err(e) = exec::die_with_parent(nix::unistd::Pid::from_raw(parent))
+    {
+        return fail(&format!("{e}: the process that started the server is gone"));
+    }
+    let spec: Spec = match serde_json::from_str(spec) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("bad sandbox spec: {e}")),
+    };
+    let env = exec::server_env(&spec.env, |name| std::env::var_os(name));
+    match exec::confine_and_run(traced_procs, procs, &spec, &env, command) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("mcpwarden: {e}");
+            ExitCode::from(127)
         }
     }
 }
@@ -299,6 +330,34 @@ fn daemon_cmd(opts: mcpwarden::daemon::DaemonOptions) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }
+}
+
+fn sessions_cmd(last: usize, json: bool, state: Option<&std::path::Path>) -> ExitCode {
+    let records =
+        match mcpwarden::admin::client::ask(mcpwarden::admin::Op::Sessions { last }, state) {
+            Ok(v) => v,
+            Err(e) => return fail(&e),
+        };
+    if json {
+        println!("{records}");
+        return ExitCode::SUCCESS;
+    }
+    for s in records.as_array().into_iter().flatten() {
+        let server: Vec<&str> = s["server"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        println!(
+            "{}  uid {}  {}  {}",
+            s["session"].as_str().unwrap_or_default(),
+            s["uid"],
+            s["outcome"].as_str().unwrap_or("running"),
+            server.join(" ")
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn status_cmd(json: bool) -> ExitCode {
@@ -386,7 +445,7 @@ fn sandbox_run(
     let cgroup = launch::new_session(&spec)
         .map_err(|e| e.to_string())?
         .cgroup;
-    let status = launch::helper_command(&cgroup, &spec, command)
+    let status = launch::helper_command(&cgroup, &spec, command, false)
         .and_then(|mut cmd| cmd.status())
         .map_err(|e| format!("cannot start the sandbox helper: {e}"))?;
     cgroup

@@ -17,12 +17,14 @@ use std::{
     ffi::{OsStr, OsString},
     fs,
     io::{self, Write as _},
+    os::fd::OwnedFd,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use nix::{
+    fcntl::OFlag,
     sched::{CloneFlags, unshare},
     sys::{
         resource::{Resource, setrlimit},
@@ -122,21 +124,66 @@ pub fn confine_and_run(
         flags |= CloneFlags::CLONE_NEWNET;
     }
     unshare(flags).map_err(step("unshare namespaces"))?;
+    // Only the helper holds the write end: the init, in a pid namespace of
+    // its own, cannot see its parent's pid, so this pipe tells it whether
+    // the helper still lives.
+    let (helper_alive, helper_holds) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(step("make the helper's pipe"))?;
     // SAFETY: the helper is single-threaded (no runtime has started), so the
     // child may do anything the parent could.
     match unsafe { fork() }.map_err(step("fork the namespace init"))? {
         ForkResult::Parent { child } => {
+            drop(helper_alive);
             // Our copies of the server's pipes would keep them open.
             release_stdio();
-            Ok(wait_exit_code(child))
+            let code = wait_exit_code(child);
+            drop(helper_holds);
+            Ok(code)
         }
-        ForkResult::Child => std::process::exit(match init(&traced, spec, env, command) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("mcpwarden: {e}");
-                127
-            }
-        }),
+        ForkResult::Child => std::process::exit(
+            match die_with_helper(&helper_alive, helper_holds)
+                .and_then(|()| init(&traced, spec, env, command))
+            {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("mcpwarden: {e}");
+                    127
+                }
+            },
+        ),
+    }
+}
+
+/// Asks the kernel to SIGKILL this process when its parent `parent`
+/// exits, and fails if it already has. The namespace init dies with the
+/// helper, and every process of the sandbox dies with the init (pid 1 of
+/// its pid namespace); with `--die-with-parent` the helper dies with
+/// mcpwarden, so no server outlives the process that relays for it. The
+/// parent is a thread: mcpwarden starts helpers from its runtime's worker
+/// threads, which live as long as it does.
+pub fn die_with_parent(parent: Pid) -> Result<(), ExecError> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(step("ask to die with the parent"))?;
+    // The parent may have gone before the request was made.
+    if Pid::parent() != parent {
+        return Err(step("ask to die with the parent")(nix::Error::ESRCH));
+    }
+    Ok(())
+}
+
+/// The init's half of [`die_with_parent`]: `alive` is the read end of a
+/// pipe whose only writer is the helper.
+fn die_with_helper(alive: &OwnedFd, ours: OwnedFd) -> Result<(), ExecError> {
+    drop(ours);
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(step("ask to die with the helper"))?;
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(alive, &mut byte) {
+        // No data and a writer: the helper lives.
+        Err(nix::Error::EAGAIN) => Ok(()),
+        // End of file: the helper died before the request was made.
+        Ok(_) => Err(step("ask to die with the helper")(nix::Error::ESRCH)),
+        Err(e) => Err(step("ask to die with the helper")(e)),
     }
 }
 

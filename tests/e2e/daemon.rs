@@ -16,16 +16,17 @@ use serde_json::{Value, json};
 use crate::support::{free_port, mcpwarden, outcome};
 
 /// A daemon on a socket and port of its own, stopped (SIGTERM) on drop.
-struct Daemon {
+/// Its log goes to a file (`log()`), never to a pipe that could fill.
+pub struct Daemon {
     child: Child,
     dir: PathBuf,
-    socket: PathBuf,
-    state: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
     port: u16,
 }
 
 impl Daemon {
-    fn start() -> Self {
+    pub fn start() -> Self {
         Self::start_with_env(&[])
     }
 
@@ -41,17 +42,7 @@ impl Daemon {
         let socket = dir.join("run/mcpwarden.sock");
         let state = dir.join("state");
         let port = free_port();
-        let child = mcpwarden()
-            .args(["daemon", "--api", &format!("127.0.0.1:{port}"), "--socket"])
-            .arg(&socket)
-            .arg("--state")
-            .arg(&state)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the daemon");
+        let child = Self::spawn(&dir, &socket, &state, port, env);
         let daemon = Self {
             child,
             dir,
@@ -59,16 +50,56 @@ impl Daemon {
             state,
             port,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
-            assert!(Instant::now() < deadline, "the daemon never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        daemon.wait_until_listening();
         daemon
     }
 
+    fn spawn(dir: &Path, socket: &Path, state: &Path, port: u16, env: &[(&str, &str)]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.log"))
+            .expect("log file");
+        mcpwarden()
+            .args(["daemon", "--api", &format!("127.0.0.1:{port}"), "--socket"])
+            .arg(socket)
+            .arg("--state")
+            .arg(state)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon")
+    }
+
+    fn wait_until_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(Instant::now() < deadline, "the daemon never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the daemon dies at once, cleaning nothing up.
+    pub fn kill_hard(&mut self) {
+        self.child.kill().expect("SIGKILL the daemon");
+        self.child.wait().expect("wait");
+    }
+
+    /// Starts it again on the same socket, port and store.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.dir, &self.socket, &self.state, self.port, &[]);
+        self.wait_until_listening();
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
     /// `mcpwarden ARGS` through this daemon (no --state).
-    fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         outcome(
             mcpwarden()
                 .env("MCPWARDEN_SOCKET", &self.socket)
@@ -83,16 +114,12 @@ impl Daemon {
     }
 
     /// SIGTERM, then its exit status and log.
-    fn stop(&mut self) -> (std::process::ExitStatus, String) {
+    pub fn stop(&mut self) -> (std::process::ExitStatus, String) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let status = self.child.wait().expect("wait");
-        let mut log = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut log);
-        }
-        (status, log)
+        (status, self.log())
     }
 }
 
@@ -158,6 +185,7 @@ fn routes() -> (Vec<Route>, Vec<Route>) {
             "/api/v1/policies/check",
             Some(json!({"op": "check_policy", "text": "mode = \"enforce\""})),
         ),
+        ("GET", "/api/v1/sessions", None),
     ];
     let admin = vec![
         (
@@ -246,6 +274,18 @@ fn every_route_checks_its_caller(d: &Daemon, viewer: &str, bot: &str) {
         let (status, answer) = http(d.port, method, path, Some(viewer), body.as_ref());
         assert_eq!(status, 403, "{method} {path} by a reader: {answer}");
     }
+    // A session is never started over TCP, whoever asks: no kernel there
+    // to say which user the server should run as.
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", d.port)).expect("connect");
+    write!(
+        tcp,
+        "POST /api/v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {viewer}\r\n\
+         Connection: Upgrade\r\nUpgrade: mcpwarden-session/1\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("send");
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).expect("answer");
+    assert_eq!(&head, b"HTTP/1.1 403", "a session over TCP");
     assert_eq!(as_nobody(&d.socket, None), 401, "nobody without a token");
     assert_eq!(
         as_nobody(&d.socket, Some(viewer)),
@@ -340,12 +380,14 @@ fn the_daemon_serves_the_command_line_and_an_authenticated_api() {
     let (_, verdict) = http(d.port, "GET", "/api/v1/audit/verify", Some(&viewer), None);
     assert_eq!(verdict["intact"], true, "{verdict}");
 
-    // A session beside the daemon, on its store, is refused with the
-    // reason (not after waiting for the store's lock).
+    // A session of its own (--state) on the daemon's store is refused
+    // with the reason (not after waiting for the store's lock).
     let run = mcpwarden()
         .env("MCPWARDEN_SOCKET", &d.socket)
-        .env("MCPWARDEN_STATE_DIR", &d.state)
-        .args(["run", "--policy"])
+        .arg("run")
+        .arg("--state")
+        .arg(&d.state)
+        .arg("--policy")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/example.toml"))
         .args(["--", "true"])
         .stdin(Stdio::null())

@@ -8,6 +8,7 @@ mod certificates;
 mod cli;
 mod conformance;
 mod daemon;
+mod daemon_sessions;
 mod files;
 mod hardening;
 mod http;

@@ -25,9 +25,9 @@ def read_file(path: str) -> str:
 
 @server.tool()
 def whoami() -> dict:
-    """Report this server's process id and cgroup."""
+    """Report this server's process id, user and cgroup."""
     with open("/proc/self/cgroup", encoding="ascii") as f:
-        return {"pid": os.getpid(), "cgroup": f.read()}
+        return {"pid": os.getpid(), "uid": os.getuid(), "cgroup": f.read()}
 
 
 @server.tool()

@@ -250,7 +250,27 @@ impl Run {
         Self::client_with(scenario, &["--url".to_owned(), url.to_owned()], env)
     }
 
+    /// [`Run::client_env`] with the client running as user and group `id`
+    /// (not root), as an ordinary user's MCP client does.
+    pub fn client_as(
+        id: u32,
+        scenario: &Value,
+        command: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let mut target = vec!["--".to_owned()];
+        target.extend(command);
+        let mut cmd = Self::client_cmd(scenario, &target, env);
+        cmd.uid(id).gid(id).env("HOME", "/tmp");
+        Self::finish(&mut cmd)
+    }
+
     fn client_with(scenario: &Value, target: &[String], env: &[(&str, &str)]) -> Self {
+        Self::finish(&mut Self::client_cmd(scenario, target, env))
+    }
+
+    fn client_cmd(scenario: &Value, target: &[String], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(python());
         // The client passes its environment on to the command it starts.
         cmd.env("MCPWARDEN_STATE_DIR", test_state_dir());
@@ -258,6 +278,10 @@ impl Run {
         cmd.arg(repo().join("tests/e2e/client.py"))
             .arg(scenario.to_string())
             .args(target);
+        cmd
+    }
+
+    fn finish(cmd: &mut Command) -> Self {
         let out = cmd
             .stderr(Stdio::inherit())
             .output()

@@ -78,6 +78,10 @@ pub enum Op {
         last: usize,
     },
     VerifyAudit,
+    /// Sessions the daemon ran or runs, newest first.
+    Sessions {
+        last: usize,
+    },
     Tools {
         server: Option<String>,
     },
@@ -107,6 +111,7 @@ impl Op {
             | Self::Trust { .. }
             | Self::Audit { .. }
             | Self::VerifyAudit
+            | Self::Sessions { .. }
             | Self::Tools { .. }
             | Self::CheckPolicy { .. } => Scope::Read,
             _ => Scope::Admin,
@@ -315,6 +320,10 @@ fn store_op(db: &Db, state: &Path, actor: &audit::Actor, op: Op) -> Result<Value
             Ok(json!({"subject": subject, "was": was}))
         }
         Op::Audit { last } => Ok(serde_json::to_value(audit::tail(db, last)?).unwrap_or_default()),
+        Op::Sessions { last } => Ok(serde_json::to_value(crate::daemon::sessions::history(
+            db, last,
+        )?)
+        .unwrap_or_default()),
         Op::VerifyAudit => Ok(match audit::verify(db)? {
             audit::Verdict::Intact { records } => json!({"intact": true, "records": records}),
             audit::Verdict::Broken { seq, why } => {

@@ -85,6 +85,7 @@ impl Op {
             Self::ResetTrust { subject } => delete(format!("/trust/{}", enc(subject))),
             Self::Audit { last } => get(format!("/audit?last={last}")),
             Self::VerifyAudit => get("/audit/verify".into()),
+            Self::Sessions { last } => get(format!("/sessions?last={last}")),
             Self::Tools { server: None } => get("/tools".into()),
             Self::Tools { server: Some(s) } => get(format!("/tools?server={}", enc(s))),
             Self::ApproveTools { .. } => post("/tools/approve"),
@@ -118,6 +119,16 @@ fn query_value(query: Option<&str>, key: &str) -> Result<Option<String>, OpError
         }
     }
     Ok(None)
+}
+
+/// The count in `key` of the query, `default` when absent.
+fn count(query: Option<&str>, key: &str, default: usize) -> Result<usize, OpError> {
+    match query_value(query, key)? {
+        None => Ok(default),
+        Some(n) => n
+            .parse()
+            .map_err(|_| OpError::new(400, format!("{key}={n:?} is not a count"))),
+    }
 }
 
 /// The op a request asks for. `body` is read only for POST.
@@ -156,16 +167,13 @@ pub fn parse(method: &str, path: &str, query: Option<&str>, body: &[u8]) -> Resu
             subject: Some(dec(s)?),
         }),
         ("DELETE", ["trust", s]) => Ok(Op::ResetTrust { subject: dec(s)? }),
-        ("GET", ["audit"]) => {
-            let last = match query_value(query, "last")? {
-                None => 20,
-                Some(n) => n
-                    .parse()
-                    .map_err(|_| OpError::new(400, format!("last={n:?} is not a count")))?,
-            };
-            Ok(Op::Audit { last })
-        }
+        ("GET", ["audit"]) => Ok(Op::Audit {
+            last: count(query, "last", 20)?,
+        }),
         ("GET", ["audit", "verify"]) => Ok(Op::VerifyAudit),
+        ("GET", ["sessions"]) => Ok(Op::Sessions {
+            last: count(query, "last", 50)?,
+        }),
         ("GET", ["tools"]) => Ok(Op::Tools {
             server: query_value(query, "server")?,
         }),
@@ -224,6 +232,7 @@ mod tests {
                 subject: "server:node /srv/x y.js".into(),
             },
             Op::Audit { last: 7 },
+            Op::Sessions { last: 3 },
             Op::VerifyAudit,
             Op::Tools { server: None },
             Op::Tools {

@@ -36,6 +36,8 @@ pub struct Api {
     pub db: Db,
     pub state: PathBuf,
     pub started: Instant,
+    /// The sessions run for clients.
+    pub sessions: super::sessions::Sessions,
 }
 
 /// What the connection proves about the caller.
@@ -43,6 +45,7 @@ pub struct Api {
 pub struct Caller {
     /// The peer's uid and pid (Unix socket: from the kernel).
     pub uid: Option<u32>,
+    pub gid: Option<u32>,
     pub pid: Option<i32>,
     /// The TCP peer.
     pub addr: Option<SocketAddr>,
@@ -55,6 +58,7 @@ impl Connected<IncomingStream<'_, UnixListener>> for Caller {
         match stream.io().peer_cred() {
             Ok(cred) => Self {
                 uid: Some(cred.uid()),
+                gid: Some(cred.gid()),
                 pid: cred.pid(),
                 ..Self::default()
             },
@@ -209,6 +213,9 @@ async fn handle(
     ConnectInfo(caller): ConnectInfo<Caller>,
     request: Request,
 ) -> Response {
+    if super::sessions::is_start(&request) {
+        return super::sessions::start(api, &caller, request);
+    }
     let (parts, body) = request.into_parts();
     let who = match authenticate(&api.db, &caller, &parts.headers) {
         Ok(w) => w,
@@ -251,6 +258,7 @@ async fn handle(
         Ok(mut value) => {
             if health {
                 value["uptime_s"] = api.started.elapsed().as_secs().into();
+                value["sessions"] = api.sessions.list().len().into();
             }
             json_ok(&value)
         }

@@ -6,6 +6,7 @@
 //! reports READY once both listen, pets the watchdog, and stops cleanly on
 //! SIGTERM (socket removed, store flushed).
 pub mod api;
+pub mod sessions;
 
 use std::{
     net::SocketAddr,
@@ -21,6 +22,9 @@ use crate::{
     session::tls::{self, Incoming, TlsFiles},
     store::{Db, state_dir},
 };
+
+/// How long a stopping daemon waits for its sessions to tear down.
+const SESSION_DRAIN: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The daemon's API address unless told otherwise.
 pub const DEFAULT_API: &str = "127.0.0.1:8000";
@@ -98,12 +102,20 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    let closed = sessions::recover(&db)?;
+    if closed > 0 {
+        tracing::warn!(
+            closed,
+            "closed the records of sessions that were running when the daemon last stopped"
+        );
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
     let api = Arc::new(api::Api {
         db,
         state: state.clone(),
         started: Instant::now(),
+        sessions: sessions::Sessions::new(stop_rx.clone()),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
     let unix_task = tokio::spawn(api::serve_unix(Arc::clone(&api), unix, stop_rx.clone()));
     let tcp_task = tcp.map(|listener| {
         let scheme = if listener.is_tls() { "https" } else { "http" };
@@ -134,6 +146,16 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     tracing::info!("stopping");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
+    // Every session ends with its server; the watchdog is still petted
+    // while they tear down.
+    let left = api.sessions.drain(SESSION_DRAIN).await;
+    if left > 0 {
+        tracing::error!(
+            left,
+            "sessions did not end within {} s; their sandboxes die with the daemon",
+            SESSION_DRAIN.as_secs()
+        );
+    }
     if let Some(w) = watchdog {
         w.abort();
     }

@@ -194,6 +194,12 @@ impl Policy {
 
     /// Parses and validates policy text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Self, PolicyError> {
+        Self::parse_for(text, source, Invoker::current())
+    }
+
+    /// As [`Policy::parse`], for a session `invoker` asked for (the
+    /// daemon's client): the server's default user is theirs.
+    pub fn parse_for(text: &str, source: &str, invoker: Invoker) -> Result<Self, PolicyError> {
         let parse_error = |e: toml::de::Error| PolicyError::Parse {
             path: source.to_owned(),
             message: e.to_string().trim_end().to_owned(),
@@ -231,7 +237,7 @@ impl Policy {
             let raw: RawPolicy = toml::from_str(text).map_err(parse_error)?;
             (raw, None, "")
         };
-        Self::resolve(raw, metadata, source).map_err(|e| match e {
+        Self::resolve(raw, metadata, source, invoker).map_err(|e| match e {
             PolicyError::Invalid {
                 path, key, message, ..
             } => {
@@ -251,6 +257,7 @@ impl Policy {
         raw: RawPolicy,
         metadata: Option<doc::Metadata>,
         source: &str,
+        invoker: Invoker,
     ) -> Result<Self, PolicyError> {
         let legacy = metadata.is_none();
         let mut deny = Vec::with_capacity(raw.files.deny.len());
@@ -279,7 +286,7 @@ impl Policy {
         }
         let sandbox = raw
             .sandbox
-            .resolve(raw.mode == Mode::Enforce, Invoker::current())
+            .resolve(raw.mode == Mode::Enforce, invoker)
             .map_err(|e| invalid(source, e.key, e.message))?;
         let network_entries = raw
             .network

@@ -56,10 +56,15 @@ fn proven(i: &Identity) -> Proven {
     }
 }
 
-/// The identity `MCPWARDEN_TOKEN` proves, for a stdio session. `None`
-/// when no token is given and the policy does not require one.
-pub(super) fn from_env(policy: &Policy, dir: &std::path::Path) -> Result<Option<Proven>, RunError> {
-    let Ok(token) = std::env::var(TOKEN_ENV) else {
+/// The identity `token` (the client's `MCPWARDEN_TOKEN`) proves, for a
+/// stdio session. `None` when no token is given and the policy does not
+/// require one.
+pub(super) fn from_token(
+    policy: &Policy,
+    dir: &std::path::Path,
+    token: Option<String>,
+) -> Result<Option<Proven>, RunError> {
+    let Some(token) = token else {
         if policy.require == Require::Identity {
             return Err(RunError::Identity(format!(
                 "policy {} requires an API token: set {TOKEN_ENV} in the MCP client's \

@@ -13,6 +13,7 @@
 //! sections. Kill decisions are made where events are drained, and every
 //! server message is preceded by a drain, so a kill is always explained by
 //! its rule, never as a crash.
+mod client;
 mod core;
 mod gate;
 mod http_front;
@@ -25,10 +26,16 @@ mod record;
 mod relay;
 mod reload;
 mod route;
+mod server;
+mod through_daemon;
 pub(crate) mod tls;
 mod trust;
 mod upstream_link;
 
+pub use self::{
+    client::{ClientIo, Launch},
+    identity::TOKEN_ENV,
+};
 pub use tls::TlsFiles;
 
 use std::{
@@ -37,14 +44,13 @@ use std::{
     io::{BufWriter, Write as _},
     net::SocketAddr,
     path::PathBuf,
-    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use mcpwarden_sandbox::{CgroupError, SessionCgroup, Spec};
+use mcpwarden_sandbox::CgroupError;
 use tokio::{
-    process::{ChildStdin, ChildStdout, Command},
+    process::{ChildStdin, ChildStdout},
     sync::{mpsc, watch},
     task::JoinHandle,
 };
@@ -55,10 +61,11 @@ use self::{
     http_front::{Front, Mode as FrontMode},
     http_host::Host,
     relay::{
-        ServerInput, client_gone, pump_events, relay_client, relay_server, server_ended,
-        write_lines, write_server,
+        ServerInput, pump_events, relay_client, relay_server, server_ended, write_lines,
+        write_server,
     },
     route::{ToClient, ToServer},
+    server::Started,
     upstream_link::UpstreamLink,
 };
 use crate::{
@@ -148,6 +155,14 @@ pub enum RunError {
     /// A running daemon holds the store this session would use.
     #[error("{0}")]
     DaemonHolds(String),
+    /// The daemon did not start the session, or ended it.
+    #[error("{0}")]
+    Daemon(String),
+    /// No daemon answers, and this user may not run a session alone.
+    #[error(
+        "no mcpwarden daemon answers on {0} (start it: systemctl start mcpwarden); only root may run a session without it"
+    )]
+    NoDaemon(String),
     /// The HTTPS endpoint cannot be set up.
     #[error("TLS: {0}")]
     Tls(String),
@@ -180,22 +195,28 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     move |source| RunError::Io { what, source }
 }
 
-/// A server mcpwarden started: its pipes (stdio servers) and how it ended.
-struct Started {
-    pipes: Option<(ChildStdin, ChildStdout)>,
-    exit_rx: watch::Receiver<Option<String>>,
-}
-
 /// Runs one session to its end. Returns when the client is done (stdin
 /// closed, or DELETE of its HTTP session) or on SIGINT/SIGTERM, after the
 /// server, its cgroup and the kernel programs are gone.
+///
+/// A stdio session goes through the daemon when one answers on its socket
+/// (and no `--state` asks for a store of this run's own); otherwise, or for
+/// an HTTP endpoint, this process runs it, which takes root.
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let confine = !opts.command.is_empty();
     if !confine && opts.upstream.is_none() {
         return Err(RunError::NoCommand);
     }
+    let socket = crate::admin::client::socket_path();
+    if opts.listen.is_none() && opts.state.is_none() && through_daemon::answers(&socket).await {
+        return through_daemon::run(&opts, &socket).await;
+    }
     if confine && !nix::unistd::geteuid().is_root() {
-        return Err(RunError::NotRoot);
+        return Err(if opts.listen.is_none() && opts.state.is_none() {
+            RunError::NoDaemon(socket.display().to_string())
+        } else {
+            RunError::NotRoot
+        });
     }
     let mut policy = Policy::load(&opts.policy)?;
     if opts.monitor {
@@ -204,8 +225,6 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     let state = crate::store::state_dir(opts.state.as_deref());
     refuse_if_a_daemon_holds(&state).await?;
-    let server = policy.server_name(&server_label(&opts));
-    let registry = pins::registry_for(&opts, &policy, &server)?;
     // Who the client is: over HTTP, what each request proves (nothing
     // about a TCP peer is proven); on stdio, the parent process and the
     // token it was given.
@@ -213,10 +232,63 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         Peer::default()
     } else {
         Peer {
-            identity: identity::from_env(&policy, &state)?,
+            identity: identity::from_token(
+                &policy,
+                &state,
+                std::env::var(identity::TOKEN_ENV).ok(),
+            )?,
             ..Peer::parent()
         }
     };
+    let launch = Launch {
+        die_with_parent: true,
+        ..Launch::default()
+    };
+    let prepared = prepare(opts, policy, peer, &launch).await?;
+    prepared.serve(ClientIo::process(), true).await
+}
+
+/// The identity a stdio client's token proves (see `identity::from_token`).
+pub(crate) fn identity_from_token(
+    policy: &Policy,
+    state: &std::path::Path,
+    token: Option<String>,
+) -> Result<Option<crate::policy::agents::Proven>, RunError> {
+    identity::from_token(policy, state, token)
+}
+
+/// A session whose server is started and whose kernel programs are loaded,
+/// ready to serve its client.
+pub(crate) struct Prepared {
+    opts: RunOptions,
+    core: Shared,
+    started: Option<Started>,
+    upstream: Option<Upstream>,
+    listener: Option<tls::Incoming>,
+    ring_fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("label", &self.label())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads what the session needs (PSI's model, the tool registry, the
+/// endpoint, the kernel programs) and starts the server confined. Anything
+/// missing is an error here, before the client is served.
+pub(crate) async fn prepare(
+    opts: RunOptions,
+    policy: Policy,
+    peer: Peer,
+    launch: &Launch,
+) -> Result<Prepared, RunError> {
+    let confine = !opts.command.is_empty();
+    let state = crate::store::state_dir(opts.state.as_deref());
+    let server = policy.server_name(&server_label(&opts));
+    let registry = pins::registry_for(&opts, &policy, &server)?;
     for warning in policy.warnings() {
         tracing::warn!("{warning}");
     }
@@ -241,7 +313,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
 
     let (started, confined, label) = if confine {
-        let (started, confined, label) = start_confined(&opts, &policy, upstream.is_none())?;
+        let (started, confined, label) =
+            start_confined(&opts, &policy, upstream.is_none(), launch)?;
         (Some(started), Some(confined), label)
     } else {
         let label = format!("relay-{}", std::process::id());
@@ -276,16 +349,51 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             identity::audit_authentication(&state, &p.name, &core.label, "stdio");
         }
     }
-    let exit_rx = started.as_ref().map(|s| s.exit_rx.clone());
-    let watcher = tokio::spawn(reload::watch(
-        Arc::clone(&core),
-        opts.policy.clone(),
-        opts.monitor,
-    ));
-    let result = serve_session(&opts, &core, started, upstream, listener, ring_fd).await;
-    watcher.abort();
-    let ended = teardown(&core, exit_rx);
-    result.and(ended)
+    Ok(Prepared {
+        opts,
+        core,
+        started,
+        upstream,
+        listener,
+        ring_fd,
+    })
+}
+
+impl Prepared {
+    /// The session's label (`session-<pid>-<nonce>`).
+    pub(crate) fn label(&self) -> String {
+        lock(&self.core).label.clone()
+    }
+
+    /// Serves the client until it is done, then tears the session down.
+    /// `watch_policy`: reload the policy file when it changes or on SIGHUP
+    /// (a daemon client's policy is text it sent, not a file the daemon
+    /// reads).
+    pub(crate) async fn serve(self, client: ClientIo, watch_policy: bool) -> Result<(), RunError> {
+        let Self {
+            opts,
+            core,
+            started,
+            upstream,
+            listener,
+            ring_fd,
+        } = self;
+        let exit_rx = started.as_ref().map(|s| s.exit_rx.clone());
+        let watcher = watch_policy.then(|| {
+            tokio::spawn(reload::watch(
+                Arc::clone(&core),
+                opts.policy.clone(),
+                opts.monitor,
+            ))
+        });
+        let result =
+            serve_session(&opts, &core, started, upstream, listener, ring_fd, client).await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        let ended = teardown(&core, exit_rx);
+        result.and(ended)
+    }
 }
 
 /// Loads the kernel programs, creates the session cgroup and starts the
@@ -294,6 +402,7 @@ fn start_confined(
     opts: &RunOptions,
     policy: &Policy,
     stdio: bool,
+    launch: &Launch,
 ) -> Result<(Started, Confined, String), RunError> {
     let mut spec = policy.sandbox.clone();
     spec.dry_run = opts.dry_run;
@@ -321,7 +430,7 @@ fn start_confined(
         session = %label, cgroup = %cgroup.path().display(), mode = %policy.mode, deny = ?policy.deny,
         "protecting {:?}", opts.command
     );
-    let started = spawn_server(&cgroup, &spec, &opts.command, stdio)?;
+    let started = server::spawn(&cgroup, &spec, &opts.command, stdio, launch)?;
     Ok((started, Confined { tracer, cgroup }, label))
 }
 
@@ -333,16 +442,23 @@ async fn serve_session(
     upstream: Option<Upstream>,
     listener: Option<tls::Incoming>,
     ring_fd: Option<std::os::fd::OwnedFd>,
+    client: ClientIo,
 ) -> Result<(), RunError> {
     let max = opts.max_message;
     let mut tasks = Tasks::default();
+    let ClientIo {
+        input,
+        output,
+        gone,
+        stop,
+    } = client;
     // The client side's sink.
     let (to_client, stdout) = match &listener {
         None => {
             let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
             tasks.writer = Some(tokio::spawn(async move {
                 // An error means the client is gone; stdin's EOF ends the run.
-                let _ = write_lines(rx, tokio::io::stdout()).await;
+                let _ = write_lines(rx, output).await;
             }));
             (ToClient::Stdio(tx.clone()), Some(tx))
         }
@@ -376,8 +492,6 @@ async fn serve_session(
         )));
     }
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(io("cannot handle SIGTERM"))?;
     let link = match &to_server {
         Some(ToServer::Http(link)) => Some(Arc::clone(link)),
         _ => None,
@@ -386,15 +500,14 @@ async fn serve_session(
         opts,
         core,
         listener,
-        stdout,
         upstream,
         (to_server, stdin_pipe),
         &to_client,
+        (stdout, input, gone),
     );
     let result = tokio::select! {
         r = client => r,
-        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted"); Ok(()) }
-        _ = sigterm.recv() => { tracing::info!("terminated"); Ok(()) }
+        () = stop => Ok(()),
     };
     if let Some(link) = link {
         link.close().await;
@@ -454,7 +567,7 @@ async fn wire_server(
         }
         (Some(up), _) => {
             if let Some(exit_rx) = exit_rx {
-                wait_until_serving(up, exit_rx.clone()).await?;
+                server::wait_until_serving(up, exit_rx.clone()).await?;
                 // The server's exit fails what is in flight, as on stdio.
                 let (core, exit_rx, to_client) =
                     (Arc::clone(core), exit_rx.clone(), to_client.clone());
@@ -478,8 +591,7 @@ async fn wire_server(
 }
 
 /// Fails at once, and says why, when a running daemon holds this store:
-/// sessions do not run through the daemon yet, and opening its store would
-/// only wait and fail.
+/// opening it would only wait and fail.
 async fn refuse_if_a_daemon_holds(state: &std::path::Path) -> Result<(), RunError> {
     let socket = crate::admin::client::socket_path();
     if !socket.exists() {
@@ -492,9 +604,8 @@ async fn refuse_if_a_daemon_holds(state: &std::path::Path) -> Result<(), RunErro
     let held = health["state"].as_str().map(std::path::Path::new);
     if held.is_some_and(|h| crate::store::same_dir(h, state)) {
         return Err(RunError::DaemonHolds(format!(
-            "the mcpwarden daemon (pid {}) holds the store {}; sessions do not run through \
-             the daemon yet: stop it (systemctl stop mcpwarden) or give this run a store of \
-             its own (--state DIR)",
+            "the mcpwarden daemon (pid {}) holds the store {}: leave out --state to run the \
+             session through the daemon, or give this run a store of its own",
             health["pid"],
             state.display()
         )));
@@ -530,10 +641,14 @@ async fn serve_client(
     opts: &RunOptions,
     core: &Shared,
     listener: Option<tls::Incoming>,
-    stdout: Option<mpsc::Sender<Vec<u8>>>,
     upstream: Option<Upstream>,
     (to_server, stdin_pipe): (Option<ToServer>, Option<ChildStdin>),
     to_client: &ToClient,
+    (stdout, from_client, gone): (
+        Option<mpsc::Sender<Vec<u8>>>,
+        Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+        client::Signal,
+    ),
 ) -> Result<(), RunError> {
     let max = opts.max_message;
     match (listener, stdout) {
@@ -571,98 +686,17 @@ async fn serve_client(
                 (None, None) => unreachable!("a stdio client always has a server side"),
             };
             tokio::select! {
-                r = relay_client(Arc::clone(core), input, max, stdout) => {
+                r = relay_client(Arc::clone(core), from_client, input, max, stdout) => {
                     r.map_err(io("reading the client"))
                 }
-                () = client_gone() => Ok(()),
+                () = gone => {
+                    tracing::info!("the client closed its end of our output");
+                    Ok(())
+                }
             }
         }
         (None, None) => unreachable!("stdio clients have stdout"),
     }
-}
-
-/// Polls the upstream URL's port until the server started there accepts
-/// connections (or exits, or 30 s pass).
-async fn wait_until_serving(
-    upstream: &Upstream,
-    mut exit_rx: watch::Receiver<Option<String>>,
-) -> Result<(), RunError> {
-    let down = |why: String| RunError::UpstreamDown {
-        url: upstream.url().to_owned(),
-        why,
-    };
-    let url = reqwest::Url::parse(upstream.url()).map_err(|e| down(e.to_string()))?;
-    let host = url
-        .host_str()
-        .unwrap_or("127.0.0.1")
-        .trim_matches(['[', ']'])
-        .to_owned();
-    let port = url.port_or_known_default().unwrap_or(80);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        if let Some(how) = exit_rx.borrow_and_update().clone() {
-            return Err(down(format!("it {how}")));
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(down("nothing listens there after 30 s".to_owned()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Starts the server through the exec helper (`mcpwarden sandbox-exec`),
-/// which joins the session cgroup before it execs the command. A stdio
-/// server gets pipes; an HTTP server's stdout goes to our stderr (its log).
-fn spawn_server(
-    cgroup: &SessionCgroup,
-    spec: &Spec,
-    command: &[OsString],
-    stdio: bool,
-) -> Result<Started, RunError> {
-    let helper = launch::helper_command(cgroup, spec, command)
-        .map_err(io("cannot build the sandbox helper's command"))?;
-    let mut cmd = Command::from(helper);
-    if stdio {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-    } else {
-        cmd.stdin(Stdio::null()).stdout(std::io::stderr());
-    }
-    let mut child = cmd
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(io("cannot start the server"))?;
-    let pipes = if stdio {
-        let pipe = |what: &str| io(what.to_owned())(std::io::ErrorKind::BrokenPipe.into());
-        let server_in = child.stdin.take().ok_or_else(|| pipe("server stdin"))?;
-        let server_out = child.stdout.take().ok_or_else(|| pipe("server stdout"))?;
-        Some((server_in, server_out))
-    } else {
-        None
-    };
-    // How the server ended, once it has.
-    let (exit_tx, exit_rx) = watch::channel::<Option<String>>(None);
-    tokio::spawn(async move {
-        let how = match child.wait().await {
-            Ok(status) => match (
-                status.code(),
-                std::os::unix::process::ExitStatusExt::signal(&status),
-            ) {
-                (Some(c), _) => format!("exited with status {c}"),
-                (None, Some(s)) => format!("was killed by signal {s}"),
-                _ => format!("ended ({status})"),
-            },
-            Err(e) => format!("could not be waited for: {e}"),
-        };
-        let _ = exit_tx.send(Some(how));
-    });
-    Ok(Started { pipes, exit_rx })
 }
 
 /// A session's background tasks.

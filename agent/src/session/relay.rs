@@ -6,7 +6,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncWrite, AsyncWriteExt as _, BufReader},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
     process::{ChildStdin, ChildStdout},
     sync::{mpsc, watch},
 };
@@ -80,14 +80,16 @@ pub(super) enum ServerInput {
     Routed(ToServer),
 }
 
-/// Our stdin: the client's messages, checked and passed to the server.
+/// The client's messages (our stdin, or a daemon client's stream),
+/// checked and passed to the server.
 pub(super) async fn relay_client(
     core: Shared,
+    from_client: impl AsyncRead + Unpin,
     input: ServerInput,
     max: usize,
     to_client: mpsc::Sender<Vec<u8>>,
 ) -> std::io::Result<()> {
-    let mut reader = LineReader::new(BufReader::new(tokio::io::stdin()), max);
+    let mut reader = LineReader::new(BufReader::new(from_client), max);
     let (mut pipe, routed) = match input {
         ServerInput::Pipe(stdin) => (
             Some(tokio::io::BufWriter::with_capacity(64 << 10, stdin)),
@@ -165,7 +167,7 @@ async fn server_stopped_reading(core: &Shared, to_client: &mpsc::Sender<Vec<u8>>
 /// server that does not read would otherwise never be noticed, since
 /// nothing is being written to it. Never resolves when stdout is not
 /// something epoll can watch (a file).
-pub(super) async fn client_gone() {
+pub(super) async fn stdout_closed() {
     let watched = std::io::stdout()
         .as_fd()
         .try_clone_to_owned()
@@ -181,7 +183,6 @@ pub(super) async fn client_gone() {
     match watched {
         Ok(fd) => {
             let _ = fd.ready(tokio::io::Interest::ERROR).await;
-            tracing::info!("the client closed its end of our output");
         }
         Err(_) => std::future::pending().await,
     }

@@ -1,0 +1,506 @@
+//! Sessions the daemon runs for its clients.
+//!
+//! `mcpwarden run` (any user) connects to the daemon's Unix socket and asks
+//! with `POST /api/v1/sessions` and `Upgrade: mcpwarden-session/1`. After
+//! `101 Switching Protocols` the connection carries one line each way, the
+//! [`StartRequest`] and the [`StartReply`], then the client's MCP stream
+//! (newline-delimited JSON-RPC) in both directions, inspected here.
+//!
+//! What the client says is taken only for what it cannot fake: who it is
+//! comes from the kernel (peer credentials), its environment and working
+//! directory from /proc; its server runs as its own uid, never another
+//! one. The daemon does not read the policy file: the client sends the
+//! text it can read.
+//!
+//! Fail-closed: a session ends with its client's connection; the daemon
+//! stopping ends every session and kills its server; the daemon dying
+//! kills every sandbox with it (the exec helper dies with the daemon, the
+//! namespace init with the helper), and the next start removes what is
+//! left and closes the records of sessions it did not see end.
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    os::unix::ffi::OsStringExt as _,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    extract::Request,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse as _, Response},
+};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::{
+    io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader},
+    sync::{Notify, watch},
+};
+
+use super::api::{Api, Caller};
+use crate::{
+    policy::{Policy, agents::Peer},
+    session::{self, ClientIo, Launch, RunOptions},
+    store::{Db, audit, unix_now},
+};
+
+/// The `Upgrade` protocol of a session.
+pub const UPGRADE: &str = "mcpwarden-session/1";
+/// The route that starts one.
+pub const ROUTE: &str = "/api/v1/sessions";
+/// The start request's largest size (a policy's text and a command line).
+const MAX_START: usize = 1 << 20;
+/// The largest message a client may ask its session to accept.
+const MAX_MESSAGE: usize = 64 << 20;
+/// The store's tree of session records.
+const TREE: &str = "sessions";
+
+/// What a client asks for: the first line it sends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StartRequest {
+    /// The policy's text.
+    pub policy: String,
+    /// Where the client read it (named in messages only).
+    pub policy_path: String,
+    /// The server's command line (empty: `upstream` alone, not started).
+    pub command: Vec<String>,
+    /// A Streamable HTTP server's URL.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub monitor: bool,
+    /// Largest message accepted from either side, in bytes.
+    pub max_message: usize,
+}
+
+/// The daemon's answer: the session's label, or why there is none.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StartReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A session's record: in memory while it runs, in the store for good.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub session: String,
+    pub uid: u32,
+    pub pid: i32,
+    pub server: Vec<String>,
+    pub policy: String,
+    /// Seconds since the epoch.
+    pub started: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<u64>,
+    /// How it ended ("client done", an error, "recovered at start").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+/// The daemon's live sessions, and the signal that ends them all.
+#[derive(Debug)]
+pub struct Sessions {
+    live: Mutex<BTreeMap<String, SessionRecord>>,
+    changed: Notify,
+    stop: watch::Receiver<bool>,
+}
+
+impl Sessions {
+    #[must_use]
+    pub fn new(stop: watch::Receiver<bool>) -> Self {
+        Self {
+            live: Mutex::new(BTreeMap::new()),
+            changed: Notify::new(),
+            stop,
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SessionRecord>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The sessions running now.
+    pub fn list(&self) -> Vec<SessionRecord> {
+        self.live().values().cloned().collect()
+    }
+
+    /// Waits until every session has ended, at most `limit`; returns how
+    /// many are still running.
+    pub async fn drain(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.changed.notified();
+            let left = self.live().len();
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.live().len();
+            }
+        }
+    }
+}
+
+/// Whether `request` asks for a session (an upgrade on [`ROUTE`]).
+pub fn is_start(request: &Request) -> bool {
+    request.method() == axum::http::Method::POST
+        && request.uri().path().trim_end_matches('/') == ROUTE
+        && request
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE))
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "error": message }).to_string(),
+    )
+        .into_response()
+}
+
+/// Answers a session request: switches protocols and runs the session on
+/// the connection. Sessions start only on the Unix socket, where the kernel
+/// says who the client is.
+pub fn start(api: Arc<Api>, caller: &Caller, mut request: Request) -> Response {
+    let (Some(uid), Some(gid), Some(pid)) = (caller.uid, caller.gid, caller.pid) else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "sessions start on the daemon's Unix socket only, where the kernel names the client",
+        );
+    };
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let client = Client { uid, gid, pid };
+                run(api, client, BufReader::new(TokioIo::new(upgraded))).await;
+            }
+            Err(e) => tracing::warn!(uid, pid, "a session request did not upgrade: {e}"),
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(UPGRADE));
+    response
+}
+
+/// The client, as the kernel names it.
+#[derive(Clone, Copy, Debug)]
+struct Client {
+    uid: u32,
+    gid: u32,
+    pid: i32,
+}
+
+/// Reads one line of at most `max` bytes, leaving what follows buffered.
+async fn read_line(
+    stream: &mut (impl AsyncBufRead + Unpin),
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    let mut line = Vec::new();
+    loop {
+        let buf = stream.fill_buf().await.map_err(|e| e.to_string())?;
+        if buf.is_empty() {
+            return Err("the client closed the connection before asking".into());
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        stream.consume(take);
+        if line.len() > max {
+            return Err(format!("the session request is over {max} bytes"));
+        }
+        if done {
+            line.pop();
+            return Ok(line);
+        }
+    }
+}
+
+async fn reply(stream: &mut (impl AsyncWrite + Unpin), answer: &StartReply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    stream.flush().await
+}
+
+/// One session, from its request to its end.
+async fn run<S>(api: Arc<Api>, client: Client, mut stream: BufReader<S>)
+where
+    S: tokio::io::AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let prepared = match read_line(&mut stream, MAX_START).await {
+        Ok(line) => prepare(&api, client, &line).await,
+        Err(e) => Err(e),
+    };
+    let (prepared, record) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(uid = client.uid, pid = client.pid, "session refused: {e}");
+            let _ = reply(
+                &mut stream,
+                &StartReply {
+                    error: Some(e),
+                    ..StartReply::default()
+                },
+            )
+            .await;
+            return;
+        }
+    };
+    let label = record.session.clone();
+    api.sessions.live().insert(label.clone(), record.clone());
+    save(&api.db, &record, "session.start");
+    let sent = reply(
+        &mut stream,
+        &StartReply {
+            session: Some(label.clone()),
+            ..StartReply::default()
+        },
+    )
+    .await;
+    if let Err(e) = sent {
+        // Still served: it sees the client gone and tears down.
+        tracing::warn!(session = %label, "cannot answer the client: {e}");
+    }
+    let mut stop = api.sessions.stop.clone();
+    let stopping = Box::pin(async move {
+        let _ = stop.wait_for(|s| *s).await;
+        tracing::info!("the daemon is stopping: ending the session");
+    });
+    let ended = prepared
+        .serve(ClientIo::stream(stream, stopping), false)
+        .await;
+    let outcome = match ended {
+        Ok(()) => "ended".to_owned(),
+        Err(e) => {
+            tracing::error!(session = %label, "session failed: {e}");
+            format!("failed: {e}")
+        }
+    };
+    let mut done = record;
+    done.ended = Some(unix_now());
+    done.outcome = Some(outcome);
+    save(&api.db, &done, "session.end");
+    api.sessions.live().remove(&label);
+    api.sessions.changed.notify_waiters();
+}
+
+/// Checks the request against what the kernel says of the client and
+/// starts the server.
+async fn prepare(
+    api: &Api,
+    client: Client,
+    line: &[u8],
+) -> Result<(session::Prepared, SessionRecord), String> {
+    let ask: StartRequest =
+        serde_json::from_slice(line).map_err(|e| format!("bad session request: {e}"))?;
+    let proc = ProcessView::read(client)?;
+    let invoker = mcpwarden_sandbox::Invoker {
+        uid: client.uid,
+        gid: client.gid,
+    };
+    let mut policy =
+        Policy::parse_for(&ask.policy, &ask.policy_path, invoker).map_err(|e| e.to_string())?;
+    let spec = &policy.sandbox;
+    if client.uid != 0 && spec.uid != client.uid {
+        return Err(format!(
+            "{}: sandbox.user is {}, but a session asked for by uid {} runs its server as uid {}",
+            ask.policy_path, spec.uid, client.uid, client.uid
+        ));
+    }
+    if client.uid != 0 && spec.gid != client.gid && !proc.groups.contains(&spec.gid) {
+        return Err(format!(
+            "{}: sandbox.group is {}, which uid {} is not a member of",
+            ask.policy_path, spec.gid, client.uid
+        ));
+    }
+    if ask.monitor {
+        policy.force_monitor();
+    }
+    let token = proc.var(session::TOKEN_ENV);
+    let peer = Peer {
+        identity: session::identity_from_token(&policy, &api.state, token)
+            .map_err(|e| e.to_string())?,
+        ..Peer::of_process(proc.parent)
+    };
+    let opts = RunOptions {
+        policy: PathBuf::from(&ask.policy_path),
+        max_message: ask.max_message.clamp(1024, MAX_MESSAGE),
+        command: ask.command.iter().map(OsString::from).collect(),
+        dry_run: ask.dry_run,
+        upstream: ask.upstream.clone(),
+        monitor: ask.monitor,
+        state: Some(api.state.clone()),
+        ..RunOptions::default()
+    };
+    if opts.command.is_empty() && opts.upstream.is_none() {
+        return Err(session::RunError::NoCommand.to_string());
+    }
+    let launch = Launch {
+        env: Some(proc.env),
+        cwd: Some(proc.cwd),
+        die_with_parent: true,
+    };
+    let prepared = session::prepare(opts, policy, peer, &launch)
+        .await
+        .map_err(|e| e.to_string())?;
+    let record = SessionRecord {
+        session: prepared.label(),
+        uid: client.uid,
+        pid: client.pid,
+        server: ask.command,
+        policy: ask.policy_path,
+        started: unix_now(),
+        ended: None,
+        outcome: None,
+    };
+    tracing::info!(session = %record.session, uid = client.uid, pid = client.pid, server = ?record.server, "session started for a client");
+    Ok((prepared, record))
+}
+
+/// What /proc says of the client process.
+struct ProcessView {
+    env: Vec<(OsString, OsString)>,
+    cwd: PathBuf,
+    parent: u32,
+    groups: Vec<u32>,
+}
+
+impl ProcessView {
+    fn read(client: Client) -> Result<Self, String> {
+        let proc = PathBuf::from(format!("/proc/{}", client.pid));
+        let gone = |what: &str, e: std::io::Error| {
+            format!("cannot read the client's {what} (pid {}): {e}", client.pid)
+        };
+        let status = std::fs::read_to_string(proc.join("status")).map_err(|e| gone("status", e))?;
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|rest| {
+                    rest.split_whitespace()
+                        .filter_map(|v| v.parse::<u32>().ok())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        // The pid is the one the kernel gave at connect; a process that
+        // exited and whose pid was reused would show another user.
+        if field("Uid:").first() != Some(&client.uid) {
+            return Err(format!(
+                "the client (pid {}) is gone or changed user",
+                client.pid
+            ));
+        }
+        let environ = std::fs::read(proc.join("environ")).map_err(|e| gone("environment", e))?;
+        let env = environ
+            .split(|&b| b == 0)
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| {
+                let i = kv.iter().position(|&b| b == b'=')?;
+                Some((
+                    OsString::from_vec(kv[..i].to_vec()),
+                    OsString::from_vec(kv[i + 1..].to_vec()),
+                ))
+            })
+            .collect();
+        let cwd = std::fs::read_link(proc.join("cwd")).map_err(|e| gone("directory", e))?;
+        Ok(Self {
+            env,
+            cwd,
+            parent: field("PPid:").first().copied().unwrap_or(1),
+            groups: field("Groups:"),
+        })
+    }
+
+    fn var(&self, name: &str) -> Option<String> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_string_lossy().into_owned())
+    }
+}
+
+/// Writes the session's record and an audit record of `action`.
+fn save(db: &Db, record: &SessionRecord, action: &str) {
+    let result = db.tree(TREE).and_then(|tree| {
+        db.put(&tree, record.session.as_bytes(), record)?;
+        audit::append(
+            db,
+            audit::Actor {
+                uid: Some(record.uid),
+                name: String::new(),
+            },
+            action,
+            &record.session,
+            serde_json::to_value(record).unwrap_or_default(),
+        )
+        .map(drop)
+    });
+    if let Err(e) = result {
+        tracing::error!(session = %record.session, "cannot record {action}: {e}");
+    }
+}
+
+/// At start: removes the sandboxes of a daemon that died, and closes the
+/// records of the sessions it did not see end.
+pub fn recover(db: &Db) -> Result<usize, crate::store::StoreError> {
+    match crate::launch::reap_stale() {
+        Ok(reaped) => {
+            for path in reaped {
+                tracing::warn!(
+                    "removed the sandbox {} of an mcpwarden that is gone",
+                    path.display()
+                );
+            }
+        }
+        Err(e) => tracing::error!("cannot look for sandboxes left behind: {e}"),
+    }
+    let tree = db.tree(TREE)?;
+    let mut closed = 0;
+    for item in &tree {
+        let (_, value) = item.map_err(|e| db.io(&e))?;
+        let Ok(mut record) = serde_json::from_slice::<SessionRecord>(&value) else {
+            continue;
+        };
+        if record.ended.is_some() {
+            continue;
+        }
+        record.ended = Some(unix_now());
+        record.outcome =
+            Some("the daemon stopped before it ended (closed at the next start)".into());
+        save(db, &record, "session.recovered");
+        closed += 1;
+    }
+    Ok(closed)
+}
+
+/// Every recorded session, newest first, at most `last`.
+pub fn history(db: &Db, last: usize) -> Result<Vec<SessionRecord>, crate::store::StoreError> {
+    let tree = db.tree(TREE)?;
+    let mut all = Vec::new();
+    for item in &tree {
+        let (_, value) = item.map_err(|e| db.io(&e))?;
+        if let Ok(r) = serde_json::from_slice::<SessionRecord>(&value) {
+            all.push(r);
+        }
+    }
+    all.sort_by(|a, b| b.started.cmp(&a.started).then(b.session.cmp(&a.session)));
+    all.truncate(last);
+    Ok(all)
+}

@@ -1,0 +1,282 @@
+//! Sessions through the daemon, for real: an unprivileged user's MCP
+//! client (the Python SDK, as uid 65534) starts `mcpwarden run`, which asks
+//! the daemon on its socket; the daemon confines the server as that user,
+//! inspects and enforces, and records the session. Killing the daemon with
+//! SIGKILL takes the sandbox with it; the next start closes the record and
+//! removes what was left.
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    daemon::Daemon,
+    support::{Fixture, Run, cgroup_root, python, repo, serial},
+};
+
+/// The daemon's sessions, newest first (`mcpwarden sessions --json`).
+fn sessions(d: &Daemon) -> Vec<Value> {
+    let (ok, out, err) = d.cli(&["sessions", "--json"], &[]);
+    assert!(ok, "mcpwarden sessions failed: {err}");
+    serde_json::from_str::<Value>(&out)
+        .expect("sessions JSON")
+        .as_array()
+        .expect("a list")
+        .clone()
+}
+
+/// The audit actions recorded for `session`.
+fn audited(d: &Daemon, session: &str) -> Vec<String> {
+    let (ok, out, err) = d.cli(&["audit", "show", "-n", "200"], &[]);
+    assert!(ok, "audit show failed: {err}");
+    out.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("an audit record"))
+        .filter(|r| r["subject"] == session)
+        .map(|r| r["action"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// `mcpwarden run` with no `--state` and no `--events`: the daemon's client.
+fn run_through(fx: &Fixture) -> Vec<String> {
+    let mut command = vec![
+        crate::support::mcpwarden_path(),
+        "run".to_owned(),
+        "--policy".to_owned(),
+        fx.policy.display().to_string(),
+        "--".to_owned(),
+    ];
+    command.extend(fx.server_cmd());
+    command
+}
+
+fn socket_env(d: &Daemon) -> [(&'static str, String); 1] {
+    [("MCPWARDEN_SOCKET", d.socket.display().to_string())]
+}
+
+#[test]
+fn unprivileged_users_sessions_run_in_the_daemon_confined_as_those_users() {
+    let _serial = serial();
+    let d = Daemon::start();
+    let fx = Fixture::new("enforce");
+    let scenario = json!([
+        {"call": "whoami", "args": {}},
+        {"call": "read_file", "args": {"path": fx.allowed()}},
+        {"call": "read_file", "args": {"path": fx.secret()}},
+    ]);
+    // Two users at once: nobody, and a uid with no name at all.
+    let other = std::thread::scope(|scope| {
+        let other = scope.spawn(|| {
+            let env = socket_env(&d);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Run::client_as(
+                4242,
+                &json!([{"call": "whoami", "args": {}}]),
+                run_through(&fx),
+                &env,
+            )
+        });
+        let env = socket_env(&d);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let run = Run::client_as(65534, &scenario, run_through(&fx), &env);
+        (run, other.join().expect("the other client"))
+    });
+    let (run, other) = other;
+
+    // Each server ran as its client's user, in a session cgroup.
+    let me = run.whoami(0);
+    assert_eq!(me["uid"], 65534, "server identity: {me}");
+    assert_eq!(other.whoami(0)["uid"], 4242, "{}", other.raw);
+    assert_ne!(run.session_cgroup(0), other.session_cgroup(0));
+    assert_eq!(run.text(1), "the allowed file\n");
+    // The daemon enforced the policy: the open of the denied file killed
+    // the server and the call was answered with the rule.
+    let blocked = &run.step(2)["error"];
+    assert_eq!(blocked["code"], -32001, "{}", run.raw);
+    assert!(
+        blocked["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("files.deny[0]"),
+        "{blocked}"
+    );
+
+    // The daemon recorded the session under the client's uid, and its end
+    // (written once the teardown is done, just after the client left).
+    let mut list = Vec::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        list = sessions(&d);
+        list.len() == 2 && list.iter().all(|s| !s["outcome"].is_null())
+    }));
+    let s = list
+        .iter()
+        .find(|s| s["uid"] == 65534)
+        .expect("nobody's session record");
+    assert!(list.iter().any(|s| s["uid"] == 4242), "{list:?}");
+    assert_eq!(s["outcome"], "ended", "{s}");
+    assert_eq!(s["policy"], fx.policy.display().to_string());
+    let label = s["session"].as_str().expect("label");
+    assert_eq!(audited(&d, label), ["session.start", "session.end"]);
+}
+
+#[test]
+fn a_session_may_not_run_its_server_as_another_user() {
+    let _serial = serial();
+    let d = Daemon::start();
+    let fx = Fixture::with_sandbox("enforce", "user = 1000");
+    let out = std::process::Command::new(crate::support::mcpwarden_path())
+        .env("MCPWARDEN_SOCKET", &d.socket)
+        .arg("run")
+        .arg("--policy")
+        .arg(&fx.policy)
+        .arg("--")
+        .args(fx.server_cmd())
+        .stdin(std::process::Stdio::null())
+        .uid_gid(65534)
+        .output()
+        .expect("run mcpwarden");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("sandbox.user is 1000, but a session asked for by uid 65534 runs its server as uid 65534"),
+        "{err}"
+    );
+    assert!(sessions(&d).is_empty(), "a refused session left a record");
+
+    // Without a daemon, an ordinary user is told so.
+    let out = std::process::Command::new(crate::support::mcpwarden_path())
+        .env("MCPWARDEN_SOCKET", d.socket.with_extension("absent"))
+        .args(["run", "--policy"])
+        .arg(&fx.policy)
+        .arg("--")
+        .args(fx.server_cmd())
+        .stdin(std::process::Stdio::null())
+        .uid_gid(65534)
+        .output()
+        .expect("run mcpwarden");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no mcpwarden daemon answers on"),
+        "{err}"
+    );
+}
+
+trait AsNobody {
+    fn uid_gid(&mut self, id: u32) -> &mut Self;
+}
+
+impl AsNobody for std::process::Command {
+    fn uid_gid(&mut self, id: u32) -> &mut Self {
+        use std::os::unix::process::CommandExt as _;
+        self.uid(id).gid(id)
+    }
+}
+
+/// Polls `what` every 20 ms until it holds or `limit` passes.
+fn eventually(limit: Duration, mut what: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if what() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    what()
+}
+
+fn pids_in(cgroup: &Path) -> Vec<u32> {
+    std::fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_killed_daemon_takes_its_sandboxes_with_it_and_recovers_at_start() {
+    let _serial = serial();
+    let mut d = Daemon::start();
+    let fx = Fixture::new("enforce");
+    let go_on = fx.dir().join("go-on");
+    let scenario = json!([
+        {"call": "whoami", "args": {}},
+        {"wait_file": go_on.display().to_string()},
+    ]);
+    // The SDK client as nobody, its stderr (and so `run`'s) kept: it cannot
+    // end cleanly once its server is gone, and says why.
+    let client = std::process::Command::new(python())
+        .arg(repo().join("tests/e2e/client.py"))
+        .arg(scenario.to_string())
+        .arg("--")
+        .args(run_through(&fx))
+        .env("MCPWARDEN_SOCKET", &d.socket)
+        .env("HOME", "/tmp")
+        .uid_gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the Python MCP client");
+
+    // The session is live: its record has no end, its cgroup has the server.
+    let mut label = String::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            match sessions(&d).first() {
+                Some(s) if s["outcome"].is_null() => {
+                    label = s["session"].as_str().unwrap_or_default().to_owned();
+                    true
+                }
+                _ => false,
+            }
+        }),
+        "no live session appeared; daemon log:\n{}",
+        d.log()
+    );
+    let cgroup: PathBuf = cgroup_root().join("mcpwarden").join(&label);
+    assert!(
+        eventually(Duration::from_secs(10), || !pids_in(&cgroup).is_empty()),
+        "the server never joined {}",
+        cgroup.display()
+    );
+    let server = pids_in(&cgroup);
+
+    d.kill_hard();
+    // Fail-closed: the server dies with the daemon, without anyone asking.
+    assert!(
+        eventually(Duration::from_secs(5), || server
+            .iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())),
+        "server pids {server:?} outlived the daemon"
+    );
+    std::fs::write(&go_on, "").expect("let the client finish");
+    let out = client.wait_with_output().expect("the client ends");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("the daemon ended the session"),
+        "the client was not told why its server went away:\n{said}"
+    );
+
+    // The next start removes the sandbox left behind and closes the record.
+    d.restart();
+    assert!(
+        !cgroup.exists(),
+        "the restarted daemon left {}",
+        cgroup.display()
+    );
+    let list = sessions(&d);
+    let s = list
+        .iter()
+        .find(|s| s["session"] == label.as_str())
+        .expect("the session's record survived");
+    assert!(
+        s["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("closed at the next start"),
+        "{s}"
+    );
+    assert_eq!(audited(&d, &label), ["session.start", "session.recovered"]);
+    let (ok, out, err) = d.cli(&["audit", "verify"], &[]);
+    assert!(ok, "audit verify: {out}{err}");
+}
