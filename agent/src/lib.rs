@@ -14,6 +14,7 @@ pub mod identity;
 pub mod inspect;
 pub mod kernel;
 pub mod launch;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod registry;

@@ -200,13 +200,7 @@ enum SandboxCmd {
 
 fn main() -> ExitCode {
     // stdout carries MCP: every log line goes to stderr.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MCPWARDEN_LOG")
-                .unwrap_or_else(|_| "mcpwarden=info".into()),
-        )
-        .init();
+    init_logging();
     match Cli::parse().command {
         Cmd::Scan(args) => args.run(),
         Cmd::Policy { command } => command.run(),
@@ -330,6 +324,41 @@ fn daemon_cmd(opts: mcpwarden::daemon::DaemonOptions) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }
+}
+
+/// Logs to stderr; to the journal, with structured fields, when stderr is
+/// the journal (a systemd service: `JOURNAL_STREAM` names stderr's device
+/// and inode, as systemd.exec(5) says to check).
+fn init_logging() {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("MCPWARDEN_LOG")
+            .unwrap_or_else(|_| "mcpwarden=info".into())
+    };
+    if stderr_is_the_journal()
+        && let Ok(journal) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry()
+            .with(filter())
+            .with(journal.with_syslog_identifier("mcpwarden".to_owned()))
+            .init();
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter())
+        .init();
+}
+
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
 }
 
 fn sessions_cmd(last: usize, json: bool, state: Option<&std::path::Path>) -> ExitCode {

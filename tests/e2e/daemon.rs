@@ -186,6 +186,7 @@ fn routes() -> (Vec<Route>, Vec<Route>) {
             Some(json!({"op": "check_policy", "text": "mode = \"enforce\""})),
         ),
         ("GET", "/api/v1/sessions", None),
+        ("GET", "/metrics", None),
     ];
     let admin = vec![
         (

@@ -118,6 +118,50 @@ fn unprivileged_users_sessions_run_in_the_daemon_confined_as_those_users() {
     assert_eq!(s["policy"], fx.policy.display().to_string());
     let label = s["session"].as_str().expect("label");
     assert_eq!(audited(&d, label), ["session.start", "session.end"]);
+
+    // Prometheus' view of the same: two sessions, none running, the kill,
+    // and every client message judged and timed.
+    let metrics = scrape(&d.socket);
+    assert_eq!(metric(&metrics, "mcpwarden_sessions_started_total"), 2);
+    assert_eq!(metric(&metrics, "mcpwarden_sessions"), 0);
+    assert!(metric(&metrics, "mcpwarden_verdicts_total{verdict=\"kill\"}") >= 1);
+    let judged = metric(&metrics, "mcpwarden_messages_total{from=\"client\"}");
+    // initialize, initialized and the calls of both clients.
+    assert!(judged >= 7, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "mcpwarden_client_message_seconds_count"),
+        judged
+    );
+    assert!(metric(&metrics, "mcpwarden_kernel_events_total") > 0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "mcpwarden_kernel_events_lost_total{reason=\"ring_full\"}"
+        ),
+        0
+    );
+}
+
+/// GET /metrics on the daemon's socket, as root: the body.
+fn scrape(socket: &Path) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("ask");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the count `name` (with its labels) in an exposition.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
 }
 
 #[test]

@@ -27,6 +27,9 @@ use crate::{
     store::{Db, audit::Actor},
 };
 
+/// Where Prometheus scrapes (with a token of read scope, as every route).
+pub const METRICS: &str = "/metrics";
+
 /// The largest request body (a policy's text is the largest thing sent).
 pub const MAX_BODY: usize = 1 << 20;
 
@@ -221,6 +224,16 @@ async fn handle(
         Ok(w) => w,
         Err(Refused(status, why)) => return error(status, &why),
     };
+    // Any authenticated caller may read the metrics (read scope is the
+    // least there is).
+    if parts.method == axum::http::Method::GET && parts.uri.path() == METRICS {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            crate::metrics::render(api.sessions.list().len()),
+        )
+            .into_response();
+    }
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -27,6 +27,7 @@ use super::{
 use crate::{
     inspect::scan,
     kernel::{KernelEvent, Tracer},
+    metrics::{self, Counter},
     monotonic_ns,
     policy::{Policy, agents::Peer, expr::SessionStats},
     proxy::{
@@ -174,6 +175,20 @@ impl Core {
         scope: &str,
         now: u64,
     ) -> Result<(), Vec<String>> {
+        let started = std::time::Instant::now();
+        let verdict = self.judge_client(msg, body, scope, now);
+        metrics::CLIENT_LATENCY.observe(started.elapsed());
+        metrics::add(Counter::ClientMessages, 1);
+        verdict
+    }
+
+    fn judge_client(
+        &mut self,
+        msg: &Message,
+        body: &[u8],
+        scope: &str,
+        now: u64,
+    ) -> Result<(), Vec<String>> {
         let requests = requests_of(msg, scope);
         if let ServerState::Gone { message, data } = &self.state {
             return Err(requests
@@ -234,6 +249,7 @@ impl Core {
         for (id, method, tool) in requests {
             if method == "tools/call" {
                 self.counts.calls += 1;
+                metrics::add(Counter::ToolCalls, 1);
             }
             // Cannot fail: duplicates were ruled out above.
             let _ = self
@@ -330,6 +346,20 @@ impl Core {
         scope: &str,
         now: u64,
     ) -> (bool, Vec<Reply>) {
+        let started = std::time::Instant::now();
+        let verdict = self.judge_server(msg, body, scope, now);
+        metrics::SERVER_LATENCY.observe(started.elapsed());
+        metrics::add(Counter::ServerMessages, 1);
+        verdict
+    }
+
+    fn judge_server(
+        &mut self,
+        msg: &Message,
+        body: &[u8],
+        scope: &str,
+        now: u64,
+    ) -> (bool, Vec<Reply>) {
         let mut replies = self.drain_events();
         if !matches!(self.state, ServerState::Running) {
             tracing::warn!("dropping a message from a tool server that was stopped");
@@ -350,7 +380,9 @@ impl Core {
                     for r in &l.records {
                         self.write_record(r.clone());
                     }
-                    self.counts.alerts += l.records.len() as u64;
+                    let n = l.records.len() as u64;
+                    self.counts.alerts += n;
+                    metrics::add(Counter::Alerts, n);
                     for _ in 0..l.violations {
                         self.trust_note(Kind::Server, Signal::PinViolation);
                     }
@@ -428,10 +460,13 @@ impl Core {
             return None;
         };
         self.counts.psi_flagged += 1;
+        metrics::add(Counter::PsiFlagged, 1);
         if replace.is_some() {
             self.counts.psi_blocked += 1;
+            metrics::add(Counter::PsiBlocked, 1);
         } else {
             self.counts.alerts += 1;
+            metrics::add(Counter::Alerts, 1);
         }
         record["policy"] = Value::String(self.policy.source.clone());
         let (kind, signal) = match record["point"].as_str() {
@@ -467,6 +502,7 @@ impl Core {
         self.parents.observe(event);
         let verdict = record::judge(event, &self.policy);
         self.counts.events += 1;
+        metrics::add(Counter::KernelEvents, 1);
         // The JSON line is built only when there is a file to write it to:
         // under a flood of events this is most of the work.
         if let Some(w) = &mut self.events {
@@ -487,6 +523,7 @@ impl Core {
         match verdict.action {
             record::Action::Alert => {
                 self.counts.alerts += 1;
+                metrics::add(Counter::Alerts, 1);
                 tracing::warn!(
                     "policy alert (monitor mode): {}",
                     verdict.describe(event, &self.policy)
@@ -495,11 +532,13 @@ impl Core {
             }
             record::Action::Killed => {
                 self.counts.killed += 1;
+                metrics::add(Counter::Kills, 1);
                 self.trust_note(Kind::Server, Signal::KernelKill);
                 self.kill(event, &verdict)
             }
             record::Action::Denied => {
                 self.counts.denied += 1;
+                metrics::add(Counter::Denied, 1);
                 self.trust_note(Kind::Server, Signal::KernelDenial);
                 tracing::warn!("{}", verdict.describe(event, &self.policy));
                 Vec::new()

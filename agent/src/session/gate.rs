@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use super::core::Core;
 use crate::{
+    metrics::{self, Counter},
     policy::{
         Policy,
         agents::{Peer, identify},
@@ -133,6 +134,7 @@ impl Core {
     /// The answer to a call of a quarantined tool (recorded).
     fn refuse_quarantined(&mut self, tool: &str, id: &RequestId, batch: bool) -> String {
         self.counts.policy_blocked += 1;
+        metrics::add(Counter::PolicyBlocked, 1);
         let server = self.gate.server.clone();
         let message = format!(
             "mcpwarden blocked this call to {tool}: the tool is quarantined (its definition is new or changed since approval); \
@@ -198,6 +200,7 @@ impl Core {
                 Verdict::Pass => {}
                 Verdict::Alert(record) => {
                     self.counts.alerts += 1;
+                    metrics::add(Counter::Alerts, 1);
                     self.trust_note(Kind::Agent, Signal::PolicyAlert);
                     self.write_record(record);
                 }
@@ -207,6 +210,7 @@ impl Core {
                     kill,
                 } => {
                     self.counts.policy_blocked += 1;
+                    metrics::add(Counter::PolicyBlocked, 1);
                     let signal = if kill {
                         Signal::PolicyKill
                     } else {
@@ -216,6 +220,7 @@ impl Core {
                     self.write_record(record.clone());
                     if kill {
                         self.counts.killed += 1;
+                        metrics::add(Counter::Kills, 1);
                         self.kill_tree();
                         let later = format!(
                             "mcpwarden: the tool server is no longer running: it was killed by policy rule {} on a call to {tool}; start a new session",

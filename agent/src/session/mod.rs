@@ -349,6 +349,7 @@ pub(crate) async fn prepare(
             identity::audit_authentication(&state, &p.name, &core.label, "stdio");
         }
     }
+    crate::metrics::add(crate::metrics::Counter::Sessions, 1);
     Ok(Prepared {
         opts,
         core,
@@ -762,6 +763,11 @@ fn teardown(
     let (dropped, rate_limited) = confined
         .as_ref()
         .map_or((0, 0), |c| c.tracer.dropped().unwrap_or((0, 0)));
+    crate::metrics::add(crate::metrics::Counter::KernelEventsLost, dropped);
+    crate::metrics::add(
+        crate::metrics::Counter::KernelEventsRateLimited,
+        rate_limited,
+    );
     if dropped > 0 {
         tracing::error!(
             dropped,

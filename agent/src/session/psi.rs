@@ -99,7 +99,10 @@ impl Psi {
             return Outcome::Clean;
         }
         let texts: Vec<&str> = fields.iter().map(|(_, s)| *s).collect();
-        let (verdicts, failure) = match self.inspector.inspect_many(&texts) {
+        let started = std::time::Instant::now();
+        let inspected = self.inspector.inspect_many(&texts);
+        crate::metrics::PSI_LATENCY.observe(started.elapsed());
+        let (verdicts, failure) = match inspected {
             Ok(v) => (v, None),
             Err(e) => {
                 tracing::error!("PSI could not inspect {method}: {e}; treating it as flagged");
