@@ -3,7 +3,7 @@
 CARGO_BUILD_JOBS ?= 2
 export CARGO_BUILD_JOBS
 
-.PHONY: setup build demo test lint bench fuzz train eval
+.PHONY: setup build demo test lint bench fuzz train eval package
 
 setup:
 	./setup.sh
@@ -14,8 +14,16 @@ build: setup
 demo: build
 	/opt/mcpwarden-dev/venv/bin/python tests/demo/demo.py
 
-test: setup
+# The end-to-end tests install the .deb and read the .rpm: built first.
+test: setup package
 	cargo test
+
+# The .deb (target/debian/) and the .rpm (target/generate-rpm/) of the
+# release binary, with the unit, the settings, the policies and PSI's model.
+package: setup
+	cargo build --release -p mcpwarden --bin mcpwarden
+	cargo deb -p mcpwarden --no-build
+	cargo generate-rpm -p agent
 
 # What CI checks besides the tests.
 lint: setup

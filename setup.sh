@@ -11,13 +11,16 @@ FS_SERVER_VERSION=2026.8.31
 EVERYTHING_SERVER_VERSION=2026.8.31
 CONFORMANCE_VERSION=0.1.16
 NODE22_VERSION=22.23.3
+CARGO_DEB_VERSION=3.6.2
+CARGO_GENERATE_RPM_VERSION=0.16.0
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
 # systemd: `systemd-analyze verify` checks the daemon's unit in the tests.
-for pkg in "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" python3 python3-venv systemd; do
+# rpm: `rpm -qip/-qlp` checks the .rpm the packaging builds.
+for pkg in "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" python3 python3-venv systemd rpm; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
         || need_apt+=("$pkg")
 done
@@ -44,6 +47,16 @@ if ! command -v bpf-linker >/dev/null || ! bpf-linker --version 2>/dev/null | gr
         cargo install bpf-linker --version "$BPF_LINKER_VERSION" --locked \
         --no-default-features --features "llvm-${LLVM_MAJOR}"
 fi
+
+# The packagers behind `make package` (the .deb and the .rpm).
+cargo_tool() { # CRATE VERSION COMMAND
+    if ! "$3" --version 2>/dev/null | grep -q "$2"; then
+        log "cargo: installing $1 $2"
+        CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" cargo install "$1" --version "$2" --locked --quiet
+    fi
+}
+cargo_tool cargo-deb "$CARGO_DEB_VERSION" cargo-deb
+cargo_tool cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION" cargo-generate-rpm
 
 # aya attaches tracepoints through tracefs; some hosts do not mount it.
 if [ ! -e /sys/kernel/tracing/events ]; then

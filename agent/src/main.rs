@@ -102,16 +102,22 @@ enum Cmd {
     /// The long-lived service (root, under systemd): holds the store and
     /// serves the API on its Unix socket and on TCP.
     Daemon {
-        /// State directory (default: $MCPWARDEN_STATE_DIR, else /var/lib/mcpwarden).
+        /// The settings file (default: /etc/mcpwarden/mcpwarden.toml, if
+        /// present). Flags win over it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// State directory (default: $MCPWARDEN_STATE_DIR, else the
+        /// settings, else /var/lib/mcpwarden).
         #[arg(long)]
         state: Option<PathBuf>,
-        /// The Unix socket (default: $MCPWARDEN_SOCKET, else
-        /// /run/mcpwarden/mcpwarden.sock).
+        /// The Unix socket (default: $MCPWARDEN_SOCKET, else the settings,
+        /// else /run/mcpwarden/mcpwarden.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// Where the TCP API listens.
-        #[arg(long, default_value = mcpwarden::daemon::DEFAULT_API, conflicts_with = "no_api")]
-        api: std::net::SocketAddr,
+        /// Where the TCP API listens (default: the settings, else
+        /// 127.0.0.1:8000).
+        #[arg(long, conflicts_with = "no_api")]
+        api: Option<std::net::SocketAddr>,
         /// No TCP API: the Unix socket only.
         #[arg(long)]
         no_api: bool,
@@ -209,17 +215,23 @@ fn main() -> ExitCode {
         Cmd::Ca { command } => command.run(),
         Cmd::Trust { command } => command.run(),
         Cmd::Daemon {
+            config,
             state,
             socket,
             api,
             no_api,
             api_tls,
-        } => daemon_cmd(mcpwarden::daemon::DaemonOptions {
+        } => match mcpwarden::daemon::config::resolve(mcpwarden::daemon::config::Flags {
+            config,
             state,
-            socket: socket.unwrap_or_else(mcpwarden::admin::client::socket_path),
-            api: (!no_api).then_some(api),
+            socket,
+            api,
+            no_api,
             api_tls,
-        }),
+        }) {
+            Ok(opts) => daemon_cmd(opts),
+            Err(e) => fail(&e.to_string()),
+        },
         Cmd::Status { json } => status_cmd(json),
         Cmd::Sessions { last, json, state } => sessions_cmd(last, json, state.as_deref()),
         Cmd::Audit { command } => command.run(),

@@ -15,6 +15,7 @@ mod http;
 mod http_hardening;
 mod identity;
 mod network;
+mod packaging;
 mod policy;
 mod psi;
 mod registry;

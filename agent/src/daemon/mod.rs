@@ -6,6 +6,7 @@
 //! reports READY once both listen, pets the watchdog, and stops cleanly on
 //! SIGTERM (socket removed, store flushed).
 pub mod api;
+pub mod config;
 pub mod sessions;
 
 use std::{
@@ -53,6 +54,8 @@ pub enum DaemonError {
     Running(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("settings {path}: {message}")]
+    Config { path: String, message: String },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {

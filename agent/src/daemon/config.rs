@@ -1,0 +1,205 @@
+//! The daemon's settings file, `/etc/mcpwarden/mcpwarden.toml` (the
+//! package installs a commented one). What decides each setting, first
+//! first: the command line, the environment (`MCPWARDEN_SOCKET`,
+//! `MCPWARDEN_STATE_DIR`), the file, the built-in default.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use super::{DEFAULT_API, DaemonError, DaemonOptions};
+
+/// Where the settings are read from unless `--config` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/mcpwarden/mcpwarden.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default)]
+    daemon: DaemonTable,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DaemonTable {
+    socket: Option<PathBuf>,
+    /// An address, or "off".
+    api: Option<String>,
+    api_tls: Option<bool>,
+    state: Option<PathBuf>,
+}
+
+/// What the command line said.
+#[derive(Debug, Default)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub api: Option<SocketAddr>,
+    pub no_api: bool,
+    pub api_tls: bool,
+}
+
+/// The daemon's options: `flags` over the environment over the settings
+/// file over the defaults. A missing default file is no error; a missing
+/// `--config` file, or a file that does not parse, is.
+pub fn resolve(flags: Flags) -> Result<DaemonOptions, DaemonError> {
+    let (path, must_exist) = match &flags.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => None,
+        Err(e) => {
+            return Err(DaemonError::Config {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            });
+        }
+    };
+    let env = |name: &str| std::env::var_os(name).map(PathBuf::from);
+    resolve_with(
+        flags,
+        text.as_deref().map(|t| (t, path.as_path())),
+        env("MCPWARDEN_SOCKET"),
+        env("MCPWARDEN_STATE_DIR"),
+    )
+}
+
+fn resolve_with(
+    flags: Flags,
+    file: Option<(&str, &Path)>,
+    env_socket: Option<PathBuf>,
+    env_state: Option<PathBuf>,
+) -> Result<DaemonOptions, DaemonError> {
+    let invalid = |path: &Path, message: String| DaemonError::Config {
+        path: path.display().to_string(),
+        message,
+    };
+    let settings = match file {
+        Some((text, path)) => toml::from_str::<Settings>(text)
+            .map_err(|e| invalid(path, e.to_string().trim_end().to_owned()))?,
+        None => Settings::default(),
+    };
+    let table = settings.daemon;
+    let from_file_api = match table.api.as_deref().map(str::trim) {
+        None => Some(DEFAULT_API.parse().expect("the default API address parses")),
+        Some("off") => None,
+        Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                file.map_or(Path::new(DEFAULT_CONFIG), |(_, p)| p),
+                format!(
+                    "daemon.api = {addr:?}: {e} (an address such as 127.0.0.1:8000, or \"off\")"
+                ),
+            )
+        })?),
+    };
+    let api = if flags.no_api {
+        None
+    } else {
+        flags.api.or(from_file_api)
+    };
+    Ok(DaemonOptions {
+        state: flags.state.or(env_state).or(table.state),
+        socket: flags
+            .socket
+            .or(env_socket)
+            .or(table.socket)
+            .unwrap_or_else(|| PathBuf::from(crate::admin::client::DEFAULT_SOCKET)),
+        api,
+        api_tls: flags.api_tls || table.api_tls.unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACKAGED: &str = include_str!("../../../packaging/config/mcpwarden.toml");
+
+    fn file(text: &str) -> (&str, &Path) {
+        (text, Path::new("/etc/mcpwarden/mcpwarden.toml"))
+    }
+
+    #[test]
+    fn the_packaged_file_gives_the_defaults() {
+        let o = resolve_with(Flags::default(), Some(file(PACKAGED)), None, None).expect("parses");
+        assert_eq!(o.socket, Path::new(crate::admin::client::DEFAULT_SOCKET));
+        assert_eq!(o.api, Some(DEFAULT_API.parse().expect("addr")));
+        assert!(!o.api_tls);
+        assert_eq!(o.state, None, "the store's own default applies");
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_file() {
+        let text =
+            "[daemon]\nsocket = \"/f.sock\"\nstate = \"/f\"\napi = \"off\"\napi_tls = true\n";
+        let o = resolve_with(Flags::default(), Some(file(text)), None, None).expect("parses");
+        assert_eq!(
+            (o.socket.as_path(), o.state.as_deref(), o.api, o.api_tls),
+            (Path::new("/f.sock"), Some(Path::new("/f")), None, true)
+        );
+        let o = resolve_with(
+            Flags::default(),
+            Some(file(text)),
+            Some("/e.sock".into()),
+            Some("/e".into()),
+        )
+        .expect("parses");
+        assert_eq!(o.socket, Path::new("/e.sock"));
+        assert_eq!(o.state.as_deref(), Some(Path::new("/e")));
+        let flags = Flags {
+            socket: Some("/c.sock".into()),
+            api: Some("127.0.0.1:9".parse().expect("addr")),
+            ..Flags::default()
+        };
+        let o =
+            resolve_with(flags, Some(file(text)), Some("/e.sock".into()), None).expect("parses");
+        assert_eq!(o.socket, Path::new("/c.sock"));
+        assert_eq!(o.api, Some("127.0.0.1:9".parse().expect("addr")));
+    }
+
+    #[test]
+    fn a_bad_file_is_an_error_that_names_it_and_the_key() {
+        let e = resolve_with(
+            Flags::default(),
+            Some(file("[daemon]\napi = \"everywhere\"\n")),
+            None,
+            None,
+        )
+        .expect_err("bad address");
+        let message = e.to_string();
+        assert!(
+            message.contains("/etc/mcpwarden/mcpwarden.toml"),
+            "{message}"
+        );
+        assert!(message.contains("daemon.api"), "{message}");
+        let e = resolve_with(
+            Flags::default(),
+            Some(file("[daemon]\nport = 1\n")),
+            None,
+            None,
+        )
+        .expect_err("unknown key");
+        assert!(e.to_string().contains("unknown field `port`"), "{e}");
+    }
+
+    #[test]
+    fn no_api_wins_over_everything() {
+        let flags = Flags {
+            no_api: true,
+            ..Flags::default()
+        };
+        let o = resolve_with(
+            flags,
+            Some(file("[daemon]\napi = \"127.0.0.1:1\"\n")),
+            None,
+            None,
+        )
+        .expect("parses");
+        assert_eq!(o.api, None);
+    }
+}
