@@ -55,6 +55,15 @@ impl Daemon {
     }
 
     fn spawn(dir: &Path, socket: &Path, state: &Path, port: u16, env: &[(&str, &str)]) -> Child {
+        Self::spawn_with(dir, (socket, state, port), env, &[])
+    }
+
+    fn spawn_with(
+        dir: &Path,
+        (socket, state, port): (&Path, &Path, u16),
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -65,6 +74,7 @@ impl Daemon {
             .arg(socket)
             .arg("--state")
             .arg(state)
+            .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -89,8 +99,24 @@ impl Daemon {
 
     /// Starts it again on the same socket, port and store.
     pub fn restart(&mut self) {
-        self.child = Self::spawn(&self.dir, &self.socket, &self.state, self.port, &[]);
+        self.restart_with(&[]);
+    }
+
+    /// [`Daemon::restart`] with more arguments.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.child = Self::spawn_with(
+            &self.dir,
+            (&self.socket, &self.state, self.port),
+            &[],
+            extra,
+        );
         self.wait_until_listening();
+    }
+
+    /// Stops it (SIGTERM) and waits.
+    pub fn stop_quietly(&mut self) {
+        let (status, log) = self.stop();
+        assert!(status.success(), "{status}: {log}");
     }
 
     /// Everything it logged so far.

@@ -9,6 +9,7 @@ mod cli;
 mod conformance;
 mod daemon;
 mod daemon_sessions;
+mod daemon_store;
 mod files;
 mod hardening;
 mod http;

@@ -19,6 +19,28 @@ pub const DEFAULT_CONFIG: &str = "/etc/mcpwarden/mcpwarden.toml";
 struct Settings {
     #[serde(default)]
     daemon: DaemonTable,
+    #[serde(default)]
+    retention: Retention,
+}
+
+/// How much history the store keeps (`[retention]`): records older than
+/// `days` go, then the oldest beyond the counts. 0 turns a limit off.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    pub days: u64,
+    pub audit_records: u64,
+    pub sessions: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            days: 365,
+            audit_records: 1_000_000,
+            sessions: 100_000,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +133,7 @@ fn resolve_with(
             .unwrap_or_else(|| PathBuf::from(crate::admin::client::DEFAULT_SOCKET)),
         api,
         api_tls: flags.api_tls || table.api_tls.unwrap_or(false),
+        retention: settings.retention,
     })
 }
 
@@ -131,6 +154,7 @@ mod tests {
         assert_eq!(o.api, Some(DEFAULT_API.parse().expect("addr")));
         assert!(!o.api_tls);
         assert_eq!(o.state, None, "the store's own default applies");
+        assert_eq!(o.retention, Retention::default());
     }
 
     #[test]
@@ -185,6 +209,20 @@ mod tests {
         )
         .expect_err("unknown key");
         assert!(e.to_string().contains("unknown field `port`"), "{e}");
+    }
+
+    #[test]
+    fn retention_limits_are_read_and_zero_turns_one_off() {
+        let text = "[retention]\ndays = 30\naudit_records = 0\n";
+        let o = resolve_with(Flags::default(), Some(file(text)), None, None).expect("parses");
+        assert_eq!(
+            o.retention,
+            Retention {
+                days: 30,
+                audit_records: 0,
+                sessions: Retention::default().sessions,
+            }
+        );
     }
 
     #[test]

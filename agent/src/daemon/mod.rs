@@ -7,6 +7,7 @@
 //! SIGTERM (socket removed, store flushed).
 pub mod api;
 pub mod config;
+pub mod retention;
 pub mod sessions;
 
 use std::{
@@ -39,6 +40,8 @@ pub struct DaemonOptions {
     pub api: Option<SocketAddr>,
     /// Serve the TCP API over HTTPS with client certificates.
     pub api_tls: bool,
+    /// How much history the store keeps.
+    pub retention: config::Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         None => None,
     };
     let closed = sessions::recover(&db)?;
+    retention::apply_logged(&db, opts.retention);
     if closed > 0 {
         tracing::warn!(
             closed,
@@ -135,6 +139,19 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!("cannot tell systemd we are ready: {e}");
     }
+    let pruner = {
+        let (db, limits) = (api.db.clone(), opts.retention);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(retention::EVERY);
+            tick.tick().await; // the first pass ran at start
+            loop {
+                tick.tick().await;
+                let (db, limits) = (db.clone(), limits);
+                let _ =
+                    tokio::task::spawn_blocking(move || retention::apply_logged(&db, limits)).await;
+            }
+        })
+    };
     let watchdog = sd_notify::watchdog_enabled().map(|period| {
         tokio::spawn(async move {
             // Pet twice per period, as systemd advises.
@@ -159,6 +176,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             SESSION_DRAIN.as_secs()
         );
     }
+    pruner.abort();
     if let Some(w) = watchdog {
         w.abort();
     }

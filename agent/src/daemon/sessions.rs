@@ -504,3 +504,33 @@ pub fn history(db: &Db, last: usize) -> Result<Vec<SessionRecord>, crate::store:
     all.truncate(last);
     Ok(all)
 }
+
+/// Removes the records of sessions that ended before `before`, then the
+/// oldest ended ones beyond `keep`; a running session's record stays.
+/// Returns how many were removed.
+pub fn prune(
+    db: &Db,
+    before: Option<u64>,
+    keep: Option<usize>,
+) -> Result<usize, crate::store::StoreError> {
+    let tree = db.tree(TREE)?;
+    let mut ended = Vec::new();
+    let mut all = 0usize;
+    for item in &tree {
+        let (key, value) = item.map_err(|e| db.io(&e))?;
+        all += 1;
+        if let Ok(r) = serde_json::from_slice::<SessionRecord>(&value)
+            && let Some(end) = r.ended
+        {
+            ended.push((end, key));
+        }
+    }
+    ended.sort();
+    let old = before.map_or(0, |b| ended.partition_point(|(end, _)| *end < b));
+    let over = keep.map_or(0, |k| all.saturating_sub(k));
+    let remove = old.max(over).min(ended.len());
+    for (_, key) in &ended[..remove] {
+        tree.remove(key).map_err(|e| db.io(&e))?;
+    }
+    Ok(remove)
+}

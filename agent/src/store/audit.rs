@@ -21,6 +21,16 @@ pub const TREE: &str = "audit";
 
 /// The key of the head entry: the last record's sequence number and hash.
 const HEAD: &[u8] = b"head";
+/// The key of the anchor: where the log starts once old records were
+/// pruned (the first kept record and the hash of the last one removed).
+const ANCHOR: &[u8] = b"anchor";
+
+/// Where the chain starts.
+#[derive(Debug, Serialize, Deserialize)]
+struct Anchor {
+    seq: u64,
+    prev: String,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Head {
@@ -113,6 +123,12 @@ impl Record {
     }
 }
 
+/// Threads of one process (the daemon's) share the store: the read of the
+/// head and the write of the next record must not interleave, or two
+/// records would claim the same place in the chain. (Processes are kept
+/// apart by the store's own lock.)
+static APPEND: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Appends a record and flushes it to disk before returning it: an
 /// acknowledged audit record survives a crash.
 pub fn append(
@@ -122,11 +138,6 @@ pub fn append(
     subject: &str,
     detail: Value,
 ) -> Result<Record, StoreError> {
-    // Threads of one process (the daemon's) share the store: the read of
-    // the head and the write of the next record must not interleave, or
-    // two records would claim the same place in the chain. (Processes are
-    // kept apart by the store's own lock.)
-    static APPEND: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = APPEND
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -170,11 +181,14 @@ pub enum Verdict {
 /// Walks the whole chain.
 pub fn verify(db: &Db) -> Result<Verdict, StoreError> {
     let tree = db.tree(TREE)?;
-    let mut expect_seq = 0u64;
-    let mut prev = GENESIS.to_owned();
+    let (first, mut prev) = match db.get::<Anchor>(&tree, ANCHOR)? {
+        Some(a) => (a.seq, a.prev),
+        None => (0, GENESIS.to_owned()),
+    };
+    let mut expect_seq = first;
     for item in &tree {
         let (key, raw) = item.map_err(|e| db.io(&e))?;
-        if key.as_ref() == HEAD {
+        if key.as_ref() == HEAD || key.as_ref() == ANCHOR {
             continue;
         }
         let key_seq = <[u8; 8]>::try_from(key.as_ref())
@@ -221,7 +235,7 @@ pub fn verify(db: &Db) -> Result<Verdict, StoreError> {
     }
     let head = db.get::<Head>(&tree, HEAD)?;
     let fits = match &head {
-        None => expect_seq == 0,
+        None => expect_seq == first,
         Some(h) => h.seq + 1 == expect_seq && h.hash == prev,
     };
     if !fits {
@@ -238,8 +252,84 @@ pub fn verify(db: &Db) -> Result<Verdict, StoreError> {
         });
     }
     Ok(Verdict::Intact {
-        records: expect_seq,
+        records: expect_seq - first,
     })
+}
+
+/// What [`prune`] removed.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// How many records.
+    pub records: u64,
+    /// The first record kept.
+    pub from: u64,
+}
+
+/// Removes the oldest records: those older than `before` (seconds since
+/// the epoch), and then as many as it takes to leave `keep` records. The
+/// chain stays verifiable: the anchor names the first record kept and the
+/// hash of the last one removed, and the pruning is itself recorded (an
+/// `audit.prune` record), so what was removed, when, is in the log.
+pub fn prune(db: &Db, before: Option<u64>, keep: Option<u64>) -> Result<Pruned, StoreError> {
+    let cut = {
+        let _one_at_a_time = APPEND
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tree = db.tree(TREE)?;
+        let Some(head) = db.get::<Head>(&tree, HEAD)? else {
+            return Ok(Pruned::default());
+        };
+        let first = db.get::<Anchor>(&tree, ANCHOR)?.map_or(0, |a| a.seq);
+        // The pruning record is appended after: it counts among those kept.
+        let total = head.seq + 1 - first;
+        let mut cut = first;
+        if let Some(keep) = keep {
+            cut = cut.max((first + total).saturating_sub(keep.saturating_sub(1)));
+        }
+        if let Some(before) = before {
+            for item in tree.range(first.to_be_bytes()..=head.seq.to_be_bytes()) {
+                let (_, raw) = item.map_err(|e| db.io(&e))?;
+                let (record, _) = Record::decode(&raw).map_err(|e| db.io(&e))?;
+                if record.time >= before {
+                    break;
+                }
+                cut = cut.max(record.seq + 1);
+            }
+        }
+        // The last record always stays: the chain's head must be there.
+        let cut = cut.min(head.seq);
+        if cut <= first {
+            return Ok(Pruned::default());
+        }
+        let last_removed = tree
+            .get((cut - 1).to_be_bytes())
+            .map_err(|e| db.io(&e))?
+            .ok_or_else(|| db.io(&format!("audit record {} is missing", cut - 1)))?;
+        let (last_removed, _) = Record::decode(&last_removed).map_err(|e| db.io(&e))?;
+        let mut batch = sled::Batch::default();
+        for seq in first..cut {
+            batch.remove(&seq.to_be_bytes());
+        }
+        let anchor = Anchor {
+            seq: cut,
+            prev: last_removed.hash,
+        };
+        batch.insert(ANCHOR, serde_json::to_vec(&anchor).map_err(|e| db.io(&e))?);
+        tree.apply_batch(batch).map_err(|e| db.io(&e))?;
+        db.flush()?;
+        Pruned {
+            records: cut - first,
+            from: cut,
+        }
+    };
+    append(
+        db,
+        Actor::current(),
+        "audit.prune",
+        "audit",
+        serde_json::json!({"removed": cut.records, "first_kept": cut.from, "before": before, "keep": keep}),
+    )?;
+    Ok(cut)
 }
 
 /// The last `n` records, oldest first.
@@ -249,7 +339,7 @@ pub fn tail(db: &Db, n: usize) -> Result<Vec<Record>, StoreError> {
     for item in tree
         .iter()
         .rev()
-        .filter(|i| !matches!(i, Ok((k, _)) if k.as_ref() == HEAD))
+        .filter(|i| !matches!(i, Ok((k, _)) if k.as_ref() == HEAD || k.as_ref() == ANCHOR))
         .take(n)
     {
         let (_, raw) = item.map_err(|e| db.io(&e))?;
@@ -340,6 +430,84 @@ mod tests {
             panic!("a gap went unseen");
         };
         assert_eq!(seq, 3);
+        assert!(why.contains("missing"), "{why}");
+    }
+
+    fn many(n: u64) -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        for i in 0..n {
+            append(&db, Actor::current(), "a", &i.to_string(), Value::Null).expect("append");
+        }
+        (dir, db)
+    }
+
+    #[test]
+    fn pruning_to_a_count_keeps_the_chain_verifiable() {
+        let (_dir, db) = many(10);
+        let pruned = prune(&db, None, Some(4)).expect("prune");
+        assert_eq!(
+            pruned,
+            Pruned {
+                records: 7,
+                from: 7
+            }
+        );
+        assert_eq!(verify(&db).expect("verify"), Verdict::Intact { records: 4 });
+        let kept = tail(&db, 100).expect("tail");
+        assert_eq!(kept.first().map(|r| r.seq), Some(7));
+        let last = kept.last().expect("the prune record");
+        assert_eq!(last.action, "audit.prune");
+        assert_eq!(last.detail["removed"], 7);
+        // Nothing more to do at that size; appending and pruning again works.
+        assert_eq!(prune(&db, None, Some(4)).expect("prune").records, 1);
+        append(&db, Actor::current(), "b", "x", Value::Null).expect("append");
+        assert_eq!(verify(&db).expect("verify"), Verdict::Intact { records: 5 });
+    }
+
+    #[test]
+    fn pruning_by_age_keeps_at_least_the_head() {
+        let (_dir, db) = many(5);
+        let pruned = prune(&db, Some(unix_now() + 10), None).expect("prune");
+        assert_eq!(pruned.records, 4, "everything but the last record");
+        assert_eq!(verify(&db).expect("verify"), Verdict::Intact { records: 2 });
+        assert_eq!(
+            prune(&db, Some(0), None)
+                .expect("nothing is that old")
+                .records,
+            0
+        );
+    }
+
+    #[test]
+    fn a_forged_or_missing_anchor_is_found() {
+        let (_dir, db) = many(6);
+        prune(&db, None, Some(3)).expect("prune");
+        let tree = db.tree(TREE).expect("tree");
+        let saved = tree.get(ANCHOR).expect("get").expect("an anchor");
+        tree.insert(
+            ANCHOR,
+            serde_json::to_vec(&Anchor {
+                seq: 4,
+                prev: GENESIS.to_owned(),
+            })
+            .expect("json"),
+        )
+        .expect("put");
+        assert!(matches!(
+            verify(&db).expect("verify"),
+            Verdict::Broken { seq: 4, .. }
+        ));
+        tree.insert(ANCHOR, saved).expect("put");
+        assert!(matches!(
+            verify(&db).expect("verify"),
+            Verdict::Intact { .. }
+        ));
+        tree.remove(ANCHOR).expect("remove");
+        let Verdict::Broken { seq, why } = verify(&db).expect("verify") else {
+            panic!("removing the anchor went unseen");
+        };
+        assert_eq!(seq, 0);
         assert!(why.contains("missing"), "{why}");
     }
 
