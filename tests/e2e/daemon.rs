@@ -212,6 +212,8 @@ fn routes() -> (Vec<Route>, Vec<Route>) {
             Some(json!({"op": "check_policy", "text": "mode = \"enforce\""})),
         ),
         ("GET", "/api/v1/sessions", None),
+        ("GET", "/api/v1/events?kind=open", None),
+        ("GET", "/api/v1/alerts", None),
         ("GET", "/metrics", None),
     ];
     let admin = vec![

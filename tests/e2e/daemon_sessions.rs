@@ -119,6 +119,31 @@ fn unprivileged_users_sessions_run_in_the_daemon_confined_as_those_users() {
     let label = s["session"].as_str().expect("label");
     assert_eq!(audited(&d, label), ["session.start", "session.end"]);
 
+    // The daemon's events: the kill, tied to the read_file call, and the
+    // server's own start under the same session.
+    let read_id = run.request_id("read_file", &fx.secret());
+    let (_, body) = get(
+        &d.socket,
+        &format!("/api/v1/alerts?session={label}&verdict=killed"),
+    );
+    let alerts: Value = serde_json::from_str(&body).expect("alerts JSON");
+    let kill = alerts
+        .as_array()
+        .and_then(|a| a.first())
+        .unwrap_or_else(|| panic!("no kill among the alerts: {alerts}"));
+    assert_eq!(kill["kind"], "open", "{kill}");
+    assert_eq!(kill["path"], fx.secret(), "{kill}");
+    assert_eq!(kill["request_id"], read_id, "{kill}");
+    let (_, body) = get(
+        &d.socket,
+        &format!("/api/v1/events?session={label}&kind=exec"),
+    );
+    let execs: Value = serde_json::from_str(&body).expect("events JSON");
+    assert!(
+        !execs.as_array().expect("a list").is_empty(),
+        "no exec events"
+    );
+
     // Prometheus' view of the same: two sessions, none running, the kill,
     // and every client message judged and timed.
     let metrics = scrape(&d.socket);
@@ -142,18 +167,27 @@ fn unprivileged_users_sessions_run_in_the_daemon_confined_as_those_users() {
     );
 }
 
-/// GET /metrics on the daemon's socket, as root: the body.
-fn scrape(socket: &Path) -> String {
+/// GET `path` on the daemon's socket, as root: the head and the body.
+fn get(socket: &Path, path: &str) -> (String, String) {
     use std::io::{Read as _, Write as _};
     let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("ask");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("ask");
     let mut answer = String::new();
     s.read_to_string(&mut answer).expect("read");
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}\n{body}");
+    (head.to_owned(), body.to_owned())
+}
+
+/// GET /metrics on the daemon's socket, as root: the body.
+fn scrape(socket: &Path) -> String {
+    let (head, body) = get(socket, "/metrics");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    body.to_owned()
+    body
 }
 
 /// The value of the count `name` (with its labels) in an exposition.

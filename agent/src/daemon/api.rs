@@ -41,6 +41,8 @@ pub struct Api {
     pub started: Instant,
     /// The sessions run for clients.
     pub sessions: super::sessions::Sessions,
+    /// What they see, live.
+    pub feed: Arc<super::events::Feed>,
 }
 
 /// What the connection proves about the caller.
@@ -224,8 +226,13 @@ async fn handle(
         Ok(w) => w,
         Err(Refused(status, why)) => return error(status, &why),
     };
-    // Any authenticated caller may read the metrics (read scope is the
-    // least there is).
+    // Any authenticated caller may read the metrics and the events (read
+    // scope is the least there is).
+    if parts.method == axum::http::Method::GET
+        && let Some(answer) = super::events::route(&api.feed, parts.uri.path(), parts.uri.query())
+    {
+        return answer;
+    }
     if parts.method == axum::http::Method::GET && parts.uri.path() == METRICS {
         return (
             StatusCode::OK,

@@ -7,6 +7,7 @@
 //! SIGTERM (socket removed, store flushed).
 pub mod api;
 pub mod config;
+pub mod events;
 pub mod retention;
 pub mod sessions;
 
@@ -122,6 +123,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         state: state.clone(),
         started: Instant::now(),
         sessions: sessions::Sessions::new(stop_rx.clone()),
+        feed: Arc::default(),
     });
     let unix_task = tokio::spawn(api::serve_unix(Arc::clone(&api), unix, stop_rx.clone()));
     let tcp_task = tcp.map(|listener| {

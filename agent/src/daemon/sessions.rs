@@ -355,6 +355,7 @@ async fn prepare(
         env: Some(proc.env),
         cwd: Some(proc.cwd),
         die_with_parent: true,
+        feed: Some(Arc::clone(&api.feed)),
     };
     let prepared = session::prepare(opts, policy, peer, &launch)
         .await

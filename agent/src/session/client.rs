@@ -90,4 +90,6 @@ pub struct Launch {
     /// The helper dies with the process that starts it (and with it every
     /// process of the session).
     pub die_with_parent: bool,
+    /// Where the session's events and records also go (the daemon's feed).
+    pub feed: Option<std::sync::Arc<crate::daemon::events::Feed>>,
 }

@@ -76,6 +76,8 @@ pub(crate) struct Core {
     pub label: String,
     pub events: Option<BufWriter<File>>,
     pub events_path: Option<PathBuf>,
+    /// The daemon's live feed (sessions run by the daemon).
+    pub feed: Option<std::sync::Arc<crate::daemon::events::Feed>>,
     /// `CLOCK_REALTIME - CLOCK_MONOTONIC` at start, to give events wall time.
     realtime_offset_ns: i128,
     pub counts: Counts,
@@ -158,6 +160,7 @@ impl Core {
             label,
             events,
             events_path,
+            feed: None,
             realtime_offset_ns: realtime_offset_ns(),
             counts: Counts::default(),
             client_closed: false,
@@ -271,12 +274,18 @@ impl Core {
 
     /// Appends a record (policy, PSI) to the events file.
     pub(super) fn write_record(&mut self, mut record: Value) {
-        if let Some(w) = &mut self.events {
-            record["session"] = Value::String(self.label.clone());
-            record["ts_ns"] = json!(monotonic_ns());
-            if let Err(e) = writeln!(w, "{record}").and_then(|()| w.flush()) {
-                tracing::error!("cannot write events file: {e}");
-            }
+        if self.events.is_none() && self.feed.is_none() {
+            return;
+        }
+        record["session"] = Value::String(self.label.clone());
+        record["ts_ns"] = json!(monotonic_ns());
+        if let Some(w) = &mut self.events
+            && let Err(e) = writeln!(w, "{record}").and_then(|()| w.flush())
+        {
+            tracing::error!("cannot write events file: {e}");
+        }
+        if let Some(feed) = &self.feed {
+            feed.publish(&record.to_string());
         }
     }
 
@@ -503,9 +512,9 @@ impl Core {
         let verdict = record::judge(event, &self.policy);
         self.counts.events += 1;
         metrics::add(Counter::KernelEvents, 1);
-        // The JSON line is built only when there is a file to write it to:
-        // under a flood of events this is most of the work.
-        if let Some(w) = &mut self.events {
+        // The JSON line is built only when there is a file or a feed to
+        // write it to: under a flood of events this is most of the work.
+        if self.events.is_some() || self.feed.is_some() {
             let requests = self.tracker.at(event.ts_ns);
             let line = record::event_line(
                 event,
@@ -516,8 +525,13 @@ impl Core {
                 self.realtime_offset_ns,
                 self.parents.of(event),
             );
-            if let Err(e) = writeln!(w, "{line}") {
+            if let Some(w) = &mut self.events
+                && let Err(e) = writeln!(w, "{line}")
+            {
                 tracing::error!("cannot write events file: {e}");
+            }
+            if let Some(feed) = &self.feed {
+                feed.publish(&line);
             }
         }
         match verdict.action {

@@ -342,6 +342,7 @@ pub(crate) async fn prepare(
         let mut core = lock(&core);
         core.psi = psi;
         core.registry = registry;
+        core.feed.clone_from(&launch.feed);
         let agent = trust::agent_name(&core.gate.agent);
         core.trust = Some(trust::TrustBook::open(state.clone(), agent, server));
         if let Some(p) = &core.gate.peer.identity {
