@@ -20,7 +20,9 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 need_apt=()
 # systemd: `systemd-analyze verify` checks the daemon's unit in the tests.
 # rpm: `rpm -qip/-qlp` checks the .rpm the packaging builds.
-for pkg in "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" python3 python3-venv systemd rpm; do
+# chromium, chromium-driver: the dashboard's test runs in a real browser.
+for pkg in "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" python3 python3-venv systemd rpm \
+    chromium chromium-driver; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
         || need_apt+=("$pkg")
 done

@@ -22,7 +22,7 @@ pub struct Daemon {
     dir: PathBuf,
     pub socket: PathBuf,
     pub state: PathBuf,
-    port: u16,
+    pub port: u16,
 }
 
 impl Daemon {
@@ -323,7 +323,7 @@ fn every_route_checks_its_caller(d: &Daemon, viewer: &str, bot: &str) {
     );
 }
 
-fn register(d: &Daemon, name: &str, extra: &[&str]) -> String {
+pub fn register(d: &Daemon, name: &str, extra: &[&str]) -> String {
     let mut args = vec!["agent", "register", name];
     args.extend_from_slice(extra);
     let (ok, out, err) = d.cli(&args, &[]);

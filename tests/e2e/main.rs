@@ -10,6 +10,7 @@ mod conformance;
 mod daemon;
 mod daemon_sessions;
 mod daemon_store;
+mod dashboard;
 mod files;
 mod hardening;
 mod http;

@@ -221,6 +221,13 @@ async fn handle(
     if super::sessions::is_start(&request) {
         return super::sessions::start(api, &caller, request);
     }
+    // The dashboard's page and assets hold no data: served to anyone, they
+    // sign in with a token for everything else.
+    if request.method() == axum::http::Method::GET
+        && let Some(asset) = super::dashboard::asset(request.uri().path())
+    {
+        return asset;
+    }
     let (parts, body) = request.into_parts();
     let who = match authenticate(&api.db, &caller, &parts.headers) {
         Ok(w) => w,

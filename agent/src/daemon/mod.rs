@@ -7,6 +7,7 @@
 //! SIGTERM (socket removed, store flushed).
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod events;
 pub mod retention;
 pub mod sessions;
