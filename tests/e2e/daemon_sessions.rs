@@ -58,7 +58,7 @@ fn socket_env(d: &Daemon) -> [(&'static str, String); 1] {
 #[test]
 fn unprivileged_users_sessions_run_in_the_daemon_confined_as_those_users() {
     let _serial = serial();
-    let d = Daemon::start();
+    let mut d = Daemon::start();
     let fx = Fixture::new("enforce");
     let scenario = json!([
         {"call": "whoami", "args": {}},
@@ -144,8 +144,24 @@ fn unprivileged_users_sessions_run_in_the_daemon_confined_as_those_users() {
         "no exec events"
     );
 
-    // Prometheus' view of the same: two sessions, none running, the kill,
-    // and every client message judged and timed.
+    metrics_tell_the_same(&d);
+
+    // Verdicts are kept in the store: the kill is still there after a
+    // restart.
+    d.stop_quietly();
+    d.restart();
+    let (_, body) = get(
+        &d.socket,
+        &format!("/api/v1/alerts?session={label}&verdict=killed"),
+    );
+    let kept: Value = serde_json::from_str(&body).expect("alerts JSON");
+    assert_eq!(kept.as_array().map(Vec::len), Some(1), "{kept}");
+    assert_eq!(kept[0]["request_id"], read_id);
+}
+
+/// Prometheus' view of two sessions, one killed: none running now, the
+/// kill, and every client message judged and timed.
+fn metrics_tell_the_same(d: &Daemon) {
     let metrics = scrape(&d.socket);
     assert_eq!(metric(&metrics, "mcpwarden_sessions_started_total"), 2);
     assert_eq!(metric(&metrics, "mcpwarden_sessions"), 0);

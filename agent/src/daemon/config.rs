@@ -31,6 +31,7 @@ pub struct Retention {
     pub days: u64,
     pub audit_records: u64,
     pub sessions: u64,
+    pub verdicts: u64,
 }
 
 impl Default for Retention {
@@ -39,6 +40,7 @@ impl Default for Retention {
             days: 365,
             audit_records: 1_000_000,
             sessions: 100_000,
+            verdicts: 1_000_000,
         }
     }
 }
@@ -220,7 +222,7 @@ mod tests {
             Retention {
                 days: 30,
                 audit_records: 0,
-                sessions: Retention::default().sessions,
+                ..Retention::default()
             }
         );
     }

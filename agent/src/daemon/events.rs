@@ -5,6 +5,9 @@
 //! `GET /api/v1/events` and `/api/v1/alerts` (filters: `session`,
 //! `request`, `kind`, `verdict`, `last`) and as a server-sent event stream,
 //! `GET /api/v1/events/stream` (same filters), which the dashboard follows.
+//! Verdicts (every record whose action is not `allow`) are also written to
+//! the store, so `/api/v1/alerts` answers from there and survives a
+//! restart; `[retention]` bounds them like the rest.
 use std::{
     collections::VecDeque,
     convert::Infallible,
@@ -21,6 +24,45 @@ use axum::{
 };
 use serde_json::Value;
 use tokio::sync::broadcast;
+
+use crate::store::{Db, StoreError, unix_now};
+
+/// Writes a verdict to the store.
+fn keep(db: &Db, line: &str) -> Result<(), StoreError> {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&unix_now().to_be_bytes());
+    key[8..].copy_from_slice(&db.next_id()?.to_be_bytes());
+    db.tree(TREE)?
+        .insert(key, line.as_bytes())
+        .map_err(|e| db.io(&e))?;
+    Ok(())
+}
+
+/// Removes the verdicts older than `before`, then the oldest beyond
+/// `keep`; returns how many.
+pub fn prune(db: &Db, before: Option<u64>, keep: Option<u64>) -> Result<u64, StoreError> {
+    let tree = db.tree(TREE)?;
+    let mut removed = 0;
+    if let Some(before) = before {
+        for entry in tree.range(..before.to_be_bytes().to_vec()) {
+            let (key, _) = entry.map_err(|e| db.io(&e))?;
+            tree.remove(key).map_err(|e| db.io(&e))?;
+            removed += 1;
+        }
+    }
+    if let Some(keep) = keep {
+        let over = (tree.len() as u64).saturating_sub(keep);
+        for entry in tree
+            .iter()
+            .take(usize::try_from(over).unwrap_or(usize::MAX))
+        {
+            let (key, _) = entry.map_err(|e| db.io(&e))?;
+            tree.remove(key).map_err(|e| db.io(&e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
 
 /// How many records the ring keeps.
 pub const CAPACITY: usize = 20_000;
@@ -45,11 +87,36 @@ impl Item {
     }
 }
 
-/// The ring and its subscribers.
+impl Item {
+    fn from_line(seq: u64, line: &str) -> Option<Self> {
+        let v = serde_json::from_str::<Value>(line).ok()?;
+        let text = |key: &str| v[key].as_str().unwrap_or_default().to_owned();
+        let request = ["request_id", "request"]
+            .iter()
+            .map(|k| &v[*k])
+            .find(|r| !r.is_null())
+            .map(Value::to_string);
+        Some(Self {
+            seq,
+            session: text("session"),
+            kind: text("kind"),
+            action: text("action"),
+            request,
+            line: Arc::from(line),
+        })
+    }
+}
+
+/// The store's tree of verdicts: key = seconds since the epoch, then a
+/// store-wide id (both big-endian, so the tree is in time order).
+pub const TREE: &str = "verdicts";
+
+/// The ring, its subscribers, and the store verdicts are kept in.
 #[derive(Debug)]
 pub struct Feed {
     ring: Mutex<(u64, VecDeque<Arc<Item>>)>,
     tx: broadcast::Sender<Arc<Item>>,
+    store: Option<Db>,
 }
 
 impl Default for Feed {
@@ -57,44 +124,70 @@ impl Default for Feed {
         Self {
             ring: Mutex::new((0, VecDeque::with_capacity(1024))),
             tx: broadcast::channel(4096).0,
+            store: None,
         }
     }
 }
 
 impl Feed {
+    /// A feed whose verdicts are also kept in `db`.
+    #[must_use]
+    pub fn durable(db: Db) -> Self {
+        Self {
+            store: Some(db),
+            ..Self::default()
+        }
+    }
+
     /// Records one JSON line (it carries its `session`).
     pub fn publish(&self, line: &str) {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            return;
-        };
-        let text = |key: &str| v[key].as_str().unwrap_or_default().to_owned();
-        let request = ["request_id", "request"]
-            .iter()
-            .map(|k| &v[*k])
-            .find(|r| !r.is_null())
-            .map(Value::to_string);
         let item = {
             let mut ring = self
                 .ring
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(item) = Item::from_line(ring.0 + 1, line) else {
+                return;
+            };
             ring.0 += 1;
-            let item = Arc::new(Item {
-                seq: ring.0,
-                session: text("session"),
-                kind: text("kind"),
-                action: text("action"),
-                request,
-                line: Arc::from(line),
-            });
+            let item = Arc::new(item);
             if ring.1.len() == CAPACITY {
                 ring.1.pop_front();
             }
             ring.1.push_back(Arc::clone(&item));
             item
         };
+        if item.is_alert()
+            && let Some(db) = &self.store
+            && let Err(e) = keep(db, line)
+        {
+            tracing::error!("cannot store a verdict: {e}");
+        }
         // No subscriber is no error.
         let _ = self.tx.send(item);
+    }
+
+    /// The newest `filter.last` verdicts in the store that pass `filter`,
+    /// oldest first (the ring when there is no store).
+    pub fn verdicts(&self, filter: &Filter) -> Result<Vec<Arc<Item>>, StoreError> {
+        let Some(db) = &self.store else {
+            return Ok(self.query(filter));
+        };
+        let mut out = Vec::new();
+        for (i, entry) in db.tree(TREE)?.iter().rev().enumerate() {
+            if out.len() == filter.last {
+                break;
+            }
+            let (_, raw) = entry.map_err(|e| db.io(&e))?;
+            let Some(item) = Item::from_line(i as u64, &String::from_utf8_lossy(&raw)) else {
+                continue;
+            };
+            if filter.passes(&item) {
+                out.push(Arc::new(item));
+            }
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// The newest `filter.last` records that pass `filter`, oldest first.
@@ -208,8 +301,26 @@ pub fn route(feed: &Arc<Feed>, path: &str, query: Option<&str>) -> Option<Respon
     if stream {
         return Some(follow(feed, filter));
     }
+    let items = if alerts {
+        match feed.verdicts(&filter) {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!("cannot read the verdicts: {e}");
+                return Some(
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        serde_json::json!({"error": "the verdicts cannot be read"}).to_string(),
+                    )
+                        .into_response(),
+                );
+            }
+        }
+    } else {
+        feed.query(&filter)
+    };
     let mut body = String::from("[");
-    for (i, item) in feed.query(&filter).iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
@@ -315,6 +426,28 @@ mod tests {
         assert_eq!(all.len(), CAPACITY);
         assert_eq!(all[0].seq, 6);
         assert!(all[0].line.contains("\"n\":5"));
+    }
+
+    #[test]
+    fn verdicts_are_kept_in_the_store_and_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        let feed = Feed::durable(db.clone());
+        for i in 0..5 {
+            feed.publish(&format!(
+                r#"{{"session":"s","kind":"open","action":"killed","n":{i}}}"#
+            ));
+            feed.publish(r#"{"session":"s","kind":"open","action":"allow"}"#);
+        }
+        // A new feed on the same store (a restarted daemon) has them.
+        let again = Feed::durable(db.clone());
+        let alerts = Filter::parse(Some("last=3"), true).expect("filter");
+        let kept = again.verdicts(&alerts).expect("verdicts");
+        assert_eq!(kept.len(), 3);
+        assert!(kept[2].line.contains("\"n\":4"), "newest last");
+        assert_eq!(prune(&db, None, Some(2)).expect("prune"), 3);
+        assert_eq!(prune(&db, Some(unix_now() + 1), None).expect("prune"), 2);
+        assert!(again.verdicts(&alerts).expect("verdicts").is_empty());
     }
 
     #[tokio::test]

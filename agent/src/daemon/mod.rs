@@ -119,12 +119,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         );
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let feed = Arc::new(events::Feed::durable(db.clone()));
     let api = Arc::new(api::Api {
         db,
         state: state.clone(),
         started: Instant::now(),
         sessions: sessions::Sessions::new(stop_rx.clone()),
-        feed: Arc::default(),
+        feed,
     });
     let unix_task = tokio::spawn(api::serve_unix(Arc::clone(&api), unix, stop_rx.clone()));
     let tcp_task = tcp.map(|listener| {

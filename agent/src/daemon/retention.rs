@@ -14,6 +14,7 @@ pub const EVERY: Duration = Duration::from_hours(1);
 pub struct Removed {
     pub audit_records: u64,
     pub sessions: usize,
+    pub verdicts: u64,
 }
 
 /// One pass.
@@ -25,10 +26,12 @@ pub fn apply(db: &Db, limits: Retention) -> Result<Removed, StoreError> {
         before,
         nonzero(limits.sessions).map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     )?;
+    let verdicts = super::events::prune(db, before, nonzero(limits.verdicts))?;
     let audit = audit::prune(db, before, nonzero(limits.audit_records))?;
     Ok(Removed {
         audit_records: audit.records,
         sessions,
+        verdicts,
     })
 }
 
@@ -39,6 +42,7 @@ pub fn apply_logged(db: &Db, limits: Retention) {
         Ok(r) => tracing::info!(
             audit_records = r.audit_records,
             sessions = r.sessions,
+            verdicts = r.verdicts,
             days = limits.days,
             "retention: removed old records"
         ),
@@ -82,6 +86,7 @@ mod tests {
             days: 0,
             audit_records: 0,
             sessions: 0,
+            verdicts: 0,
         };
         assert_eq!(apply(&db, unlimited).expect("apply"), Removed::default());
         let limits = Retention {
@@ -94,7 +99,8 @@ mod tests {
             removed,
             Removed {
                 audit_records: 4,
-                sessions: 4
+                sessions: 4,
+                verdicts: 0,
             }
         );
         let left = sessions::history(&db, 100).expect("history");
@@ -129,6 +135,7 @@ mod tests {
             days: 2,
             audit_records: 0,
             sessions: 0,
+            verdicts: 0,
         };
         assert_eq!(apply(&db, limits).expect("apply").sessions, 1);
         let left = sessions::history(&db, 10).expect("history");

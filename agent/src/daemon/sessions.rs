@@ -52,6 +52,8 @@ pub const UPGRADE: &str = "mcpwarden-session/1";
 pub const ROUTE: &str = "/api/v1/sessions";
 /// The start request's largest size (a policy's text and a command line).
 const MAX_START: usize = 1 << 20;
+/// How long a client has to send its request once connected.
+const START_WAIT: Duration = Duration::from_secs(10);
 /// The largest message a client may ask its session to accept.
 const MAX_MESSAGE: usize = 64 << 20;
 /// The store's tree of session records.
@@ -109,6 +111,34 @@ pub struct Sessions {
     live: Mutex<BTreeMap<String, SessionRecord>>,
     changed: Notify,
     stop: watch::Receiver<bool>,
+    /// Sessions per uid, starting or running.
+    per_uid: Mutex<std::collections::HashMap<u32, usize>>,
+}
+
+/// How many sessions one user other than root may have at once: each loads
+/// kernel programs and a sandbox, so no user may exhaust the host's.
+pub const MAX_PER_USER: usize = 64;
+
+/// A user's place among the sessions, given back when dropped.
+struct Slot<'a> {
+    sessions: &'a Sessions,
+    uid: u32,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut per_uid = self
+            .sessions
+            .per_uid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = per_uid.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_uid.remove(&self.uid);
+            }
+        }
+    }
 }
 
 impl Sessions {
@@ -118,7 +148,27 @@ impl Sessions {
             live: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
             stop,
+            per_uid: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// A place for one more session of `uid`, unless it has its share.
+    fn reserve(&self, uid: u32) -> Result<Slot<'_>, String> {
+        let mut per_uid = self
+            .per_uid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = per_uid.entry(uid).or_default();
+        if uid != 0 && *n >= MAX_PER_USER {
+            return Err(format!(
+                "uid {uid} already has {MAX_PER_USER} sessions, the most one user may have"
+            ));
+        }
+        *n += 1;
+        Ok(Slot {
+            sessions: self,
+            uid,
+        })
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SessionRecord>> {
@@ -243,9 +293,16 @@ async fn run<S>(api: Arc<Api>, client: Client, mut stream: BufReader<S>)
 where
     S: tokio::io::AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let prepared = match read_line(&mut stream, MAX_START).await {
-        Ok(line) => prepare(&api, client, &line).await,
-        Err(e) => Err(e),
+    let slot = api.sessions.reserve(client.uid);
+    let asked = tokio::time::timeout(START_WAIT, read_line(&mut stream, MAX_START)).await;
+    let prepared = match (&slot, asked) {
+        (Err(e), _) => Err(e.clone()),
+        (Ok(_), Ok(Ok(line))) => prepare(&api, client, &line).await,
+        (Ok(_), Ok(Err(e))) => Err(e),
+        (Ok(_), Err(_)) => Err(format!(
+            "no session request within {} s",
+            START_WAIT.as_secs()
+        )),
     };
     let (prepared, record) = match prepared {
         Ok(p) => p,
@@ -297,6 +354,7 @@ where
     done.outcome = Some(outcome);
     save(&api.db, &done, "session.end");
     api.sessions.live().remove(&label);
+    drop(slot);
     api.sessions.changed.notify_waiters();
 }
 
@@ -534,4 +592,51 @@ pub fn prune(
         tree.remove(key).map_err(|e| db.io(&e))?;
     }
     Ok(remove)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_gets_at_most_its_share_and_gets_it_back() {
+        let (_stop, rx) = watch::channel(false);
+        let sessions = Sessions::new(rx);
+        let held: Vec<_> = (0..MAX_PER_USER)
+            .map(|_| sessions.reserve(1000).expect("a place"))
+            .collect();
+        let refused = sessions.reserve(1000).err().expect("over the share");
+        assert!(
+            refused.contains("uid 1000 already has 64 sessions"),
+            "{refused}"
+        );
+        assert!(
+            sessions.reserve(1001).is_ok(),
+            "another user is not affected"
+        );
+        let root: Vec<_> = (0..=MAX_PER_USER)
+            .map(|_| sessions.reserve(0).expect("root has no share"))
+            .collect();
+        drop(held);
+        assert!(sessions.reserve(1000).is_ok(), "places come back");
+        drop(root);
+    }
+
+    #[tokio::test]
+    async fn a_request_line_is_read_whole_and_what_follows_stays() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = BufReader::new(server);
+        client
+            .write_all(b"{\"a\":1}\n{\"jsonrpc\":\"2.0\"}\n")
+            .await
+            .expect("write");
+        let line = read_line(&mut server, 100).await.expect("a line");
+        assert_eq!(line, b"{\"a\":1}");
+        let mut rest = String::new();
+        server.read_line(&mut rest).await.expect("the MCP stream");
+        assert_eq!(rest, "{\"jsonrpc\":\"2.0\"}\n");
+        client.write_all(&[b'x'; 200]).await.expect("write");
+        let too_long = read_line(&mut server, 100).await.expect_err("too long");
+        assert!(too_long.contains("over 100 bytes"), "{too_long}");
+    }
 }

@@ -134,6 +134,11 @@ impl Db {
         }
     }
 
+    /// A number never given before in this store (increasing).
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        self.db.generate_id().map_err(|e| self.io(&e))
+    }
+
     /// Writes everything to disk: what was acknowledged survives a crash.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(|e| self.io(&e))
