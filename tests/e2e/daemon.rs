@@ -214,6 +214,7 @@ fn routes() -> (Vec<Route>, Vec<Route>) {
         ("GET", "/api/v1/sessions", None),
         ("GET", "/api/v1/events?kind=open", None),
         ("GET", "/api/v1/alerts", None),
+        ("GET", "/api/v1/policies", None),
         ("GET", "/metrics", None),
     ];
     let admin = vec![
@@ -246,6 +247,11 @@ fn routes() -> (Vec<Route>, Vec<Route>) {
             Some(json!({"op": "approve_tools", "server": "s"})),
         ),
         ("DELETE", "/api/v1/tools?server=s", None),
+        (
+            "PUT",
+            "/api/v1/sessions/session-1-0/policy",
+            Some(json!({"text": "mode = \"enforce\""})),
+        ),
     ];
     (read, admin)
 }

@@ -183,20 +183,68 @@ fn metrics_tell_the_same(d: &Daemon) {
     );
 }
 
-/// GET `path` on the daemon's socket, as root: the head and the body.
-fn get(socket: &Path, path: &str) -> (String, String) {
+/// `method path` with a JSON `body` on the daemon's socket, as root: the
+/// head and the body of the answer.
+fn request(socket: &Path, method: &str, path: &str, body: &str) -> (String, String) {
     use std::io::{Read as _, Write as _};
     let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("ask");
     let mut answer = String::new();
     s.read_to_string(&mut answer).expect("read");
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}\n{body}");
     (head.to_owned(), body.to_owned())
+}
+
+/// GET `path` on the daemon's socket, as root: the head and the body.
+fn get(socket: &Path, path: &str) -> (String, String) {
+    let (head, body) = request(socket, "GET", path, "");
+    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}\n{body}");
+    (head, body)
+}
+
+/// The running session's policy, seen and changed through the API: shown
+/// as the client sent it; a broken one refused with the reason and the one
+/// in force kept; a good one applied, with what waits for the next session.
+fn policy_seen_and_changed(d: &Daemon, label: &str, fx: &Fixture) {
+    let (_, body) = get(&d.socket, "/api/v1/policies");
+    let live: Value = serde_json::from_str(&body).expect("policies JSON");
+    let mine = live
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["session"] == label))
+        .unwrap_or_else(|| panic!("{label} not among {live}"));
+    let text = std::fs::read_to_string(&fx.policy).expect("policy file");
+    assert_eq!(mine["text"], text.as_str());
+    assert_eq!(mine["uid"], 65534);
+    let route = format!("/api/v1/sessions/{label}/policy");
+    let put = |route: &str, text: &str| {
+        request(
+            &d.socket,
+            "PUT",
+            route,
+            &json!({ "text": text }).to_string(),
+        )
+    };
+    let (head, body) = put(&route, "mode = 3");
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}\n{body}");
+    assert!(body.contains("rejected"), "{body}");
+    let (head, body) = put(&route, &text.replace("secret", "other"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    let applied: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(applied["action"], "applied", "{applied}");
+    assert!(
+        applied["next_session"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "files.deny")),
+        "{applied}"
+    );
+    let (head, _) = put("/api/v1/sessions/none/policy", &text);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
 
 /// GET /metrics on the daemon's socket, as root: the body.
@@ -334,6 +382,7 @@ fn a_killed_daemon_takes_its_sandboxes_with_it_and_recovers_at_start() {
         cgroup.display()
     );
     let server = pids_in(&cgroup);
+    policy_seen_and_changed(&d, &label, &fx);
 
     d.kill_hard();
     // Fail-closed: the server dies with the daemon, without anyone asking.
@@ -370,7 +419,15 @@ fn a_killed_daemon_takes_its_sandboxes_with_it_and_recovers_at_start() {
             .contains("closed at the next start"),
         "{s}"
     );
-    assert_eq!(audited(&d, &label), ["session.start", "session.recovered"]);
+    assert_eq!(
+        audited(&d, &label),
+        [
+            "session.start",
+            "policy.reload",
+            "policy.reload",
+            "session.recovered"
+        ]
+    );
     let (ok, out, err) = d.cli(&["audit", "verify"], &[]);
     assert!(ok, "audit verify: {out}{err}");
 }

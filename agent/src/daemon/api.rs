@@ -254,6 +254,15 @@ async fn handle(
             &format!("a request body is at most {MAX_BODY} bytes"),
         );
     };
+    if let Some(answer) = super::policies::route(
+        &api.sessions.policies,
+        &api.db,
+        (who.scope, &who.actor),
+        (parts.method.as_str(), parts.uri.path()),
+        &body,
+    ) {
+        return answer;
+    }
     let op = match route::parse(
         parts.method.as_str(),
         parts.uri.path(),

@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod dashboard;
 pub mod events;
+pub mod policies;
 pub mod retention;
 pub mod sessions;
 

@@ -113,6 +113,8 @@ pub struct Sessions {
     stop: watch::Receiver<bool>,
     /// Sessions per uid, starting or running.
     per_uid: Mutex<std::collections::HashMap<u32, usize>>,
+    /// The running sessions' policies.
+    pub(crate) policies: super::policies::Policies,
 }
 
 /// How many sessions one user other than root may have at once: each loads
@@ -149,6 +151,7 @@ impl Sessions {
             changed: Notify::new(),
             stop,
             per_uid: Mutex::new(std::collections::HashMap::new()),
+            policies: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -304,7 +307,7 @@ where
             START_WAIT.as_secs()
         )),
     };
-    let (prepared, record) = match prepared {
+    let (prepared, record, policy_text) = match prepared {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(uid = client.uid, pid = client.pid, "session refused: {e}");
@@ -321,6 +324,20 @@ where
     };
     let label = record.session.clone();
     api.sessions.live().insert(label.clone(), record.clone());
+    api.sessions
+        .policies
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(
+            label.clone(),
+            super::policies::LivePolicy {
+                handle: prepared.policy_handle(),
+                text: policy_text,
+                source: record.policy.clone(),
+                uid: client.uid,
+                gid: client.gid,
+            },
+        );
     save(&api.db, &record, "session.start");
     let sent = reply(
         &mut stream,
@@ -353,6 +370,11 @@ where
     done.ended = Some(unix_now());
     done.outcome = Some(outcome);
     save(&api.db, &done, "session.end");
+    api.sessions
+        .policies
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&label);
     api.sessions.live().remove(&label);
     drop(slot);
     api.sessions.changed.notify_waiters();
@@ -364,7 +386,7 @@ async fn prepare(
     api: &Api,
     client: Client,
     line: &[u8],
-) -> Result<(session::Prepared, SessionRecord), String> {
+) -> Result<(session::Prepared, SessionRecord, String), String> {
     let ask: StartRequest =
         serde_json::from_slice(line).map_err(|e| format!("bad session request: {e}"))?;
     let proc = ProcessView::read(client)?;
@@ -429,7 +451,7 @@ async fn prepare(
         outcome: None,
     };
     tracing::info!(session = %record.session, uid = client.uid, pid = client.pid, server = ?record.server, "session started for a client");
-    Ok((prepared, record))
+    Ok((prepared, record, ask.policy))
 }
 
 /// What /proc says of the client process.

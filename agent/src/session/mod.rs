@@ -361,10 +361,43 @@ pub(crate) async fn prepare(
     })
 }
 
+/// A running session's policy, as the daemon's API changes it.
+#[derive(Clone)]
+pub(crate) struct PolicyHandle {
+    core: Shared,
+    monitor: bool,
+}
+
+impl std::fmt::Debug for PolicyHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyHandle").finish_non_exhaustive()
+    }
+}
+
+impl PolicyHandle {
+    /// Puts `loaded` in force as a reload does (see `reload`): the record
+    /// of what happened.
+    pub(crate) fn put(
+        &self,
+        loaded: Result<Policy, PolicyError>,
+        source: &str,
+    ) -> serde_json::Value {
+        reload::apply(&self.core, loaded, source, self.monitor)
+    }
+}
+
 impl Prepared {
     /// The session's label (`session-<pid>-<nonce>`).
     pub(crate) fn label(&self) -> String {
         lock(&self.core).label.clone()
+    }
+
+    /// A handle on the session's policy.
+    pub(crate) fn policy_handle(&self) -> PolicyHandle {
+        PolicyHandle {
+            core: Arc::clone(&self.core),
+            monitor: self.opts.monitor,
+        }
     }
 
     /// Serves the client until it is done, then tears the session down.

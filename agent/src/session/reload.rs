@@ -57,17 +57,35 @@ pub(super) async fn watch(core: Shared, path: PathBuf, monitor: bool) {
 }
 
 fn reload(core: &Shared, path: &std::path::Path, monitor: bool) {
-    let loaded = Policy::load(path);
+    apply(
+        core,
+        Policy::load(path),
+        &path.display().to_string(),
+        monitor,
+    );
+}
+
+/// Puts `loaded` in force, or keeps the policy in force when it did not
+/// load; records and returns what happened (`applied` with the keys that
+/// wait for the next session, or `rejected` with the error).
+pub(super) fn apply(
+    core: &Shared,
+    loaded: Result<Policy, crate::policy::PolicyError>,
+    source: &str,
+    monitor: bool,
+) -> serde_json::Value {
     let mut core = lock(core);
     match loaded {
         Err(e) => {
             tracing::error!("policy reload refused, the policy in force stays: {e}");
-            core.write_record(json!({
+            let record = json!({
                 "kind": "policy_reload",
                 "action": "rejected",
-                "policy": path.display().to_string(),
+                "policy": source,
                 "error": e.to_string(),
-            }));
+            });
+            core.write_record(record.clone());
+            record
         }
         Ok(mut new) => {
             if monitor {
@@ -82,12 +100,14 @@ fn reload(core: &Shared, path: &std::path::Path, monitor: bool) {
                     later.join(", ")
                 );
             }
-            core.write_record(json!({
+            let record = json!({
                 "kind": "policy_reload",
                 "action": "applied",
-                "policy": path.display().to_string(),
+                "policy": source,
                 "next_session": later,
-            }));
+            });
+            core.write_record(record.clone());
+            record
         }
     }
 }
