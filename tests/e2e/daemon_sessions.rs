@@ -146,6 +146,18 @@ fn unprivileged_users_sessions_run_in_the_daemon_confined_as_those_users() {
 
     metrics_tell_the_same(&d);
 
+    // Trust is kept per client user, as the kernel named it.
+    let (_, body) = get(&d.socket, "/api/v1/trust");
+    let trust: Value = serde_json::from_str(&body).expect("trust JSON");
+    for agent in ["agent:uid-65534", "agent:uid-4242"] {
+        assert!(
+            trust
+                .as_array()
+                .is_some_and(|t| t.iter().any(|s| s["subject"] == agent)),
+            "no {agent} in {trust}"
+        );
+    }
+
     // Verdicts are kept in the store: the kill is still there after a
     // restart.
     d.stop_quietly();

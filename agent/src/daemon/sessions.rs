@@ -413,7 +413,14 @@ async fn prepare(
         policy.force_monitor();
     }
     let token = proc.var(session::TOKEN_ENV);
+    // The MCP client is the parent of `run`, and its program is named from
+    // there; its user is the one the kernel gave for the connection. (A
+    // parent's uid proves nothing: a process whose parent exits is
+    // reparented to root's init, and would pass for root, for agent rules
+    // and for trust.)
     let peer = Peer {
+        uid: Some(client.uid),
+        gid: Some(client.gid),
         identity: session::identity_from_token(&policy, &api.state, token)
             .map_err(|e| e.to_string())?,
         ..Peer::of_process(proc.parent)
