@@ -61,20 +61,37 @@ pub(crate) fn load(policy: &InspectPolicy) -> Result<Option<Psi>, EncoderError> 
         return Ok(None);
     }
     let started = std::time::Instant::now();
-    let inspector = Inspector::load_default(2)?;
-    let threshold = policy
-        .threshold
-        .unwrap_or_else(|| inspector.default_threshold());
+    let (inspector, threshold) = shared(policy.threshold)?;
     tracing::info!(
         "PSI ready in {} ms (threshold {threshold:.3}, action {:?})",
         started.elapsed().as_millis(),
         policy.action
     );
     Ok(Some(Psi {
-        inspector: Arc::new(inspector.with_threshold(threshold)),
+        inspector,
         policy: policy.clone(),
         threshold,
     }))
+}
+
+/// The model, loaded once per process and threshold: the daemon's
+/// sessions share it (about 100 MB and 150 ms each otherwise). Sessions
+/// then take turns on the encoder, which on two cores costs little.
+fn shared(threshold: Option<f32>) -> Result<(Arc<Inspector>, f32), EncoderError> {
+    type Loaded = Vec<(Option<u32>, Arc<Inspector>, f32)>;
+    static LOADED: std::sync::Mutex<Loaded> = std::sync::Mutex::new(Vec::new());
+    let key = threshold.map(f32::to_bits);
+    let mut loaded = LOADED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, inspector, t)) = loaded.iter().find(|(k, ..)| *k == key) {
+        return Ok((Arc::clone(inspector), *t));
+    }
+    let inspector = Inspector::load_default(2)?;
+    let t = threshold.unwrap_or_else(|| inspector.default_threshold());
+    let inspector = Arc::new(inspector.with_threshold(t));
+    loaded.push((key, Arc::clone(&inspector), t));
+    Ok((inspector, t))
 }
 
 impl Psi {
