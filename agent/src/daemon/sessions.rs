@@ -338,7 +338,7 @@ where
                 gid: client.gid,
             },
         );
-    save(&api.db, &record, "session.start");
+    save_off_thread(&api.db, &record, "session.start").await;
     let sent = reply(
         &mut stream,
         &StartReply {
@@ -369,7 +369,7 @@ where
     let mut done = record;
     done.ended = Some(unix_now());
     done.outcome = Some(outcome);
-    save(&api.db, &done, "session.end");
+    save_off_thread(&api.db, &done, "session.end").await;
     api.sessions
         .policies
         .lock()
@@ -522,6 +522,12 @@ impl ProcessView {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.to_string_lossy().into_owned())
     }
+}
+
+/// [`save`] on a blocking thread: an audit record waits for the disk.
+async fn save_off_thread(db: &Db, record: &SessionRecord, action: &'static str) {
+    let (db, record) = (db.clone(), record.clone());
+    let _ = tokio::task::spawn_blocking(move || save(&db, &record, action)).await;
 }
 
 /// Writes the session's record and an audit record of `action`.

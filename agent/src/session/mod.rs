@@ -426,7 +426,17 @@ impl Prepared {
         if let Some(w) = watcher {
             w.abort();
         }
-        let ended = teardown(&core, exit_rx);
+        // The cgroup's removal waits for its processes to be gone, and the
+        // kernel programs' detach takes its time: off the runtime's
+        // threads, so the daemon's other sessions go on meanwhile.
+        let ended = tokio::task::spawn_blocking(move || teardown(&core, exit_rx))
+            .await
+            .unwrap_or_else(|e| {
+                Err(RunError::Io {
+                    what: "tearing the session down".to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
         result.and(ended)
     }
 }
