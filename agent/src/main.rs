@@ -323,14 +323,21 @@ fn sandbox_exec_cmd(
     }
 }
 
-fn daemon_cmd(opts: mcpwarden::daemon::DaemonOptions) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// The runtime of the daemon and of a session: two worker threads (the
+/// helpers a session starts die with the thread that started them, and
+/// worker threads live as long as the runtime).
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
+        .map_err(|e| fail(&format!("cannot start the runtime: {e}")))
+}
+
+fn daemon_cmd(opts: mcpwarden::daemon::DaemonOptions) -> ExitCode {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     match runtime.block_on(mcpwarden::daemon::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -427,13 +434,9 @@ fn status_cmd(json: bool) -> ExitCode {
 }
 
 fn run_session(opts: RunOptions) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     let result = runtime.block_on(session::run(opts));
     // A blocking write to a client that stopped reading (our stdout is a

@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::support::{free_port, mcpwarden, outcome};
+use crate::support::{free_port, http_exchange_with, mcpwarden, outcome};
 
 /// A daemon on a socket and port of its own, stopped (SIGTERM) on drop.
 /// Its log goes to a file (`log()`), never to a pipe that could fill.
@@ -165,26 +165,23 @@ fn http(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let body = body.map(Value::to_string).unwrap_or_default();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let body = body.map(Value::to_string);
+    let answer = http_exchange_with(
+        &mut std::io::BufReader::new(tcp),
+        method,
+        path,
+        &auth,
+        body.as_deref(),
     )
-    .expect("write");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("read");
-    let status = answer[9..12].parse().expect("status");
-    let json = answer
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (
+        answer.status,
+        serde_json::from_str(&answer.body).unwrap_or(Value::Null),
+    )
 }
 
 /// A route to call: method, path, body.

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     daemon::Daemon,
-    support::{Fixture, Run, cgroup_root, python, repo, serial},
+    support::{Answer, Fixture, Run, cgroup_root, http_exchange, python, repo, serial},
 };
 
 /// The daemon's sessions, newest first (`mcpwarden sessions --json`).
@@ -195,29 +195,18 @@ fn metrics_tell_the_same(d: &Daemon) {
     );
 }
 
-/// `method path` with a JSON `body` on the daemon's socket, as root: the
-/// head and the body of the answer.
-fn request(socket: &Path, method: &str, path: &str, body: &str) -> (String, String) {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("ask");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("read");
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    (head.to_owned(), body.to_owned())
+/// `method path` with a JSON `body` on the daemon's socket, as root.
+fn request(socket: &Path, method: &str, path: &str, body: &str) -> Answer {
+    let conn = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    http_exchange(&mut std::io::BufReader::new(conn), method, path, Some(body))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
-/// GET `path` on the daemon's socket, as root: the head and the body.
+/// GET `path` on the daemon's socket, as root: the headers and the body.
 fn get(socket: &Path, path: &str) -> (String, String) {
-    let (head, body) = request(socket, "GET", path, "");
-    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}\n{body}");
-    (head, body)
+    let a = request(socket, "GET", path, "");
+    assert_eq!(a.status, 200, "{path}: {}", a.body);
+    (a.headers, a.body)
 }
 
 /// The running session's policy, seen and changed through the API: shown
@@ -242,12 +231,12 @@ fn policy_seen_and_changed(d: &Daemon, label: &str, fx: &Fixture) {
             &json!({ "text": text }).to_string(),
         )
     };
-    let (head, body) = put(&route, "mode = 3");
-    assert!(head.starts_with("HTTP/1.1 400"), "{head}\n{body}");
-    assert!(body.contains("rejected"), "{body}");
-    let (head, body) = put(&route, &text.replace("secret", "other"));
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
-    let applied: Value = serde_json::from_str(&body).expect("JSON");
+    let refused = put(&route, "mode = 3");
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("rejected"), "{}", refused.body);
+    let changed = put(&route, &text.replace("secret", "other"));
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    let applied: Value = serde_json::from_str(&changed.body).expect("JSON");
     assert_eq!(applied["action"], "applied", "{applied}");
     assert!(
         applied["next_session"]
@@ -255,8 +244,7 @@ fn policy_seen_and_changed(d: &Daemon, label: &str, fx: &Fixture) {
             .is_some_and(|k| k.iter().any(|k| k == "files.deny")),
         "{applied}"
     );
-    let (head, _) = put("/api/v1/sessions/none/policy", &text);
-    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert_eq!(put("/api/v1/sessions/none/policy", &text).status, 404);
 }
 
 /// GET /metrics on the daemon's socket, as root: the body.
@@ -279,17 +267,7 @@ fn a_session_may_not_run_its_server_as_another_user() {
     let _serial = serial();
     let d = Daemon::start();
     let fx = Fixture::with_sandbox("enforce", "user = 1000");
-    let out = std::process::Command::new(crate::support::mcpwarden_path())
-        .env("MCPWARDEN_SOCKET", &d.socket)
-        .arg("run")
-        .arg("--policy")
-        .arg(&fx.policy)
-        .arg("--")
-        .args(fx.server_cmd())
-        .stdin(std::process::Stdio::null())
-        .uid_gid(65534)
-        .output()
-        .expect("run mcpwarden");
+    let out = run_as_nobody(&d.socket, &fx);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -299,8 +277,19 @@ fn a_session_may_not_run_its_server_as_another_user() {
     assert!(sessions(&d).is_empty(), "a refused session left a record");
 
     // Without a daemon, an ordinary user is told so.
-    let out = std::process::Command::new(crate::support::mcpwarden_path())
-        .env("MCPWARDEN_SOCKET", d.socket.with_extension("absent"))
+    let out = run_as_nobody(&d.socket.with_extension("absent"), &fx);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no mcpwarden daemon answers on"),
+        "{err}"
+    );
+}
+
+/// `mcpwarden run` of the fixture's server as uid 65534, with the daemon
+/// socket `socket`, no client on stdin: how it ended.
+fn run_as_nobody(socket: &Path, fx: &Fixture) -> std::process::Output {
+    std::process::Command::new(crate::support::mcpwarden_path())
+        .env("MCPWARDEN_SOCKET", socket)
         .args(["run", "--policy"])
         .arg(&fx.policy)
         .arg("--")
@@ -308,12 +297,7 @@ fn a_session_may_not_run_its_server_as_another_user() {
         .stdin(std::process::Stdio::null())
         .uid_gid(65534)
         .output()
-        .expect("run mcpwarden");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("no mcpwarden daemon answers on"),
-        "{err}"
-    );
+        .expect("run mcpwarden")
 }
 
 trait AsNobody {

@@ -5,7 +5,7 @@
 //! with its audit record, and the audit chain verifies.
 use std::{
     collections::HashSet,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::BufReader,
     os::unix::net::UnixStream,
     path::Path,
     sync::{
@@ -17,7 +17,10 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::{daemon::Daemon, support::serial};
+use crate::{
+    daemon::Daemon,
+    support::{http_exchange, serial},
+};
 
 /// One request on a kept-alive connection: the status and the body.
 fn call(
@@ -26,38 +29,8 @@ fn call(
     path: &str,
     body: Option<&Value>,
 ) -> std::io::Result<(u16, String)> {
-    let body = body.map(Value::to_string).unwrap_or_default();
-    write!(
-        conn.get_mut(),
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut status = String::new();
-    conn.read_line(&mut status)?;
-    let code = status
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status in {status:?}")))?;
-    let mut length = 0;
-    loop {
-        let mut header = String::new();
-        if conn.read_line(&mut header)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut answer = vec![0; length];
-    conn.read_exact(&mut answer)?;
-    Ok((code, String::from_utf8_lossy(&answer).into_owned()))
+    let body = body.map(Value::to_string);
+    http_exchange(conn, method, path, body.as_deref()).map(|a| (a.status, a.body))
 }
 
 fn connect(socket: &Path) -> BufReader<UnixStream> {

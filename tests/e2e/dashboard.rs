@@ -4,7 +4,7 @@
 //! sees it appear live among the alerts and in the request timeline, and
 //! saves a screenshot (target/dashboard-e2e.png).
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::BufReader,
     net::TcpStream,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::{
     daemon::{Daemon, register},
-    support::{Fixture, Run, free_port, mcpwarden_path, repo, serial},
+    support::{Fixture, Run, free_port, http_exchange, mcpwarden_path, repo, serial},
 };
 
 /// The W3C name of an element reference.
@@ -70,43 +70,12 @@ impl Browser {
 
     /// One WebDriver command: its `value`.
     fn call(&self, method: &str, path: &str, body: &Value) -> Value {
-        let body = if body.is_null() {
-            String::new()
-        } else {
-            body.to_string()
-        };
-        let mut tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("chromedriver");
-        write!(
-            tcp,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("send");
-        // chromedriver keeps the connection open: read by Content-Length.
-        let mut reader = BufReader::new(tcp);
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("read a header");
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().expect("a length");
-            }
-        }
-        let mut json = vec![0; length];
-        reader.read_exact(&mut json).expect("read the body");
-        let value: Value = serde_json::from_slice(&json).unwrap_or_else(|e| {
-            panic!(
-                "chromedriver answered {}: {e}",
-                String::from_utf8_lossy(&json)
-            )
-        });
+        let body = (!body.is_null()).then(|| body.to_string());
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("chromedriver");
+        let answer = http_exchange(&mut BufReader::new(tcp), method, path, body.as_deref())
+            .unwrap_or_else(|e| panic!("chromedriver {method} {path}: {e}"));
+        let value: Value = serde_json::from_str(&answer.body)
+            .unwrap_or_else(|e| panic!("chromedriver answered {}: {e}", answer.body));
         value["value"].clone()
     }
 

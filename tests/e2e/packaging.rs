@@ -8,7 +8,6 @@
 //! to run where mcpwarden is already installed, and sets an existing
 //! /var/lib/mcpwarden aside for its duration.
 use std::{
-    io::{Read as _, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -16,7 +15,7 @@ use std::{
 
 use serde_json::json;
 
-use crate::support::{Fixture, Run, repo, serial};
+use crate::support::{Fixture, Run, http_exchange, repo, serial};
 
 const SOCKET: &str = "/run/mcpwarden/mcpwarden.sock";
 const STATE: &str = "/var/lib/mcpwarden";
@@ -80,20 +79,11 @@ impl Drop for Installation {
 }
 
 /// An HTTP status from 127.0.0.1:8000 (the packaged settings' API).
-fn api_status(path: &str) -> String {
-    let mut tcp = std::net::TcpStream::connect("127.0.0.1:8000").expect("the API listens");
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("ask");
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).expect("read");
-    answer
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned()
+fn api_status(path: &str) -> u16 {
+    let tcp = std::net::TcpStream::connect("127.0.0.1:8000").expect("the API listens");
+    http_exchange(&mut std::io::BufReader::new(tcp), "GET", path, None)
+        .expect("an HTTP answer")
+        .status
 }
 
 /// Starts the daemon with the installed unit's command line, with only the
@@ -179,7 +169,7 @@ fn the_deb_installs_serves_a_session_and_purges_cleanly() {
     assert!(status.status.success(), "status: {said}");
     assert!(said.contains(&format!("store {STATE}")), "{said}");
     // The packaged settings: the TCP API on 127.0.0.1:8000, behind tokens.
-    assert_eq!(api_status("/metrics"), "401");
+    assert_eq!(api_status("/metrics"), 401);
 
     // The line an MCP client's configuration gets: an unprivileged user's
     // session through the installed daemon, confined and enforced.

@@ -656,3 +656,72 @@ pub fn audit_actions(state: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// What an HTTP/1.1 exchange answered: the status, the header lines, the
+/// body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request on `conn` (a Unix or TCP stream, kept open for
+/// the next), with a JSON `body` when given; the answer is read by its
+/// Content-Length, so the connection may stay alive.
+pub fn http_exchange<S: std::io::Read + std::io::Write>(
+    conn: &mut BufReader<S>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<Answer> {
+    http_exchange_with(conn, method, path, "", body)
+}
+
+/// [`http_exchange`] with more header lines (`extra`, each ending in
+/// CRLF).
+pub fn http_exchange_with<S: std::io::Read + std::io::Write>(
+    conn: &mut BufReader<S>,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: Option<&str>,
+) -> std::io::Result<Answer> {
+    use std::io::Read as _;
+    let body = body.unwrap_or_default();
+    write!(
+        conn.get_mut(),
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut status = String::new();
+    conn.read_line(&mut status)?;
+    let status = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {status:?}")))?;
+    let (mut headers, mut length) = (String::new(), 0);
+    loop {
+        let mut line = String::new();
+        if conn.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line.trim_end().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+        headers.push_str(&line);
+    }
+    let mut answer = vec![0; length];
+    conn.read_exact(&mut answer)?;
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&answer).into_owned(),
+    })
+}
