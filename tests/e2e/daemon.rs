@@ -212,6 +212,9 @@ fn routes() -> (Vec<Route>, Vec<Route>) {
         ("GET", "/api/v1/events?kind=open", None),
         ("GET", "/api/v1/alerts", None),
         ("GET", "/api/v1/policies", None),
+        // Streams: the answer's head is read, then the connection dropped.
+        ("GET", "/api/v1/events/stream", None),
+        ("GET", "/api/v1/alerts/stream?verdict=killed", None),
         ("GET", "/metrics", None),
     ];
     let admin = vec![
