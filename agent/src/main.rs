@@ -101,31 +101,7 @@ enum Cmd {
     },
     /// The long-lived service (root, under systemd): holds the store and
     /// serves the API on its Unix socket and on TCP.
-    Daemon {
-        /// The settings file (default: /etc/mcpwarden/mcpwarden.toml, if
-        /// present). Flags win over it.
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// State directory (default: $MCPWARDEN_STATE_DIR, else the
-        /// settings, else /var/lib/mcpwarden).
-        #[arg(long)]
-        state: Option<PathBuf>,
-        /// The Unix socket (default: $MCPWARDEN_SOCKET, else the settings,
-        /// else /run/mcpwarden/mcpwarden.sock).
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        /// Where the TCP API listens (default: the settings, else
-        /// 127.0.0.1:8000).
-        #[arg(long, conflicts_with = "no_api")]
-        api: Option<std::net::SocketAddr>,
-        /// No TCP API: the Unix socket only.
-        #[arg(long)]
-        no_api: bool,
-        /// Serve the TCP API over HTTPS, accepting client certificates of
-        /// the host's CA (`mcpwarden ca init`).
-        #[arg(long)]
-        api_tls: bool,
-    },
+    Daemon(mcpwarden::daemon::config::Flags),
     /// Ask the running daemon how it is (exit 1 when none answers).
     Status {
         #[arg(long)]
@@ -214,21 +190,7 @@ fn main() -> ExitCode {
         Cmd::Agent { command } => command.run(),
         Cmd::Ca { command } => command.run(),
         Cmd::Trust { command } => command.run(),
-        Cmd::Daemon {
-            config,
-            state,
-            socket,
-            api,
-            no_api,
-            api_tls,
-        } => match mcpwarden::daemon::config::resolve(mcpwarden::daemon::config::Flags {
-            config,
-            state,
-            socket,
-            api,
-            no_api,
-            api_tls,
-        }) {
+        Cmd::Daemon(flags) => match mcpwarden::daemon::config::resolve(flags) {
             Ok(opts) => daemon_cmd(opts),
             Err(e) => fail(&e.to_string()),
         },

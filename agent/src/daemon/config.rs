@@ -55,14 +55,31 @@ struct DaemonTable {
     state: Option<PathBuf>,
 }
 
-/// What the command line said.
-#[derive(Debug, Default)]
+/// What the command line said (`mcpwarden daemon`'s flags).
+#[derive(Debug, Default, clap::Args)]
 pub struct Flags {
+    /// The settings file (default: /etc/mcpwarden/mcpwarden.toml, if
+    /// present). Flags win over it.
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// State directory (default: $MCPWARDEN_STATE_DIR, else the
+    /// settings, else /var/lib/mcpwarden).
+    #[arg(long)]
     pub state: Option<PathBuf>,
+    /// The Unix socket (default: $MCPWARDEN_SOCKET, else the settings,
+    /// else /run/mcpwarden/mcpwarden.sock).
+    #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// Where the TCP API listens (default: the settings, else
+    /// 127.0.0.1:8000).
+    #[arg(long, conflicts_with = "no_api")]
     pub api: Option<SocketAddr>,
+    /// No TCP API: the Unix socket only.
+    #[arg(long)]
     pub no_api: bool,
+    /// Serve the TCP API over HTTPS, accepting client certificates of
+    /// the host's CA (`mcpwarden ca init`).
+    #[arg(long)]
     pub api_tls: bool,
 }
 
