@@ -22,6 +22,7 @@ params), so a test can match kernel events to the exact request ids.
 import json
 import os
 import ssl
+import subprocess
 import sys
 import time
 
@@ -138,6 +139,10 @@ async def main(scenario, target):
                     os.rename(f"{d}/host-sub", f"{d}/host-moved")
                     os.rmdir(f"{d}/host-moved")
                     out["steps"].append({"host_ops": d})
+                elif step.get("host_run"):
+                    # A program run outside the session, during it.
+                    done = subprocess.run(step["host_run"], capture_output=True, text=True, check=False)
+                    out["steps"].append({"host_run": done.returncode})
                 elif step.get("procs"):
                     procs = session_procs(whoami)
                     watched.extend(p for p in procs if p not in watched)

@@ -11,6 +11,7 @@ mod daemon;
 mod daemon_sessions;
 mod daemon_store;
 mod dashboard;
+mod evasion;
 mod files;
 mod hardening;
 mod http;

@@ -1,7 +1,7 @@
 //! Decoding the kernel's [`Event`] records.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use mcpwarden_common::{ARGV_SLOT, Event, NO_RULE, action, kind};
+use mcpwarden_common::{ARGV_SLOT, EXEC_FROM_MEMFD, Event, NO_RULE, action, kill, kind};
 
 /// What a process did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +34,18 @@ pub enum EventKind {
     Link,
     /// Bound a socket to a local address.
     Bind,
+    /// Called `ptrace` or `process_vm_readv`/`writev`.
+    Ptrace,
+    /// Called a `set*id`, `setgroups` or `capset`.
+    Privilege,
+    /// Called `init_module`, `finit_module` or `delete_module`.
+    Module,
+    /// Called `bpf`.
+    Bpf,
+    /// Created a memfd.
+    Memfd,
+    /// Made memory executable (`mprotect`, or an anonymous or memfd `mmap`).
+    ExecMemory,
 }
 
 impl EventKind {
@@ -55,7 +67,23 @@ impl EventKind {
             Self::Symlink => "symlink",
             Self::Link => "link",
             Self::Bind => "bind",
+            Self::Ptrace => "ptrace",
+            Self::Privilege => "privilege",
+            Self::Module => "module",
+            Self::Bpf => "bpf",
+            Self::Memfd => "memfd",
+            Self::ExecMemory => "exec_memory",
         }
+    }
+
+    /// Whether the event is a system call watched at its exit (its result
+    /// is known).
+    #[must_use]
+    pub fn at_exit(self) -> bool {
+        matches!(
+            self,
+            Self::Ptrace | Self::Privilege | Self::Module | Self::Bpf | Self::Memfd
+        )
     }
 
     /// Whether the event is about a socket address (judged by the
@@ -69,7 +97,19 @@ impl EventKind {
     /// denied prefixes like an open).
     #[must_use]
     pub fn touches_path(self) -> bool {
-        !matches!(self, Self::Connect | Self::Bind | Self::Fork | Self::Exit)
+        matches!(
+            self,
+            Self::Exec
+                | Self::Open
+                | Self::Unlink
+                | Self::Rename
+                | Self::Mkdir
+                | Self::Chmod
+                | Self::Chown
+                | Self::Truncate
+                | Self::Symlink
+                | Self::Link
+        )
     }
 }
 
@@ -113,6 +153,9 @@ pub struct KernelEvent {
     /// For exec: the head of argv (at most [`mcpwarden_common::ARGV_SLOTS`]
     /// arguments, each cut at [`mcpwarden_common::ARGV_SLOT`] - 1 bytes).
     pub argv: Vec<String>,
+    /// The call's result, for calls watched at their exit (a negative
+    /// errno when it failed).
+    pub ret: Option<i64>,
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -152,6 +195,12 @@ impl KernelEvent {
             kind::SYMLINK => EventKind::Symlink,
             kind::LINK => EventKind::Link,
             kind::BIND => EventKind::Bind,
+            kind::PTRACE => EventKind::Ptrace,
+            kind::PRIVILEGE => EventKind::Privilege,
+            kind::MODULE => EventKind::Module,
+            kind::BPF => EventKind::Bpf,
+            kind::MEMFD => EventKind::Memfd,
+            kind::EXEC_MEMORY => EventKind::ExecMemory,
             _ => return None,
         };
         let path = c_string(&raw.path);
@@ -208,7 +257,32 @@ impl KernelEvent {
             } else {
                 Vec::new()
             },
+            ret: kind.at_exit().then_some(raw.ret),
         })
+    }
+
+    /// The `[kernel] kill` entry (a `mcpwarden_common::kill` bit) this
+    /// event falls under, if any.
+    #[must_use]
+    pub fn kill_call(&self) -> Option<u32> {
+        match self.kind {
+            EventKind::Ptrace => Some(kill::PTRACE),
+            EventKind::Privilege => Some(kill::PRIVILEGE),
+            EventKind::Module => Some(kill::MODULE),
+            EventKind::Bpf => Some(kill::BPF),
+            EventKind::Exec if self.flags & EXEC_FROM_MEMFD != 0 => Some(kill::MEMFD_EXEC),
+            _ => None,
+        }
+    }
+
+    /// The name of the system call of an event watched at its exit (its
+    /// number is in `flags`).
+    #[must_use]
+    pub fn call_name(&self) -> Option<&'static str> {
+        if !self.kind.at_exit() {
+            return None;
+        }
+        Some(syscall_name(i64::from(self.flags as i32)))
     }
 
     /// The action's name in event logs.
@@ -220,6 +294,34 @@ impl KernelEvent {
             _ => "allow",
         }
     }
+}
+
+/// The name of the calls the exit programs watch, by number.
+fn syscall_name(nr: i64) -> &'static str {
+    const CALLS: &[(i64, &str)] = &[
+        (libc::SYS_ptrace, "ptrace"),
+        (libc::SYS_process_vm_readv, "process_vm_readv"),
+        (libc::SYS_process_vm_writev, "process_vm_writev"),
+        (libc::SYS_setuid, "setuid"),
+        (libc::SYS_setgid, "setgid"),
+        (libc::SYS_setreuid, "setreuid"),
+        (libc::SYS_setregid, "setregid"),
+        (libc::SYS_setresuid, "setresuid"),
+        (libc::SYS_setresgid, "setresgid"),
+        (libc::SYS_setfsuid, "setfsuid"),
+        (libc::SYS_setfsgid, "setfsgid"),
+        (libc::SYS_setgroups, "setgroups"),
+        (libc::SYS_capset, "capset"),
+        (libc::SYS_init_module, "init_module"),
+        (libc::SYS_finit_module, "finit_module"),
+        (libc::SYS_delete_module, "delete_module"),
+        (libc::SYS_bpf, "bpf"),
+        (libc::SYS_memfd_create, "memfd_create"),
+    ];
+    CALLS
+        .iter()
+        .find(|(n, _)| *n == nr)
+        .map_or("?", |(_, name)| name)
 }
 
 #[cfg(test)]
@@ -248,6 +350,7 @@ mod tests {
             fd2: -100,
             uid: 0,
             path2: [0; PATH_LEN],
+            ret: 0,
         }
     }
 
@@ -300,6 +403,36 @@ mod tests {
         let d = KernelEvent::decode(&bytes(&e)).expect("decodes");
         assert_eq!(d.argv, vec!["/bin/sh", "-c", "exit 7"]);
         assert_eq!(d.path2, None);
+    }
+
+    #[test]
+    fn exit_calls_carry_their_name_result_and_kill_entry() {
+        let mut e = raw(kind::PTRACE);
+        e.flags = libc::SYS_ptrace as u32;
+        e.ret = -1;
+        e.arg = 16; // PTRACE_ATTACH
+        e.action = action::KILLED;
+        let d = KernelEvent::decode(&bytes(&e)).expect("decodes");
+        assert_eq!(d.kind, EventKind::Ptrace);
+        assert_eq!(d.call_name(), Some("ptrace"));
+        assert_eq!(d.ret, Some(-1));
+        assert_eq!(d.kill_call(), Some(kill::PTRACE));
+        assert_eq!(d.path, None);
+        assert!(!d.kind.touches_path());
+        let mut m = raw(kind::MEMFD);
+        m.flags = libc::SYS_memfd_create as u32;
+        m.path[..5].copy_from_slice(b"stage");
+        m.ret = 3;
+        let d = KernelEvent::decode(&bytes(&m)).expect("decodes");
+        assert_eq!(d.path.as_deref(), Some("stage"));
+        assert_eq!((d.ret, d.kill_call()), (Some(3), None));
+        let mut x = raw(kind::EXEC);
+        x.flags = EXEC_FROM_MEMFD;
+        let d = KernelEvent::decode(&bytes(&x)).expect("decodes");
+        assert_eq!(
+            (d.kill_call(), d.ret, d.call_name()),
+            (Some(kill::MEMFD_EXEC), None, None)
+        );
     }
 
     #[test]

@@ -145,6 +145,24 @@ pub fn ensure_tracefs() -> Result<(), KernelError> {
     .map_err(|e| KernelError::Tracefs(e.into()))
 }
 
+/// What the kernel enforces for one session.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionRules<'a> {
+    /// The session's number (the first bytes of its map keys).
+    pub session: u32,
+    /// Deny rules and `kill` calls kill (enforce) or alert (monitor).
+    pub enforce: bool,
+    /// Denied path prefixes.
+    pub deny: &'a [String],
+    /// Allowed destinations and bindable local addresses, when the policy
+    /// has a `[network]` table.
+    pub network: Option<(&'a [NetAllow], &'a [NetAllow])>,
+    /// Plain events per second (0: no limit).
+    pub events_per_second: u32,
+    /// `mcpwarden_common::kill` bits: the calls that are a verdict.
+    pub kill: u32,
+}
+
 /// The loaded and attached session tracer.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -174,11 +192,14 @@ impl Tracer {
                 continue;
             }
             let program: &mut TracePoint = program(&mut ebpf, name)?;
-            program.load().map_err(|source| KernelError::Program {
-                name,
-                what: "load".into(),
-                source,
-            })?;
+            // One program may serve several tracepoints (a family of calls).
+            if program.fd().is_err() {
+                program.load().map_err(|source| KernelError::Program {
+                    name,
+                    what: "load".into(),
+                    source,
+                })?;
+            }
             program
                 .attach(category, tracepoint)
                 .map_err(|source| KernelError::Program {
@@ -194,20 +215,18 @@ impl Tracer {
         Ok(Self { ebpf, ring })
     }
 
-    /// Starts tracing the cgroup `cgroup_id` as session `session`, with the
-    /// policy's denied prefixes, allowed network destinations and bindable
-    /// local addresses (`network`: allow, bind). The rules go in first so
-    /// there is no moment where the session is traced but not yet
-    /// protected.
-    pub fn add_session(
-        &mut self,
-        cgroup_id: u64,
-        session: u32,
-        enforce: bool,
-        deny: &[String],
-        network: Option<(&[NetAllow], &[NetAllow])>,
-        events_per_second: u32,
-    ) -> Result<(), KernelError> {
+    /// Starts tracing the cgroup `cgroup_id` as the session `rules`
+    /// describes. The rules go in first so there is no moment where the
+    /// session is traced but not yet protected.
+    pub fn add_session(&mut self, cgroup_id: u64, rules: &SessionRules) -> Result<(), KernelError> {
+        let &SessionRules {
+            session,
+            enforce,
+            deny,
+            network,
+            events_per_second,
+            kill,
+        } = rules;
         {
             let map = self
                 .ebpf
@@ -244,7 +263,7 @@ impl Tracer {
             session,
             flags,
             rate,
-            reserved: 0,
+            kill,
         };
         sessions
             .insert(cgroup_id, config, 0)

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod doc;
 pub mod expr;
 pub mod inspect;
+pub mod kernel;
 pub mod network;
 pub mod tools;
 
@@ -79,6 +80,7 @@ pub(crate) struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawKernel {
     events_per_second: Option<u32>,
+    kill: Option<Vec<String>>,
 }
 
 /// Plain kernel events a session may report per second unless its policy
@@ -170,6 +172,10 @@ pub struct Policy {
     /// Plain kernel events the session may report per second (verdicts
     /// are never limited); 0: no limit.
     pub events_per_second: u32,
+    /// `[kernel] kill`: the privilege and evasion calls that kill the
+    /// server (enforce) or alert (monitor), as `mcpwarden_common::kill`
+    /// bits; every one of them unless the policy says otherwise.
+    pub kernel_kill: u32,
     /// PSI: what is inspected and what a flagged text does (`[inspect]`).
     pub inspect: inspect::InspectPolicy,
     /// `[metadata]`; `None` for a legacy document without `apiVersion`.
@@ -309,6 +315,11 @@ impl Policy {
             .inspect
             .resolve(raw.mode == Mode::Enforce)
             .map_err(|(key, message)| invalid(source, key, message))?;
+        let kernel_kill = match &raw.kernel.kill {
+            None => kernel::default_kill(),
+            Some(names) => kernel::parse_kill(names)
+                .map_err(|(i, message)| invalid(source, format!("kernel.kill[{i}]"), message))?,
+        };
         let tools_present = raw.tools.is_some();
         let tools = raw
             .tools
@@ -338,6 +349,7 @@ impl Policy {
                 .kernel
                 .events_per_second
                 .unwrap_or(DEFAULT_EVENTS_PER_SECOND),
+            kernel_kill,
             require: raw.identity.require,
         })
     }

@@ -571,7 +571,7 @@ impl Core {
         let what = verdict.describe(event, &self.policy);
         tracing::error!("killed the tool server: {what}");
         let data = json!({
-            "rule": verdict.rule.map(|r| self.policy.rule_name(r)),
+            "rule": verdict.rule_label(event, &self.policy),
             "kind": event.kind.as_str(),
             "path": verdict.path,
             "pid": event.pid,

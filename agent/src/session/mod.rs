@@ -69,7 +69,7 @@ use self::{
     upstream_link::UpstreamLink,
 };
 use crate::{
-    kernel::{KernelError, Tracer},
+    kernel::{KernelError, SessionRules, Tracer},
     launch,
     policy::{
         Mode, Policy, PolicyError,
@@ -459,14 +459,17 @@ fn start_confined(
     let mut tracer = Tracer::load()?;
     tracer.add_session(
         cgroup.id(),
-        session_no,
-        policy.mode == Mode::Enforce,
-        &policy.deny,
-        policy
-            .network
-            .as_deref()
-            .map(|allow| (allow, policy.network_bind.as_slice())),
-        policy.events_per_second,
+        &SessionRules {
+            session: session_no,
+            enforce: policy.mode == Mode::Enforce,
+            deny: &policy.deny,
+            network: policy
+                .network
+                .as_deref()
+                .map(|allow| (allow, policy.network_bind.as_slice())),
+            events_per_second: policy.events_per_second,
+            kill: policy.kernel_kill,
+        },
     )?;
     if policy.network.is_some() {
         tracer.attach_network(cgroup.path())?;

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     kernel::{EventKind, KernelEvent},
-    policy::{Mode, Policy, normalize},
+    policy::{Mode, Policy, kernel::kill_call, normalize},
     proxy::tracker::Request,
 };
 
@@ -50,6 +50,26 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The rule behind the verdict, as events and error data name it: a
+    /// deny rule, or the `[kernel] kill` entry of a kill-listed call.
+    #[must_use]
+    pub fn rule_label(&self, event: &KernelEvent, policy: &Policy) -> Option<String> {
+        if let Some(r) = self.rule {
+            return Some(policy.rule_name(r));
+        }
+        if self.action == Action::Allow {
+            return None;
+        }
+        match event.kind {
+            EventKind::Connect => Some("network.allow (no rule matches)".into()),
+            EventKind::Bind => Some("network.bind (no rule matches)".into()),
+            _ => event
+                .kill_call()
+                .and_then(kill_call)
+                .map(|(name, _)| format!("kernel.kill {name:?}")),
+        }
+    }
+
     /// One sentence for logs and error messages.
     #[must_use]
     pub fn describe(&self, event: &KernelEvent, policy: &Policy) -> String {
@@ -71,8 +91,33 @@ impl Verdict {
             EventKind::Truncate => "truncated",
             EventKind::Symlink => "made the symlink",
             EventKind::Link => "hard-linked",
-            EventKind::Fork | EventKind::Exit => "acted on",
+            EventKind::Fork
+            | EventKind::Exit
+            | EventKind::Ptrace
+            | EventKind::Privilege
+            | EventKind::Module
+            | EventKind::Bpf
+            | EventKind::Memfd
+            | EventKind::ExecMemory => "acted on",
         };
+        if let Some(bit) = event.kill_call()
+            && self.rule.is_none()
+        {
+            let (name, what) = kill_call(bit).unwrap_or(("?", "?"));
+            let did = match event.call_name() {
+                Some(call) => format!("called {call}"),
+                None => format!("executed {path:?}"),
+            };
+            let outcome = if self.action == Action::Killed {
+                "killed"
+            } else {
+                "reported (monitor mode)"
+            };
+            return format!(
+                "the tool server ({} pid {}) {did}: {what}, which kernel.kill {name:?} forbids: {outcome} (policy {}, {} mode)",
+                event.comm, event.pid, policy.source, policy.mode
+            );
+        }
         if event.kind.is_socket() {
             let to = event.addr.as_deref().unwrap_or("?");
             let what = if self.action == Action::Denied {
@@ -105,6 +150,23 @@ impl Verdict {
 /// catches relative paths and `..` tricks the raw match cannot see.
 #[must_use]
 pub fn judge(event: &KernelEvent, policy: &Policy) -> Verdict {
+    // A kill-listed call the kernel acted on (an exec from a memfd falls
+    // through to the deny rules when it was not acted on as such).
+    if event.kill_call().is_some() && event.rule.is_none() {
+        let action = match event.action {
+            mcpwarden_common::action::KILLED => Action::Killed,
+            mcpwarden_common::action::ALERT => Action::Alert,
+            _ => Action::Allow,
+        };
+        if action != Action::Allow || event.kind != EventKind::Exec {
+            return Verdict {
+                action,
+                rule: None,
+                by: (action != Action::Allow).then_some("kernel"),
+                path: None,
+            };
+        }
+    }
     if event.kind.is_socket() {
         let action = match event.action {
             mcpwarden_common::action::DENIED => Action::Denied,
@@ -234,6 +296,45 @@ impl Parents {
     }
 }
 
+/// The fields of privilege and evasion events: the call, its first
+/// arguments, its result or error; what a memfd or executable mapping was.
+fn call_fields(event: &KernelEvent, o: &mut Map<String, Value>) {
+    if let Some(call) = event.call_name() {
+        o.insert("call".into(), json!(call));
+    }
+    if let Some(ret) = event.ret {
+        if ret < 0 {
+            let errno = nix::errno::Errno::from_raw(i32::try_from(-ret).unwrap_or(0));
+            o.insert("error".into(), json!(format!("{errno:?}")));
+        } else {
+            o.insert("ret".into(), json!(ret));
+        }
+    }
+    match event.kind {
+        EventKind::Ptrace | EventKind::Privilege | EventKind::Module | EventKind::Bpf => {
+            o.insert(
+                "args".into(),
+                json!([event.arg, i64::from(event.fd), i64::from(event.fd2)]),
+            );
+        }
+        EventKind::Memfd => {
+            o.insert("memfd_flags".into(), json!(event.arg));
+        }
+        EventKind::ExecMemory => {
+            o.insert("prot".into(), json!(event.flags));
+            o.insert("length".into(), json!(event.arg));
+            if event.fd >= 0 {
+                o.insert("fd".into(), json!(event.fd));
+                o.insert("from_memfd".into(), json!(true));
+            }
+        }
+        EventKind::Exec if event.flags & mcpwarden_common::EXEC_FROM_MEMFD != 0 => {
+            o.insert("from_memfd".into(), json!(true));
+        }
+        _ => {}
+    }
+}
+
 /// One event as a JSON line for the events file.
 #[must_use]
 pub fn event_line(
@@ -323,19 +424,14 @@ pub fn event_line(
     if event.kind.is_socket() {
         o.insert("family".into(), json!(event.family));
     }
+    call_fields(event, &mut o);
     o.insert("action".into(), json!(verdict.action.as_str()));
-    let rule = match (event.kind, verdict.action) {
-        (EventKind::Connect, Action::Denied | Action::Alert) => {
-            json!("network.allow (no rule matches)")
-        }
-        (EventKind::Bind, Action::Denied | Action::Alert) => {
-            json!("network.bind (no rule matches)")
-        }
-        _ => verdict
-            .rule
-            .map_or(Value::Null, |r| json!(policy.rule_name(r))),
-    };
-    o.insert("rule".into(), rule);
+    o.insert(
+        "rule".into(),
+        verdict
+            .rule_label(event, policy)
+            .map_or(Value::Null, Value::String),
+    );
     if let Some(by) = verdict.by {
         o.insert("detected_by".into(), json!(by));
     }
@@ -370,6 +466,7 @@ mod tests {
             arg: 0,
             uid: 65534,
             argv: Vec::new(),
+            ret: None,
         }
     }
 
@@ -448,6 +545,40 @@ mod tests {
             (&line["argv"], &line["ppid"]),
             (&json!(["/bin/sh", "-c"]), &json!(42))
         );
+    }
+
+    #[test]
+    fn kill_listed_calls_are_judged_by_what_the_kernel_did() {
+        let p = policy("enforce");
+        let mut e = event(EventKind::Ptrace, "");
+        e.path = None;
+        e.flags = libc::SYS_ptrace as u32;
+        e.ret = Some(-1);
+        e.arg = 16;
+        e.action = action::KILLED;
+        let v = judge(&e, &p);
+        assert_eq!((v.action, v.by), (Action::Killed, Some("kernel")));
+        assert_eq!(
+            v.rule_label(&e, &p).as_deref(),
+            Some("kernel.kill \"ptrace\"")
+        );
+        assert!(v.describe(&e, &p).contains("called ptrace"));
+        let line: Value =
+            serde_json::from_str(&event_line(&e, &v, &[], &p, "s", 0, None)).expect("json");
+        assert_eq!(line["call"], json!("ptrace"));
+        assert_eq!(line["error"], json!("EPERM"));
+        assert_eq!(line["args"], json!([16, -100, -100]));
+        assert_eq!(line["rule"], json!("kernel.kill \"ptrace\""));
+        // Not acted on (not in `[kernel] kill`): a plain event.
+        e.action = action::ALLOW;
+        let v = judge(&e, &p);
+        assert_eq!((v.action, v.rule_label(&e, &p)), (Action::Allow, None));
+        // An exec from a memfd that was not acted on still meets the deny
+        // rules.
+        let mut x = event(EventKind::Exec, "/srv/secret/tool");
+        x.flags = mcpwarden_common::EXEC_FROM_MEMFD;
+        assert_eq!(judge(&x, &p).action, Action::Killed);
+        assert_eq!(judge(&x, &p).rule, Some(0));
     }
 
     #[test]

@@ -135,6 +135,9 @@ impl Core {
         if old.events_per_second != new.events_per_second {
             later.push("kernel.events_per_second");
         }
+        if old.kernel_kill != new.kernel_kill {
+            later.push("kernel.kill");
+        }
         if old.inspect.threshold != new.inspect.threshold {
             later.push("inspect.threshold");
         }
@@ -157,6 +160,7 @@ impl Core {
             network_entries: old.network_entries.clone(),
             network_bind: old.network_bind.clone(),
             events_per_second: old.events_per_second,
+            kernel_kill: old.kernel_kill,
             ..new
         };
         self.policy = kept;

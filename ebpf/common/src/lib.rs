@@ -38,6 +38,9 @@ pub mod maps {
     pub const BIND4: &str = "BIND4";
     /// `LpmTrie<NetKey6, NetRule>`: local IPv6 addresses a session may bind.
     pub const BIND6: &str = "BIND6";
+    /// `LruHashMap<u64 tgid << 32 | fd, u32>`: memfds a session's processes
+    /// created, so an exec or executable mapping of one is recognised.
+    pub const MEMFDS: &str = "MEMFDS";
 }
 
 /// cgroup `sock_addr` programs, attached to a session's cgroup when its
@@ -119,6 +122,30 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("mcpw_symlinkat", "syscalls", "sys_enter_symlinkat"),
     ("mcpw_link", "syscalls", "sys_enter_link"),
     ("mcpw_linkat", "syscalls", "sys_enter_linkat"),
+    // Calls the sandbox's seccomp filter refuses never reach a `sys_enter`
+    // tracepoint (seccomp runs first), but they do reach `sys_exit`: these
+    // are watched there, with the error they got. One program serves a
+    // family of calls; it reads which call from the record.
+    ("mcpw_ptrace", "syscalls", "sys_exit_ptrace"),
+    ("mcpw_ptrace", "syscalls", "sys_exit_process_vm_readv"),
+    ("mcpw_ptrace", "syscalls", "sys_exit_process_vm_writev"),
+    ("mcpw_privilege", "syscalls", "sys_exit_setuid"),
+    ("mcpw_privilege", "syscalls", "sys_exit_setgid"),
+    ("mcpw_privilege", "syscalls", "sys_exit_setreuid"),
+    ("mcpw_privilege", "syscalls", "sys_exit_setregid"),
+    ("mcpw_privilege", "syscalls", "sys_exit_setresuid"),
+    ("mcpw_privilege", "syscalls", "sys_exit_setresgid"),
+    ("mcpw_privilege", "syscalls", "sys_exit_setfsuid"),
+    ("mcpw_privilege", "syscalls", "sys_exit_setfsgid"),
+    ("mcpw_privilege", "syscalls", "sys_exit_setgroups"),
+    ("mcpw_privilege", "syscalls", "sys_exit_capset"),
+    ("mcpw_module", "syscalls", "sys_exit_init_module"),
+    ("mcpw_module", "syscalls", "sys_exit_finit_module"),
+    ("mcpw_module", "syscalls", "sys_exit_delete_module"),
+    ("mcpw_bpf", "syscalls", "sys_exit_bpf"),
+    ("mcpw_memfd", "syscalls", "sys_exit_memfd_create"),
+    ("mcpw_mprotect", "syscalls", "sys_enter_mprotect"),
+    ("mcpw_mmap", "syscalls", "sys_enter_mmap"),
 ];
 
 /// What happened, as [`Event::kind`].
@@ -151,6 +178,43 @@ pub mod kind {
     pub const LINK: u32 = 13;
     /// A process of the session asked to bind a socket to a local address.
     pub const BIND: u32 = 14;
+    /// `ptrace`, `process_vm_readv` or `process_vm_writev` (`flags`: the
+    /// call's number; `arg`, `fd`, `fd2`: its first three arguments; `ret`).
+    pub const PTRACE: u32 = 15;
+    /// A change of ids or capabilities: the `set*id` family, `setgroups`,
+    /// `capset` (same fields as [`PTRACE`]).
+    pub const PRIVILEGE: u32 = 16;
+    /// `init_module`, `finit_module` or `delete_module` (same fields).
+    pub const MODULE: u32 = 17;
+    /// The `bpf` call (`arg`: its command; same fields).
+    pub const BPF: u32 = 18;
+    /// `memfd_create` (`path`: the name; `arg`: its flags; `ret`: the fd).
+    pub const MEMFD: u32 = 19;
+    /// Memory made executable: `mprotect` adding `PROT_EXEC`, or an
+    /// anonymous or memfd `mmap` with it (`arg`: length; `flags`: prot;
+    /// `fd`: the mapped fd or -1; `fd2`: the mmap flags).
+    pub const EXEC_MEMORY: u32 = 20;
+}
+
+/// `Event::flags` bit of an exec: the program came from a memfd (a file
+/// that exists only in memory), through `/dev/fd/N` or `/proc/self/fd/N`.
+pub const EXEC_FROM_MEMFD: u32 = 1;
+
+/// `SessionConfig::kill` bits: which evasion and privilege calls are a
+/// verdict (SIGKILL in enforce mode, an alert in monitor mode) rather than
+/// a plain event.
+pub mod kill {
+    /// `ptrace` and `process_vm_readv`/`writev`.
+    pub const PTRACE: u32 = 1;
+    /// The `set*id` family, `setgroups`, `capset`, when the kernel refused
+    /// the change (one that worked was made with the privilege to make it).
+    pub const PRIVILEGE: u32 = 2;
+    /// Loading or removing a kernel module.
+    pub const MODULE: u32 = 4;
+    /// The `bpf` call.
+    pub const BPF: u32 = 8;
+    /// Executing a program from a memfd.
+    pub const MEMFD_EXEC: u32 = 16;
 }
 
 /// What the kernel did about it, as [`Event::action`].
@@ -170,6 +234,11 @@ pub const SESSION_ENFORCE: u32 = 1;
 /// `SessionConfig::flags` bit: the session has a network policy; its inet
 /// connects are reported (and judged) by the `sock_addr` programs.
 pub const SESSION_NET_POLICY: u32 = 2;
+/// `SessionConfig::flags` bit, set by the kernel programs at the session's
+/// first exec (the server's): from then on `kill`-listed calls are
+/// verdicts. Before it, the sandbox sets itself up in the cgroup (it drops
+/// root, then proves it cannot take it back), which is reported only.
+pub const SESSION_ARMED: u32 = 4;
 
 /// Per managed cgroup settings, the value of the `SESSIONS` map.
 #[repr(C)]
@@ -183,8 +252,8 @@ pub struct SessionConfig {
     /// session; 0: no limit. Verdicts (kills, refusals, alerts) are never
     /// limited.
     pub rate: u32,
-    /// Padding (keeps the layout explicit).
-    pub reserved: u32,
+    /// [`kill`] bits.
+    pub kill: u32,
 }
 
 /// A session's token bucket on one CPU, the value of the `RATE` map.
@@ -271,6 +340,9 @@ pub struct Event {
     /// Second path: rename and link targets, symlink contents; for exec,
     /// the first [`ARGV_SLOTS`] arguments in slots of [`ARGV_SLOT`] bytes.
     pub path2: [u8; PATH_LEN],
+    /// The call's return value, for events taken at syscall exit (a
+    /// negative errno when it failed); 0 for the others.
+    pub ret: i64,
 }
 
 #[cfg(feature = "user")]
@@ -305,7 +377,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Event>() % 8, 0);
         assert_eq!(
             core::mem::size_of::<Event>(),
-            8 + 8 + 4 * 7 + 2 + 2 + 16 + 16 + PATH_LEN + 8 + 4 + 4 + PATH_LEN
+            8 + 8 + 4 * 7 + 2 + 2 + 16 + 16 + PATH_LEN + 8 + 4 + 4 + PATH_LEN + 8
         );
     }
 }

@@ -31,9 +31,9 @@ use aya_ebpf::{
     programs::{SockAddrContext, TracePointContext},
 };
 use mcpwarden_common::{
-    ARGV_SLOT, ARGV_SLOTS, DENY_PATH_LEN, DROPPED_FULL, DROPPED_RATE, DenyKey, DenyRule, Event,
-    NET_PORTS, NO_RULE, NetKey4, NetKey6, NetRule, PATH_LEN, RateState, SESSION_ENFORCE,
-    SESSION_NET_POLICY, SessionConfig, action, kind,
+    ARGV_SLOT, ARGV_SLOTS, DENY_PATH_LEN, DROPPED_FULL, DROPPED_RATE, DenyKey, DenyRule,
+    EXEC_FROM_MEMFD, Event, NET_PORTS, NO_RULE, NetKey4, NetKey6, NetRule, PATH_LEN, RateState,
+    SESSION_ARMED, SESSION_ENFORCE, SESSION_NET_POLICY, SessionConfig, action, kind,
 };
 
 #[map]
@@ -69,6 +69,11 @@ static ARGV: LruHashMap<u32, [[u8; ARGV_SLOT]; ARGV_SLOTS]> = LruHashMap::with_m
 static SCRATCH_ARGV: PerCpuArray<[[u8; ARGV_SLOT]; ARGV_SLOTS]> =
     PerCpuArray::with_max_entries(1, 0);
 
+/// Descriptors of the memfds each session created (`privilege::memfd_key`).
+/// LRU: a session that makes more forgets its oldest ones.
+#[map]
+static MEMFDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+
 #[map]
 static NET4: LpmTrie<NetKey4, NetRule> = LpmTrie::with_max_entries(4096, 0);
 
@@ -81,7 +86,7 @@ static BIND4: LpmTrie<NetKey4, NetRule> = LpmTrie::with_max_entries(1024, 0);
 #[map]
 static BIND6: LpmTrie<NetKey6, NetRule> = LpmTrie::with_max_entries(1024, 0);
 
-const SIGKILL: u32 = 9;
+pub(crate) const SIGKILL: u32 = 9;
 /// `bpf_ringbuf_output` flags (linux/bpf.h).
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
@@ -95,10 +100,12 @@ const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
+mod privilege;
+
 /// Shared start of every handler: the session of the current task, if any,
 /// and the scratch event with its header filled in.
 #[inline(always)]
-fn begin(event_kind: u32) -> Option<(SessionConfig, &'static mut Event)> {
+pub(crate) fn begin(event_kind: u32) -> Option<(SessionConfig, &'static mut Event)> {
     // SAFETY: helper without arguments, valid in tracepoint programs.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is plain data copied out at once.
@@ -127,6 +134,7 @@ fn begin(event_kind: u32) -> Option<(SessionConfig, &'static mut Event)> {
     event.arg = 0;
     event.fd2 = AT_FDCWD;
     event.uid = bpf_get_current_uid_gid() as u32;
+    event.ret = 0;
     Some((session, event))
 }
 
@@ -216,7 +224,7 @@ fn count_dropped(index: u32) {
 }
 
 #[inline(always)]
-fn submit(session: &SessionConfig, event: &Event) {
+pub(crate) fn submit(session: &SessionConfig, event: &Event) {
     let verdict = event.action != action::ALLOW;
     if !verdict && !within_rate(session, event.ts_ns) {
         count_dropped(DROPPED_RATE);
@@ -339,9 +347,16 @@ pub fn mcpw_execveat(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn mcpw_exec(ctx: TracePointContext) -> u32 {
-    let Some((session, event)) = begin(kind::EXEC) else {
+    let Some((mut session, event)) = begin(kind::EXEC) else {
         return 0;
     };
+    if session.flags & SESSION_ARMED == 0 {
+        session.flags |= SESSION_ARMED;
+        if let Some(config) = SESSIONS.get_ptr_mut(event.cgroup_id) {
+            // SAFETY: map value memory; every writer only sets this bit.
+            unsafe { (*config).flags |= SESSION_ARMED };
+        }
+    }
     // `pid_t old_pid` at offset 16: the thread that called exec.
     // SAFETY: offset from the tracepoint's format file.
     let old_pid = unsafe { ctx.read_at::<i32>(16) }.unwrap_or(0) as u32;
@@ -368,6 +383,10 @@ pub fn mcpw_exec(ctx: TracePointContext) -> u32 {
         }
     }
     check_deny(&session, event);
+    if event.action == action::ALLOW && privilege::exec_from_memfd(&session, &event.path) {
+        event.flags |= EXEC_FROM_MEMFD;
+        privilege::act_on_memfd_exec(&session, event);
+    }
     submit(&session, event);
     0
 }
