@@ -21,6 +21,7 @@ pub mod registry;
 pub mod session;
 pub mod store;
 pub mod trust;
+pub mod unmanaged;
 
 /// The exit code of an administrative command: its own, or 2 with the
 /// error on stderr.

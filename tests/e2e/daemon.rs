@@ -27,10 +27,19 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start() -> Self {
-        Self::start_with_env(&[])
+        Self::start_with(&[], &[])
+    }
+
+    /// A daemon with more arguments (`--config FILE`...).
+    pub fn start_with_args(extra: &[&str]) -> Self {
+        Self::start_with(&[], extra)
     }
 
     fn start_with_env(env: &[(&str, &str)]) -> Self {
+        Self::start_with(env, &[])
+    }
+
+    fn start_with(env: &[(&str, &str)], extra: &[&str]) -> Self {
         // The socket's directory must let any uid reach the socket (the
         // test connects as nobody too); tempfile directories are 0700.
         let dir = tempfile::Builder::new()
@@ -42,7 +51,7 @@ impl Daemon {
         let socket = dir.join("run/mcpwarden.sock");
         let state = dir.join("state");
         let port = free_port();
-        let child = Self::spawn(&dir, &socket, &state, port, env);
+        let child = Self::spawn_with(&dir, (&socket, &state, port), env, extra);
         let daemon = Self {
             child,
             dir,
@@ -52,10 +61,6 @@ impl Daemon {
         };
         daemon.wait_until_listening();
         daemon
-    }
-
-    fn spawn(dir: &Path, socket: &Path, state: &Path, port: u16, env: &[(&str, &str)]) -> Child {
-        Self::spawn_with(dir, (socket, state, port), env, &[])
     }
 
     fn spawn_with(

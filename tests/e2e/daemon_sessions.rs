@@ -39,7 +39,7 @@ fn audited(d: &Daemon, session: &str) -> Vec<String> {
 }
 
 /// `mcpwarden run` with no `--state` and no `--events`: the daemon's client.
-fn run_through(fx: &Fixture) -> Vec<String> {
+pub(crate) fn run_through(fx: &Fixture) -> Vec<String> {
     let mut command = vec![
         crate::support::mcpwarden_path(),
         "run".to_owned(),
@@ -51,7 +51,7 @@ fn run_through(fx: &Fixture) -> Vec<String> {
     command
 }
 
-fn socket_env(d: &Daemon) -> [(&'static str, String); 1] {
+pub(crate) fn socket_env(d: &Daemon) -> [(&'static str, String); 1] {
     [("MCPWARDEN_SOCKET", d.socket.display().to_string())]
 }
 
@@ -203,7 +203,7 @@ fn request(socket: &Path, method: &str, path: &str, body: &str) -> Answer {
 }
 
 /// GET `path` on the daemon's socket, as root: the headers and the body.
-fn get(socket: &Path, path: &str) -> (String, String) {
+pub(crate) fn get(socket: &Path, path: &str) -> (String, String) {
     let a = request(socket, "GET", path, "");
     assert_eq!(a.status, 200, "{path}: {}", a.body);
     (a.headers, a.body)

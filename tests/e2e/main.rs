@@ -24,6 +24,7 @@ mod psi;
 mod registry;
 mod servers;
 mod support;
+mod unmanaged;
 
 use serde_json::{Value, json};
 use support::{Fixture, Run, assert_nothing_left_behind, events, mcpwarden, serial};

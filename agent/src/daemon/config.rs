@@ -21,6 +21,8 @@ struct Settings {
     daemon: DaemonTable,
     #[serde(default)]
     retention: Retention,
+    #[serde(default)]
+    unmanaged: crate::unmanaged::Settings,
 }
 
 /// How much history the store keeps (`[retention]`): records older than
@@ -125,6 +127,20 @@ fn resolve_with(
             .map_err(|e| invalid(path, e.to_string().trim_end().to_owned()))?,
         None => Settings::default(),
     };
+    if let Some((i, p)) = settings
+        .unmanaged
+        .patterns
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.chars().all(|c| c == '*'))
+    {
+        return Err(invalid(
+            file.map_or(Path::new(DEFAULT_CONFIG), |(_, p)| p),
+            format!(
+                "unmanaged.patterns[{i}] = {p:?} matches every program on the host; name the servers' command lines"
+            ),
+        ));
+    }
     let table = settings.daemon;
     let from_file_api = match table.api.as_deref().map(str::trim) {
         None => Some(DEFAULT_API.parse().expect("the default API address parses")),
@@ -153,6 +169,7 @@ fn resolve_with(
         api,
         api_tls: flags.api_tls || table.api_tls.unwrap_or(false),
         retention: settings.retention,
+        unmanaged: settings.unmanaged,
     })
 }
 
@@ -174,6 +191,39 @@ mod tests {
         assert!(!o.api_tls);
         assert_eq!(o.state, None, "the store's own default applies");
         assert_eq!(o.retention, Retention::default());
+        assert_eq!(o.unmanaged, crate::unmanaged::Settings::default());
+    }
+
+    #[test]
+    fn unmanaged_servers_settings_are_read_and_checked() {
+        use crate::unmanaged::Action;
+        let text = "[unmanaged]\naction = \"kill\"\npatterns = [\"*my-server*\"]\n";
+        let o = resolve_with(Flags::default(), Some(file(text)), None, None).expect("parses");
+        assert_eq!(o.unmanaged.action, Action::Kill);
+        assert_eq!(o.unmanaged.patterns, ["*my-server*"]);
+        let text = "[unmanaged]\naction = \"off\"\n";
+        let o = resolve_with(Flags::default(), Some(file(text)), None, None).expect("parses");
+        assert_eq!(o.unmanaged.action, Action::Off);
+        assert_eq!(
+            o.unmanaged.patterns,
+            crate::unmanaged::Settings::default().patterns
+        );
+        let e = resolve_with(
+            Flags::default(),
+            Some(file("[unmanaged]\naction = \"maybe\"\n")),
+            None,
+            None,
+        )
+        .expect_err("bad action");
+        assert!(e.to_string().contains("unknown variant `maybe`"), "{e}");
+        let e = resolve_with(
+            Flags::default(),
+            Some(file("[unmanaged]\npatterns = [\"*mcp*\", \"**\"]\n")),
+            None,
+            None,
+        )
+        .expect_err("matches everything");
+        assert!(e.to_string().contains("unmanaged.patterns[1]"), "{e}");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct DaemonOptions {
     pub api_tls: bool,
     /// How much history the store keeps.
     pub retention: config::Retention,
+    /// Watching for MCP servers started outside mcpwarden.
+    pub unmanaged: crate::unmanaged::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,10 @@ pub enum DaemonError {
     Tls(String),
     #[error("settings {path}: {message}")]
     Config { path: String, message: String },
+    #[error(
+        "cannot watch for unmanaged MCP servers ([unmanaged] action = \"off\" turns this off): {0}"
+    )]
+    Watch(#[from] crate::kernel::KernelError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -96,6 +102,10 @@ fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
 pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let state = state_dir(opts.state.as_deref());
     let db = Db::open_resident(&state)?;
+    let feed = Arc::new(events::Feed::durable(db.clone()));
+    // Watching starts before the socket answers: a daemon that answers is
+    // one that watches.
+    let watcher = crate::unmanaged::watch::Watcher::start(&opts.unmanaged, Arc::clone(&feed))?;
     let unix = bind_socket(&opts.socket)?;
     let tcp = match opts.api {
         Some(addr) => {
@@ -120,7 +130,6 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         );
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let feed = Arc::new(events::Feed::durable(db.clone()));
     let api = Arc::new(api::Api {
         db,
         state: state.clone(),
@@ -181,6 +190,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             SESSION_DRAIN.as_secs()
         );
     }
+    drop(watcher);
     pruner.abort();
     if let Some(w) = watchdog {
         w.abort();

@@ -73,6 +73,9 @@ pub enum KernelError {
         /// Why.
         source: io::Error,
     },
+    /// A thread that reads a ring buffer could not be started.
+    #[error("cannot start a thread to read the kernel's events: {0}")]
+    Thread(io::Error),
     /// A deny prefix does not fit the kernel's key.
     #[error("deny prefix {0:?} is too long for the kernel's {DENY_PATH_LEN}-byte key")]
     PrefixTooLong(String),

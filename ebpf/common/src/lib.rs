@@ -43,6 +43,29 @@ pub mod maps {
     pub const MEMFDS: &str = "MEMFDS";
 }
 
+/// The host-wide exec watcher (`mcpwarden-watch`): its program, attached to
+/// `sched/sched_process_exec`, and its ring buffer of [`HostExec`].
+pub mod watch {
+    /// The program.
+    pub const PROGRAM: &str = "mcpw_hostexec";
+    /// `RingBuf` of [`crate::HostExec`].
+    pub const EXECS: &str = "HOST_EXECS";
+    /// `PerCpuArray<u64>`: execs not reported because the ring was full.
+    pub const DROPPED: &str = "HOST_DROPPED";
+}
+
+/// One exec anywhere on the host, for the unmanaged-server watcher.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostExec {
+    /// cgroup v2 id of the task.
+    pub cgroup_id: u64,
+    /// Process id.
+    pub pid: u32,
+    /// Real uid.
+    pub uid: u32,
+}
+
 /// cgroup `sock_addr` programs, attached to a session's cgroup when its
 /// policy has a `[network]` table: (program, hook). They return EPERM to
 /// `connect`/`sendto` towards a destination no `allow` rule names, and to
@@ -363,6 +386,8 @@ mod pod {
     unsafe impl aya::Pod for super::NetKey6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NetRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HostExec {}
 }
 
 #[cfg(test)]
