@@ -194,3 +194,82 @@ fn binds_are_limited_to_the_listed_local_addresses() {
     assert_eq!(at(format!("127.0.0.1:{q}"))["action"], json!("denied"));
     assert_nothing_left_behind(Some(&cgroup));
 }
+
+/// Python run by the server's `run` tool: a listener that accepts a
+/// connection from itself, a DNS query sent with `sendto`, and a datagram
+/// sent with `sendmsg`.
+const SOCKETS: &str = r#"
+import socket, sys
+port, udp = int(sys.argv[1]), int(sys.argv[2])
+srv = socket.socket()
+srv.bind(("127.0.0.1", port))
+srv.listen(7)
+client = socket.create_connection(("127.0.0.1", port))
+conn, peer = srv.accept()
+query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04mcpw\x07example\x03org\x00\x00\x01\x00\x01"
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(query, ("127.0.0.1", 53))
+u.sendmsg([b"ping"], [], 0, ("127.0.0.1", udp))
+print(peer[1])
+"#;
+
+#[test]
+fn listen_accept_and_datagram_destinations_are_events_with_dns_questions() {
+    let _guard = serial();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let udp_port = udp.local_addr().expect("addr").port();
+    // No `[network]` table: nothing refused, everything reported.
+    let fx = Fixture::with_sandbox(
+        "enforce",
+        &format!("[sandbox.network]\nbind = [{port}]\nconnect = [{port}]\n"),
+    );
+    let code = json!({"call": "run", "args": {"argv": [
+        crate::support::VENV_PYTHON, "-c", SOCKETS, port.to_string(), udp_port.to_string()
+    ]}});
+    let run = Run::through_mcpwarden(&fx, &json!([{"call": "whoami"}, code]));
+    let cgroup = run.session_cgroup(0);
+    let peer_port: u64 = run.text(1).trim().parse().expect("the peer's port");
+    let mut buf = [0; 16];
+    let (n, _) = udp.recv_from(&mut buf).expect("the datagram arrived");
+    assert_eq!(&buf[..n], b"ping");
+    let id = run
+        .sent
+        .iter()
+        .find(|m| m["params"]["name"] == "run")
+        .expect("run call")["id"]
+        .clone();
+    let all = events(&fx.events);
+    let find = |kind: &str, pred: &dyn Fn(&Value) -> bool| -> Value {
+        all.iter()
+            .find(|e| e["kind"] == kind && pred(e))
+            .unwrap_or_else(|| panic!("no such {kind} event in {all:#?}"))
+            .clone()
+    };
+    let listen = find("listen", &|e| e["backlog"] == 7);
+    let accept = find("accept", &|_| true);
+    assert_eq!(
+        accept["addr"],
+        format!("127.0.0.1:{peer_port}"),
+        "the peer: {accept}"
+    );
+    assert!(accept["ret"].as_i64().is_some_and(|fd| fd >= 0), "{accept}");
+    assert_eq!(accept["fd"], listen["fd"], "accepted on the listener");
+    let dns = find("send", &|e| e["addr"] == "127.0.0.1:53");
+    assert_eq!(dns["dns"], "mcpw.example.org", "{dns}");
+    assert_eq!(
+        dns["length"], 34,
+        "12 bytes of header, 18 of name, 4 of type and class"
+    );
+    let sendmsg = find("send", &|e| e["addr"] == format!("127.0.0.1:{udp_port}"));
+    assert_eq!(sendmsg["length"], 4);
+    assert!(sendmsg.get("dns").is_none());
+    for e in [&listen, &accept, &dns, &sendmsg] {
+        assert_eq!(e["request_id"], id, "{e}");
+        assert_eq!(e["action"], "allow", "{e}");
+    }
+    assert_nothing_left_behind(Some(&cgroup));
+}

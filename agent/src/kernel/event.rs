@@ -46,6 +46,12 @@ pub enum EventKind {
     Memfd,
     /// Made memory executable (`mprotect`, or an anonymous or memfd `mmap`).
     ExecMemory,
+    /// Listened on a socket.
+    Listen,
+    /// Accepted a connection.
+    Accept,
+    /// Sent a datagram or message to an explicit destination.
+    Send,
 }
 
 impl EventKind {
@@ -73,6 +79,9 @@ impl EventKind {
             Self::Bpf => "bpf",
             Self::Memfd => "memfd",
             Self::ExecMemory => "exec_memory",
+            Self::Listen => "listen",
+            Self::Accept => "accept",
+            Self::Send => "send",
         }
     }
 
@@ -82,7 +91,7 @@ impl EventKind {
     pub fn at_exit(self) -> bool {
         matches!(
             self,
-            Self::Ptrace | Self::Privilege | Self::Module | Self::Bpf | Self::Memfd
+            Self::Ptrace | Self::Privilege | Self::Module | Self::Bpf | Self::Memfd | Self::Accept
         )
     }
 
@@ -90,7 +99,7 @@ impl EventKind {
     /// `[network]` rules in the kernel).
     #[must_use]
     pub fn is_socket(self) -> bool {
-        matches!(self, Self::Connect | Self::Bind)
+        matches!(self, Self::Connect | Self::Bind | Self::Accept | Self::Send)
     }
 
     /// Whether `path` names a file this call touches (checked against the
@@ -156,6 +165,8 @@ pub struct KernelEvent {
     /// The call's result, for calls watched at their exit (a negative
     /// errno when it failed).
     pub ret: Option<i64>,
+    /// The name a datagram to port 53 asks about (its DNS question).
+    pub dns: Option<String>,
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -201,6 +212,9 @@ impl KernelEvent {
             kind::BPF => EventKind::Bpf,
             kind::MEMFD => EventKind::Memfd,
             kind::EXEC_MEMORY => EventKind::ExecMemory,
+            kind::LISTEN => EventKind::Listen,
+            kind::ACCEPT => EventKind::Accept,
+            kind::SEND => EventKind::Send,
             _ => return None,
         };
         let path = c_string(&raw.path);
@@ -258,6 +272,12 @@ impl KernelEvent {
                 Vec::new()
             },
             ret: kind.at_exit().then_some(raw.ret),
+            dns: (kind == EventKind::Send && raw.port == 53)
+                .then(|| {
+                    let len = usize::try_from(raw.arg).unwrap_or(0).min(raw.path2.len());
+                    dns_question(&raw.path2[..len])
+                })
+                .flatten(),
         })
     }
 
@@ -296,6 +316,35 @@ impl KernelEvent {
     }
 }
 
+/// The name in the question of a DNS query (RFC 1035 4.1: a 12-byte
+/// header, then the name as length-prefixed labels). `None` for anything
+/// that is not a well-formed query with one question.
+fn dns_question(message: &[u8]) -> Option<String> {
+    let header = message.get(..12)?;
+    let is_query = header[2] & 0x80 == 0;
+    let questions = u16::from_be_bytes([header[4], header[5]]);
+    if !is_query || questions != 1 {
+        return None;
+    }
+    let mut labels = Vec::new();
+    let mut at = 12;
+    loop {
+        let len = usize::from(*message.get(at)?);
+        if len == 0 {
+            break;
+        }
+        // Compression pointers (0xc0) do not occur in a question's first
+        // name; longer labels are invalid.
+        if len > 63 {
+            return None;
+        }
+        let label = message.get(at + 1..at + 1 + len)?;
+        labels.push(String::from_utf8_lossy(label).into_owned());
+        at += 1 + len;
+    }
+    (!labels.is_empty()).then(|| labels.join("."))
+}
+
 /// The name of the calls the exit programs watch, by number.
 fn syscall_name(nr: i64) -> &'static str {
     const CALLS: &[(i64, &str)] = &[
@@ -317,6 +366,8 @@ fn syscall_name(nr: i64) -> &'static str {
         (libc::SYS_delete_module, "delete_module"),
         (libc::SYS_bpf, "bpf"),
         (libc::SYS_memfd_create, "memfd_create"),
+        (libc::SYS_accept, "accept"),
+        (libc::SYS_accept4, "accept4"),
     ];
     CALLS
         .iter()
@@ -433,6 +484,27 @@ mod tests {
             (d.kill_call(), d.ret, d.call_name()),
             (Some(kill::MEMFD_EXEC), None, None)
         );
+    }
+
+    #[test]
+    fn dns_questions_are_read_from_datagrams_to_port_53() {
+        let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        query.extend_from_slice(b"\x07example\x03com\x00\x00\x01\x00\x01");
+        let mut e = raw(kind::SEND);
+        e.family = 2;
+        e.port = 53;
+        e.arg = query.len() as i64;
+        e.path2[..query.len()].copy_from_slice(&query);
+        let d = KernelEvent::decode(&bytes(&e)).expect("decodes");
+        assert_eq!(d.dns.as_deref(), Some("example.com"));
+        assert_eq!(d.addr.as_deref(), Some("0.0.0.0:53"));
+        // Cut short, an answer, or another port: no name.
+        assert_eq!(dns_question(&query[..15]), None);
+        let mut answer = query.clone();
+        answer[2] |= 0x80;
+        assert_eq!(dns_question(&answer), None);
+        e.port = 5353;
+        assert_eq!(KernelEvent::decode(&bytes(&e)).expect("decodes").dns, None);
     }
 
     #[test]

@@ -98,7 +98,10 @@ impl Verdict {
             | EventKind::Module
             | EventKind::Bpf
             | EventKind::Memfd
-            | EventKind::ExecMemory => "acted on",
+            | EventKind::ExecMemory
+            | EventKind::Listen
+            | EventKind::Accept
+            | EventKind::Send => "acted on",
         };
         if let Some(bit) = event.kill_call()
             && self.rule.is_none()
@@ -331,6 +334,20 @@ fn call_fields(event: &KernelEvent, o: &mut Map<String, Value>) {
         EventKind::Exec if event.flags & mcpwarden_common::EXEC_FROM_MEMFD != 0 => {
             o.insert("from_memfd".into(), json!(true));
         }
+        EventKind::Listen => {
+            o.insert("fd".into(), json!(event.fd));
+            o.insert("backlog".into(), json!(event.arg));
+        }
+        EventKind::Accept => {
+            o.insert("fd".into(), json!(event.fd));
+        }
+        EventKind::Send => {
+            o.insert("fd".into(), json!(event.fd));
+            o.insert("length".into(), json!(event.arg));
+            if let Some(name) = &event.dns {
+                o.insert("dns".into(), json!(name));
+            }
+        }
         _ => {}
     }
 }
@@ -467,6 +484,7 @@ mod tests {
             uid: 65534,
             argv: Vec::new(),
             ret: None,
+            dns: None,
         }
     }
 

@@ -127,6 +127,11 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("mcpw_openat2", "syscalls", "sys_enter_openat2"),
     ("mcpw_open", "syscalls", "sys_enter_open"),
     ("mcpw_connect", "syscalls", "sys_enter_connect"),
+    ("mcpw_listen", "syscalls", "sys_enter_listen"),
+    ("mcpw_accept", "syscalls", "sys_exit_accept"),
+    ("mcpw_accept", "syscalls", "sys_exit_accept4"),
+    ("mcpw_sendto", "syscalls", "sys_enter_sendto"),
+    ("mcpw_sendmsg", "syscalls", "sys_enter_sendmsg"),
     ("mcpw_unlinkat", "syscalls", "sys_enter_unlinkat"),
     ("mcpw_unlink", "syscalls", "sys_enter_unlink"),
     ("mcpw_rmdir", "syscalls", "sys_enter_rmdir"),
@@ -217,6 +222,16 @@ pub mod kind {
     /// anonymous or memfd `mmap` with it (`arg`: length; `flags`: prot;
     /// `fd`: the mapped fd or -1; `fd2`: the mmap flags).
     pub const EXEC_MEMORY: u32 = 20;
+    /// `listen` (`fd`; `arg`: backlog).
+    pub const LISTEN: u32 = 21;
+    /// A connection accepted (`fd`: the listening socket; `ret`: the new
+    /// one; the peer's address like a connect's).
+    pub const ACCEPT: u32 = 22;
+    /// A datagram or message sent to an explicit destination (`sendto`,
+    /// `sendmsg`; the address like a connect's; `arg`: its length, of the
+    /// first buffer for sendmsg). To port 53, `path2` holds the head of the
+    /// payload (the DNS question).
+    pub const SEND: u32 = 23;
 }
 
 /// `Event::flags` bit of an exec: the program came from a memfd (a file

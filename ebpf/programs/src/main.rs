@@ -7,6 +7,11 @@
 //! against the session's denied prefixes (`DENY`, an LPM trie keyed by
 //! session id + path), sends SIGKILL to the task in enforce mode, and copies
 //! the event to the `EVENTS` ring buffer.
+//!
+//! Here: processes and files. [`socket`]: connect, listen, accept, datagram
+//! destinations. [`privilege`]: ptrace, ids, modules, bpf, memfds,
+//! executable memory (at syscall exit, past seccomp). [`netpolicy`]: the
+//! cgroup `sock_addr` programs that refuse what `[network]` does not allow.
 #![no_std]
 #![no_main]
 #![expect(
@@ -23,17 +28,17 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
-        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
-        bpf_probe_read_user_str_bytes, generated::bpf_send_signal,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        generated::bpf_send_signal,
     },
-    macros::{cgroup_sock_addr, map, tracepoint},
+    macros::{map, tracepoint},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
-    programs::{SockAddrContext, TracePointContext},
+    programs::TracePointContext,
 };
 use mcpwarden_common::{
     ARGV_SLOT, ARGV_SLOTS, DENY_PATH_LEN, DROPPED_FULL, DROPPED_RATE, DenyKey, DenyRule,
-    EXEC_FROM_MEMFD, Event, NET_PORTS, NO_RULE, NetKey4, NetKey6, NetRule, PATH_LEN, RateState,
-    SESSION_ARMED, SESSION_ENFORCE, SESSION_NET_POLICY, SessionConfig, action, kind,
+    EXEC_FROM_MEMFD, Event, NO_RULE, NetKey4, NetKey6, NetRule, PATH_LEN, RateState, SESSION_ARMED,
+    SESSION_ENFORCE, SessionConfig, action, kind,
 };
 
 #[map]
@@ -96,11 +101,13 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 const WAKE_AT: u64 = 1 << 20;
 const AT_FDCWD: i32 = -100;
 const AT_REMOVEDIR: i64 = 0x200;
-const AF_UNIX: u16 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+pub(crate) const AF_UNIX: u16 = 1;
+pub(crate) const AF_INET: u16 = 2;
+pub(crate) const AF_INET6: u16 = 10;
 
+mod netpolicy;
 mod privilege;
+mod socket;
 
 /// Shared start of every handler: the session of the current task, if any,
 /// and the scratch event with its header filled in.
@@ -391,54 +398,6 @@ pub fn mcpw_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn mcpw_connect(ctx: TracePointContext) -> u32 {
-    let Some((session, event)) = begin(kind::CONNECT) else {
-        return 0;
-    };
-    // SAFETY: offsets from the tracepoint's format file.
-    event.fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1) as i32;
-    // SAFETY: as above.
-    let Ok(addr) = (unsafe { ctx.read_at::<*const u8>(24) }) else {
-        return 0;
-    };
-    // sockaddr: a native-endian u16 family, then for inet a big-endian port.
-    // SAFETY: user pointer read through the fault-tolerant helper.
-    let Ok(head) = (unsafe { bpf_probe_read_user(addr.cast::<[u8; 4]>()) }) else {
-        submit(&session, event);
-        return 0;
-    };
-    event.family = u16::from_ne_bytes([head[0], head[1]]);
-    // With a network policy, the sock_addr programs report inet connects
-    // together with their verdict; one event per connect.
-    if session.flags & SESSION_NET_POLICY != 0
-        && (event.family == AF_INET || event.family == AF_INET6)
-    {
-        return 0;
-    }
-    // SAFETY: user pointers read through fault-tolerant helpers; a failed
-    // read leaves the zeroed address in place.
-    unsafe {
-        match event.family {
-            AF_INET => {
-                event.port = u16::from_be_bytes([head[2], head[3]]);
-                let _ = bpf_probe_read_user_buf(addr.add(4), &mut event.addr[..4]);
-            }
-            AF_INET6 => {
-                event.port = u16::from_be_bytes([head[2], head[3]]);
-                let _ = bpf_probe_read_user_buf(addr.add(8), &mut event.addr);
-            }
-            AF_UNIX => {
-                // An abstract socket starts with a NUL byte and reads as "".
-                let _ = bpf_probe_read_user_str_bytes(addr.add(2), &mut event.path[..108]);
-            }
-            _ => {}
-        }
-    }
-    submit(&session, event);
-    0
-}
-
 /// Where a path operation's arguments sit in its tracepoint record.
 #[derive(Clone, Copy)]
 struct PathOp {
@@ -681,169 +640,6 @@ pub fn mcpw_exit(ctx: TracePointContext) -> u32 {
     event.arg = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0) & 0xff;
     submit(&session, event);
     0
-}
-
-#[inline(always)]
-fn port_allowed(rule: &NetRule, port: u16) -> bool {
-    if rule.any_port != 0 {
-        return true;
-    }
-    let mut i = 0;
-    while i < NET_PORTS {
-        if rule.ports[i] == port {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
-/// What a `sock_addr` hook guards.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum SockOp {
-    /// connect: reported whether allowed or not.
-    Connect,
-    /// sendmsg (UDP): reported when refused.
-    Send,
-    /// bind: reported whether allowed or not; judged by the bind rules.
-    Bind,
-}
-
-/// The verdict of a `sock_addr` hook: 1 lets the call go on, 0 fails it
-/// with EPERM before any packet leaves. Reports every connect and bind, and
-/// every refused datagram, of a session with a network policy.
-#[inline(always)]
-fn sock_verdict(family: u16, addr: &[u8; 16], port: u16, op: SockOp) -> i32 {
-    let bind = op == SockOp::Bind;
-    let report_allowed = op != SockOp::Send;
-    let Some((session, event)) = begin(if bind { kind::BIND } else { kind::CONNECT }) else {
-        return 1;
-    };
-    if session.flags & SESSION_NET_POLICY == 0 {
-        return 1;
-    }
-    let sid = session.session.to_be_bytes();
-    // An IPv4-mapped IPv6 destination (::ffff:a.b.c.d, an AF_INET6 socket
-    // reaching an IPv4 host) is that IPv4 host: judged by the IPv4 rules.
-    let mapped = family == AF_INET6 && is_v4_mapped(addr);
-    let rule = if family == AF_INET || mapped {
-        let at = if mapped { 12 } else { 0 };
-        let key = Key::new(
-            64,
-            NetKey4 {
-                session: sid,
-                addr: [addr[at], addr[at + 1], addr[at + 2], addr[at + 3]],
-            },
-        );
-        if bind {
-            BIND4.get(&key).copied()
-        } else {
-            NET4.get(&key).copied()
-        }
-    } else {
-        let key = Key::new(
-            160,
-            NetKey6 {
-                session: sid,
-                addr: *addr,
-            },
-        );
-        if bind {
-            BIND6.get(&key).copied()
-        } else {
-            NET6.get(&key).copied()
-        }
-    };
-    let allowed = rule.is_some_and(|r| port_allowed(&r, port));
-    event.family = family;
-    event.port = port;
-    event.addr = *addr;
-    if let Some(r) = rule {
-        event.rule = r.rule;
-    }
-    if allowed {
-        if report_allowed {
-            submit(&session, event);
-        }
-        return 1;
-    }
-    let enforce = session.flags & SESSION_ENFORCE != 0;
-    event.action = if enforce {
-        action::DENIED
-    } else {
-        action::ALERT
-    };
-    submit(&session, event);
-    i32::from(!enforce)
-}
-
-/// `::ffff:0:0/96`.
-#[inline(always)]
-fn is_v4_mapped(addr: &[u8; 16]) -> bool {
-    let mut i = 0;
-    while i < 10 {
-        if addr[i] != 0 {
-            return false;
-        }
-        i += 1;
-    }
-    addr[10] == 0xff && addr[11] == 0xff
-}
-
-fn inet4(ctx: &SockAddrContext) -> ([u8; 16], u16) {
-    // SAFETY: the kernel hands every sock_addr program a valid context.
-    let sa = unsafe { &*ctx.sock_addr };
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
-    (addr, u16::from_be(sa.user_port as u16))
-}
-
-fn inet6(ctx: &SockAddrContext) -> ([u8; 16], u16) {
-    // SAFETY: as above.
-    let sa = unsafe { &*ctx.sock_addr };
-    let mut addr = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        addr[i * 4..i * 4 + 4].copy_from_slice(&sa.user_ip6[i].to_ne_bytes());
-        i += 1;
-    }
-    (addr, u16::from_be(sa.user_port as u16))
-}
-
-#[cgroup_sock_addr(connect4)]
-pub fn mcpw_conn4(ctx: SockAddrContext) -> i32 {
-    let (addr, port) = inet4(&ctx);
-    sock_verdict(AF_INET, &addr, port, SockOp::Connect)
-}
-
-#[cgroup_sock_addr(connect6)]
-pub fn mcpw_conn6(ctx: SockAddrContext) -> i32 {
-    let (addr, port) = inet6(&ctx);
-    sock_verdict(AF_INET6, &addr, port, SockOp::Connect)
-}
-
-#[cgroup_sock_addr(sendmsg4)]
-pub fn mcpw_send4(ctx: SockAddrContext) -> i32 {
-    let (addr, port) = inet4(&ctx);
-    sock_verdict(AF_INET, &addr, port, SockOp::Send)
-}
-
-#[cgroup_sock_addr(sendmsg6)]
-pub fn mcpw_send6(ctx: SockAddrContext) -> i32 {
-    let (addr, port) = inet6(&ctx);
-    sock_verdict(AF_INET6, &addr, port, SockOp::Send)
-}
-
-#[cgroup_sock_addr(bind4)]
-pub fn mcpw_bind4(ctx: SockAddrContext) -> i32 {
-    let (addr, port) = inet4(&ctx);
-    sock_verdict(AF_INET, &addr, port, SockOp::Bind)
-}
-
-#[cgroup_sock_addr(bind6)]
-pub fn mcpw_bind6(ctx: SockAddrContext) -> i32 {
-    let (addr, port) = inet6(&ctx);
-    sock_verdict(AF_INET6, &addr, port, SockOp::Bind)
 }
 
 #[cfg(not(test))]

@@ -34,7 +34,7 @@ const PT_REGS_DX: usize = 96;
 /// The first three arguments of the current task's system call, from its
 /// saved user registers.
 #[inline(always)]
-fn call_args() -> [u64; 3] {
+pub(crate) fn call_args() -> [u64; 3] {
     // SAFETY: helper without arguments; returns the current task.
     let task = unsafe { bpf_get_current_task_btf() };
     // SAFETY: `task` is the BTF pointer the helper above returned.
