@@ -268,3 +268,50 @@ fn a_flood_of_events_is_rate_limited_but_verdicts_are_not() {
     assert_eq!(kill["path"], json!(fx.secret()), "{kill}");
     assert_nothing_left_behind(Some(&cgroup));
 }
+
+#[test]
+fn failed_calls_carry_their_error() {
+    let _guard = serial();
+    let fx = Fixture::new("enforce");
+    let missing = fx.dir().join("missing.txt").display().to_string();
+    let scenario = json!([
+        {"call": "whoami"},
+        {"call": "read_file", "args": {"path": missing}},
+        {"call": "run", "args": {"argv": ["/nonexistent/tool", "--flag"]}},
+        {"call": "read_file", "args": {"path": fx.allowed()}},
+    ]);
+    let run = Run::through_mcpwarden(&fx, &scenario);
+    let cgroup = run.session_cgroup(0);
+    let id = |tool: &str| {
+        run.sent
+            .iter()
+            .find(|m| m["params"]["name"] == tool)
+            .expect("call")["id"]
+            .clone()
+    };
+    let all = events(&fx.events);
+    // The open of a missing file: one event, with its error.
+    let opens: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["kind"] == "open" && e["path"] == json!(missing))
+        .collect();
+    assert_eq!(opens.len(), 1, "{opens:?}");
+    assert_eq!(opens[0]["error"], "ENOENT", "{}", opens[0]);
+    assert_eq!(opens[0]["request_id"], id("read_file"));
+    // An exec that failed has no exec event: it is a failure of its own.
+    let exec = all
+        .iter()
+        .find(|e| e["kind"] == "failed" && e["path"] == "/nonexistent/tool")
+        .unwrap_or_else(|| panic!("no failed exec in {all:#?}"));
+    assert_eq!(exec["call"], "execve", "{exec}");
+    assert_eq!(exec["error"], "ENOENT", "{exec}");
+    assert_eq!(exec["request_id"], id("run"));
+    // An open that worked carries no error.
+    let ok: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["kind"] == "open" && e["path"] == json!(fx.allowed()))
+        .collect();
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert!(ok[0].get("error").is_none(), "{}", ok[0]);
+    assert_nothing_left_behind(Some(&cgroup));
+}

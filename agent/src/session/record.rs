@@ -101,7 +101,8 @@ impl Verdict {
             | EventKind::ExecMemory
             | EventKind::Listen
             | EventKind::Accept
-            | EventKind::Send => "acted on",
+            | EventKind::Send
+            | EventKind::Failed => "acted on",
         };
         if let Some(bit) = event.kill_call()
             && self.rule.is_none()

@@ -174,6 +174,33 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("mcpw_memfd", "syscalls", "sys_exit_memfd_create"),
     ("mcpw_mprotect", "syscalls", "sys_enter_mprotect"),
     ("mcpw_mmap", "syscalls", "sys_enter_mmap"),
+    // Failed file, exec and connect calls, with their error. Successful
+    // ones leave after one read of the result. The program's suffix is the
+    // argument that holds the path.
+    ("mcpw_fail_a0", "syscalls", "sys_exit_open"),
+    ("mcpw_fail_a0", "syscalls", "sys_exit_unlink"),
+    ("mcpw_fail_a0", "syscalls", "sys_exit_rmdir"),
+    ("mcpw_fail_a0", "syscalls", "sys_exit_rename"),
+    ("mcpw_fail_a0", "syscalls", "sys_exit_mkdir"),
+    ("mcpw_fail_a0", "syscalls", "sys_exit_chmod"),
+    ("mcpw_fail_a0", "syscalls", "sys_exit_chown"),
+    ("mcpw_fail_a0", "syscalls", "sys_exit_truncate"),
+    ("mcpw_fail_a0", "syscalls", "sys_exit_link"),
+    ("mcpw_fail_a0", "syscalls", "sys_exit_execve"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_openat"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_openat2"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_unlinkat"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_renameat"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_renameat2"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_mkdirat"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_fchmodat"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_fchmodat2"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_fchownat"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_symlink"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_linkat"),
+    ("mcpw_fail_a1", "syscalls", "sys_exit_execveat"),
+    ("mcpw_fail_a2", "syscalls", "sys_exit_symlinkat"),
+    ("mcpw_fail_np", "syscalls", "sys_exit_connect"),
 ];
 
 /// What happened, as [`Event::kind`].
@@ -232,6 +259,9 @@ pub mod kind {
     /// first buffer for sendmsg). To port 53, `path2` holds the head of the
     /// payload (the DNS question).
     pub const SEND: u32 = 23;
+    /// A watched call failed (`flags`: its number; `ret`: the error;
+    /// `path`: the path it was given, or the unix socket of a connect).
+    pub const FAILED: u32 = 24;
 }
 
 /// `Event::flags` bit of an exec: the program came from a memfd (a file

@@ -10,7 +10,8 @@
 //!
 //! Here: processes and files. [`socket`]: connect, listen, accept, datagram
 //! destinations. [`privilege`]: ptrace, ids, modules, bpf, memfds,
-//! executable memory (at syscall exit, past seccomp). [`netpolicy`]: the
+//! executable memory (at syscall exit, past seccomp). [`failed`]: refused
+//! file, exec and connect calls with their error. [`netpolicy`]: the
 //! cgroup `sock_addr` programs that refuse what `[network]` does not allow.
 #![no_std]
 #![no_main]
@@ -105,6 +106,7 @@ pub(crate) const AF_UNIX: u16 = 1;
 pub(crate) const AF_INET: u16 = 2;
 pub(crate) const AF_INET6: u16 = 10;
 
+mod failed;
 mod netpolicy;
 mod privilege;
 mod socket;
