@@ -174,6 +174,13 @@ fn deny_rule(session: &SessionConfig, path: &[u8; PATH_LEN]) -> Option<u32> {
 #[inline(always)]
 fn act_on_deny(session: &SessionConfig, event: &mut Event, rule: u32) {
     event.rule = rule;
+    kill_or_alert(session, event);
+}
+
+/// A verdict: SIGKILL to the current task in enforce mode, an alert in
+/// monitor mode.
+#[inline(always)]
+pub(crate) fn kill_or_alert(session: &SessionConfig, event: &mut Event) {
     if session.flags & SESSION_ENFORCE != 0 {
         event.action = action::KILLED;
         // SAFETY: the helper signals the current task; SIGKILL is valid.

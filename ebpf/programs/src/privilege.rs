@@ -11,16 +11,14 @@
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user_str_bytes,
-        generated::{bpf_get_current_task_btf, bpf_send_signal, bpf_task_pt_regs},
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
-use mcpwarden_common::{
-    Event, PATH_LEN, SESSION_ARMED, SESSION_ENFORCE, SessionConfig, action, kill, kind,
-};
+use mcpwarden_common::{Event, PATH_LEN, SESSION_ARMED, SessionConfig, kill, kind};
 
-use crate::{MEMFDS, SIGKILL, begin, submit};
+use crate::{MEMFDS, begin, kill_or_alert, submit};
 
 /// `PROT_EXEC`, `MAP_ANONYMOUS` (asm-generic/mman-common.h).
 const PROT_EXEC: u64 = 4;
@@ -53,15 +51,8 @@ pub(crate) fn call_args() -> [u64; 3] {
 /// `[kernel] kill`: SIGKILL in enforce mode, an alert in monitor mode.
 #[inline(always)]
 fn act_on_call(session: &SessionConfig, event: &mut Event, bit: u32) {
-    if session.kill & bit == 0 || session.flags & SESSION_ARMED == 0 {
-        return;
-    }
-    if session.flags & SESSION_ENFORCE != 0 {
-        event.action = action::KILLED;
-        // SAFETY: the helper signals the current task; SIGKILL is valid.
-        unsafe { bpf_send_signal(SIGKILL) };
-    } else {
-        event.action = action::ALERT;
+    if session.kill & bit != 0 && session.flags & SESSION_ARMED != 0 {
+        kill_or_alert(session, event);
     }
 }
 
