@@ -151,10 +151,11 @@ pub fn probe() -> Report {
     Report { checks }
 }
 
-const BPF_CHECKS: [(&str, bool); 6] = [
+const BPF_CHECKS: [(&str, bool); 7] = [
     ("tracepoints", true),
     ("ring buffer", true),
     ("bpf_send_signal", true),
+    ("task registers (BTF)", true),
     ("cgroup sock_addr", true),
     ("BPF-LSM", false),
     ("fentry", false),
@@ -181,6 +182,7 @@ fn probe_bpf(cgroup: Option<&SessionCgroup>) -> Vec<Check> {
         tracepoints,
         ring,
         probe_signal(&mut ebpf),
+        probe_task_regs(&mut ebpf),
         probe_sock_addr(&mut ebpf, cgroup),
         btf.clone().and_then(|btf| probe_lsm(&mut ebpf, &btf)),
         btf.and_then(|btf| probe_fentry(&mut ebpf, &btf)),
@@ -235,6 +237,16 @@ fn probe_signal(ebpf: &mut Ebpf) -> Result<String, String> {
     let tp = program::<TracePoint>(ebpf, "probe_signal")?;
     tp.load().map_err(|e| format!("load: {e}"))?;
     Ok("accepted by the verifier in tracepoints".into())
+}
+
+/// The privilege programs read a call's arguments from the task's saved
+/// registers at syscall exit (`bpf_get_current_task_btf`,
+/// `bpf_task_pt_regs`): without kernel BTF the tracer does not load.
+fn probe_task_regs(ebpf: &mut Ebpf) -> Result<String, String> {
+    let tp = program::<TracePoint>(ebpf, "probe_task_regs")?;
+    tp.load()
+        .map_err(|e| format!("load: {e} (is /sys/kernel/btf/vmlinux there?)"))?;
+    Ok("a call's arguments readable at syscall exit".into())
 }
 
 fn probe_sock_addr(ebpf: &mut Ebpf, cgroup: Option<&SessionCgroup>) -> Result<String, String> {

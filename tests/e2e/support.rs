@@ -423,6 +423,7 @@ pub fn assert_nothing_left_behind(cgroup: Option<&Path>) {
     let probes = [
         "probe_ringbuf",
         "probe_signal",
+        "probe_task_regs",
         "probe_connect4",
         "probe_lsm",
         "probe_fentry",

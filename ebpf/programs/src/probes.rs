@@ -5,7 +5,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_send_signal},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_task_btf, bpf_send_signal, bpf_task_pt_regs},
+    },
     macros::{cgroup_sock_addr, fentry, lsm, map, tracepoint},
     maps::RingBuf,
     programs::{FEntryContext, LsmContext, SockAddrContext, TracePointContext},
@@ -29,6 +32,16 @@ pub fn probe_signal(_ctx: TracePointContext) -> u32 {
     // SAFETY: never attached; signal 0 would only check permissions anyway.
     unsafe { bpf_send_signal(0) };
     0
+}
+
+/// Loaded only: the verifier accepts reading the current task's saved user
+/// registers (needs kernel BTF), as the privilege programs do at syscall
+/// exit.
+#[tracepoint]
+pub fn probe_task_regs(_ctx: TracePointContext) -> u32 {
+    // SAFETY: never attached; the pointer is only checked for null.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) };
+    u32::from(regs != 0)
 }
 
 /// Attached to a throw-away cgroup: cgroup `sock_addr` hooks work.
