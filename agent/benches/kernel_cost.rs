@@ -264,9 +264,31 @@ fn confined(policy: &Path, worker_bin: &Path, args: &[&str], traced: bool) -> Ve
         .spawn()
         .expect("start");
     let stderr = child.stderr.take().expect("stderr");
-    let lines = read_until_worker_done(stderr);
+    let mut lines = read_until_worker_done(stderr);
+    if traced {
+        // While the session's programs are still loaded: what the kernel
+        // counted for the open tracepoint (needs kernel.bpf_stats_enabled).
+        lines.extend(program_stats("mcpw_openat"));
+    }
     end(child);
     lines
+}
+
+/// "stats: RUNS NS" of the loaded program `name`, from the kernel's own
+/// per-program counters.
+fn program_stats(name: &str) -> Option<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.name_as_str() == Some(name))
+        .map(|p| format!("stats: {} {}", p.run_count(), p.run_time().as_nanos()))
+}
+
+/// Mean nanoseconds per run of the program, from a "stats:" line.
+fn ns_per_run(lines: &[String]) -> Option<f64> {
+    let l = lines.iter().find_map(|l| l.strip_prefix("stats: "))?;
+    let mut it = l.split_whitespace().map(|v| v.parse::<f64>().ok());
+    let (runs, ns) = (it.next()??, it.next()??);
+    (runs > 0.0).then(|| ns / runs)
 }
 
 /// mcpwarden's stderr (and the worker's) until the worker reported.
@@ -309,7 +331,7 @@ fn ns_per_op(lines: &[String]) -> f64 {
 
 fn inside(policy: &Path, worker_bin: &Path) {
     println!("2. a process inside a session: sandbox alone vs sandbox + kernel programs");
-    let (mut bare, mut traced) = (Vec::new(), Vec::new());
+    let (mut bare, mut traced, mut per_run) = (Vec::new(), Vec::new(), Vec::new());
     let n = LOOPS.to_string();
     for _ in 0..5 {
         bare.push(ns_per_op(&confined(
@@ -325,11 +347,31 @@ fn inside(policy: &Path, worker_bin: &Path) {
             true,
         )));
     }
+    // Apart: the kernel's run-time counters cost two clock reads per
+    // program run; they stay on only while this fd is open.
+    if let Ok(stats) = aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        for _ in 0..3 {
+            per_run.extend(ns_per_run(&confined(
+                policy,
+                worker_bin,
+                &["open", &n],
+                true,
+            )));
+        }
+        drop(stats);
+    }
     let (b, t) = (median(bare), median(traced));
     println!(
         "  open+close (ns/op): sandbox {b:.1} | sandbox + programs {t:.1} | {:+.1} %",
         (t - b) / b * 100.0
     );
+    if !per_run.is_empty() {
+        println!(
+            "  mcpw_openat, the kernel's own count: {:.1} ns per run (median of {} sessions)",
+            median(per_run.clone()),
+            per_run.len()
+        );
+    }
 }
 
 fn throughput(policy: &Path, dir: &Path, worker_bin: &Path) {

@@ -272,6 +272,14 @@ mod tests {
             .spawn()
             .expect("sleep");
         let pid = child.id();
+        // Until the fork has exec'd, the child is this binary.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map_or(true, |c| !c.starts_with(b"sleep"))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let s = j.look(pid, 0).expect("matches");
         assert!(s.cmdline.ends_with("sleep 30"), "{}", s.cmdline);
         assert_eq!(j.look(pid, 0), None, "seen already");
