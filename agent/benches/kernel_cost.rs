@@ -551,8 +551,19 @@ fn main() {
         "kernel programs' cost, {} (release build)",
         std::env::consts::ARCH
     );
-    outside(&policy, dir.path());
-    inside(&policy, &worker_bin);
-    throughput(&policy, dir.path(), &worker_bin);
-    kill_latency(dir.path(), &worker_bin);
+    // `KERNEL_COST_PARTS=2,4` runs only those parts.
+    let parts = std::env::var("KERNEL_COST_PARTS").unwrap_or_default();
+    let part = |n: &str| parts.is_empty() || parts.split(',').any(|p| p.trim() == n);
+    if part("1") {
+        outside(&policy, dir.path());
+    }
+    if part("2") {
+        inside(&policy, &worker_bin);
+    }
+    if part("3") {
+        throughput(&policy, dir.path(), &worker_bin);
+    }
+    if part("4") {
+        kill_latency(dir.path(), &worker_bin);
+    }
 }
