@@ -50,6 +50,7 @@ train: setup
 	test -x $(PSI_VENV)/bin/python || /usr/bin/python3 -m venv $(PSI_VENV)
 	$(PSI_VENV)/bin/pip install -q --disable-pip-version-check -r models/requirements-train.txt
 	$(PSI_VENV)/bin/python models/build_data.py
+	$(PSI_VENV)/bin/python models/augment.py
 	$(PSI_VENV)/bin/python models/train.py
 
 eval: setup

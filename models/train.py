@@ -21,12 +21,14 @@ window goes through:
 
 A message's score is the highest span score (0 for a gated window). The
 gate is set on the validation split so that it keeps 99 % of the injection
-windows; the alert threshold so that at most 1 % of the benign tool outputs
+windows; the alert threshold so that at most 1.5 % of the benign tool outputs
 in validation score above it. The test split is never read here: the
 numbers come from `mcpwarden scan --eval models/data/test.jsonl`.
 
-Deterministic: fixed seeds, full-batch optimisation, data from
-build_data.py. Embeddings are cached in --cache (keyed by the text).
+Deterministic: fixed seeds, full-batch optimisation for the pre-filter and
+seeded mini-batches for the head, data from
+build_data.py and augment.py. Embeddings are cached in --cache (keyed by
+the text).
 """
 
 import argparse
@@ -46,8 +48,11 @@ STRIDE = 96
 BUCKETS = 1 << 17
 SPAN = 24
 SPAN_STRIDE = 12
-HIDDEN = 128
+HIDDEN = 256
 SEED = 20261122
+# The alert threshold lets this share of validation's benign tool outputs
+# through: the target allows 2 % on the test split, this keeps a margin.
+VAL_FPR = 0.015
 
 
 # ------------------------------------------------------------- features
@@ -213,7 +218,7 @@ def prefilter_scores(w, b, feats):
     return np.array([(w[f].sum() / np.sqrt(max(len(f), 1))) + b for f in feats], dtype=np.float64)
 
 
-def train_prefilter(feats, y, epochs=300, l2=1e-6):
+def train_prefilter(feats, y, epochs=1600, l2=1e-6):
     lens = np.array([len(f) for f in feats])
     flat = np.concatenate(feats)
     rows = np.repeat(np.arange(len(feats)), lens)
@@ -230,20 +235,28 @@ def train_prefilter(feats, y, epochs=300, l2=1e-6):
     return w, b[0]
 
 
-def train_head(x, y, epochs=400, l2=1e-4):
+def train_head(x, y, epochs=20, batch=1024, lr=1e-3, l2=1e-5):
+    """Mini-batch Adam in float32; the batches come from a seeded
+    permutation, so a rerun gives the same weights."""
     rng = np.random.default_rng(SEED)
-    w1 = rng.normal(0, np.sqrt(2 / x.shape[1]), (x.shape[1], HIDDEN))
-    b1 = np.zeros(HIDDEN)
-    w2 = rng.normal(0, np.sqrt(1 / HIDDEN), HIDDEN)
-    b2 = np.zeros(1)
-    sw = class_weights(y)
-    opt = Adam([w1, b1, w2, b2], 3e-3)
+    x = x.astype(np.float32)
+    y = y.astype(np.float32)
+    w1 = rng.normal(0, np.sqrt(2 / x.shape[1]), (x.shape[1], HIDDEN)).astype(np.float32)
+    b1 = np.zeros(HIDDEN, dtype=np.float32)
+    w2 = rng.normal(0, np.sqrt(1 / HIDDEN), HIDDEN).astype(np.float32)
+    b2 = np.zeros(1, dtype=np.float32)
+    sw = class_weights(y).astype(np.float32)
+    opt = Adam([w1, b1, w2, b2], lr)
     for _ in range(epochs):
-        h = np.maximum(x @ w1 + b1, 0)
-        z = h @ w2 + b2[0]
-        g = (sigmoid(z) - y) * sw / len(y)
-        gh = np.outer(g, w2) * (h > 0)
-        opt.step([x.T @ gh + l2 * w1, gh.sum(0), h.T @ g + l2 * w2, np.array([g.sum()])])
+        perm = rng.permutation(len(y))
+        for i in range(0, len(y), batch):
+            idx = perm[i:i + batch]
+            xb = x[idx]
+            h = np.maximum(xb @ w1 + b1, 0)
+            z = h @ w2 + b2[0]
+            g = (sigmoid(z) - y[idx]) * sw[idx] / len(idx)
+            gh = np.outer(g, w2) * (h > 0)
+            opt.step([xb.T @ gh + l2 * w1, gh.sum(0), h.T @ g + l2 * w2, np.array([g.sum()], dtype=np.float32)])
     return w1, b1, w2, b2[0]
 
 
@@ -354,6 +367,9 @@ def main():
     enc = Encoder(args.cache)
 
     train, val = load("train", args.data), load("val", args.data)
+    # augment.py's extra indirect injections (built from train.jsonl only).
+    if os.path.exists(os.path.join(args.data, "train-extra.jsonl")):
+        train += load("train-extra", args.data)
     print(f"train {len(train)} records, val {len(val)}")
     f_tr, x_tr, l_tr, _, _ = prepare(tok, enc, train)
     f_va, x_va, l_va, w_va, o_va = prepare(tok, enc, val)
@@ -381,7 +397,7 @@ def main():
     doc = doc_scores(o_va, len(val), gated)
     label = np.array([r["label"] for r in val])
     benign_docs = np.array([r["kind"] == "doc" for r in val])
-    threshold = float(np.quantile(doc[benign_docs], 0.99)) + 1e-6
+    threshold = float(np.quantile(doc[benign_docs], 1 - VAL_FPR)) + 1e-6
     threshold = max(threshold, 0.5)
     recall = (doc[label == 1] >= threshold).mean()
     kinds = np.array([r["kind"] for r in val])
