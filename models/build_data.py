@@ -341,6 +341,11 @@ def embed(rng, doc, attack):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "data"))
+    ap.add_argument(
+        "--new-test",
+        action="store_true",
+        help="replace the committed test split too (the held-out numbers then change meaning)",
+    )
     args = ap.parse_args()
     rng = random.Random(SEED)
 
@@ -403,6 +408,20 @@ def main():
         srng.shuffle(records[split])
 
     os.makedirs(args.out, exist_ok=True)
+    # The committed test split is what every published number refers to,
+    # and the machine text it was cut from changes over time: it is kept
+    # unless asked, and nothing in it may reach train or validation.
+    test_path = os.path.join(args.out, "test.jsonl")
+    if os.path.exists(test_path) and not args.new_test:
+        with open(test_path) as f:
+            kept = [json.loads(line) for line in f]
+        held = {r["text"] for r in kept}
+        for split in ("train", "val"):
+            before = len(records[split])
+            records[split] = [r for r in records[split] if r["text"] not in held]
+            print(f"{split}: {before - len(records[split])} texts of the committed test split left out")
+        del records["test"]
+        print(f"test: the committed {test_path} is kept ({len(kept)} records; --new-test replaces it)")
     for split, recs in records.items():
         path = os.path.join(args.out, f"{split}.jsonl")
         with open(path, "w") as f:
