@@ -59,9 +59,27 @@ pub(super) async fn write_server(
     };
     if let Err(e) = written {
         tracing::warn!("cannot write to the server: {e}");
-        let replies = lock(&core).server_gone("stopped reading its input");
+        let replies = stopped_reading(&core).await;
         to_client.replies(replies).await;
     }
+}
+
+/// How long a refused write waits for the server's end to be reported.
+const STOPPED_READING_GRACE: Duration = Duration::from_millis(2500);
+
+/// The server's stdin refused a write. A server that is ending also
+/// closes its stdout, and [`server_ended`] answers with its exit status
+/// (127 for a program that could not start): that account goes first. A
+/// server that lives on without reading is answered for after a grace.
+async fn stopped_reading(core: &Shared) -> Vec<super::core::Reply> {
+    let deadline = tokio::time::Instant::now() + STOPPED_READING_GRACE;
+    while tokio::time::Instant::now() < deadline {
+        if !matches!(lock(core).state, super::core::ServerState::Running) {
+            return Vec::new();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lock(core).server_gone("stopped reading its input")
 }
 
 async fn send_lines(to_client: &mpsc::Sender<Vec<u8>>, lines: Vec<String>) {
@@ -158,7 +176,7 @@ pub(super) async fn relay_client(
 }
 
 async fn server_stopped_reading(core: &Shared, to_client: &mpsc::Sender<Vec<u8>>) {
-    let replies = lock(core).server_gone("stopped reading its input");
+    let replies = stopped_reading(core).await;
     send_lines(to_client, replies.into_iter().map(|r| r.line).collect()).await;
 }
 
