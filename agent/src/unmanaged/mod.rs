@@ -15,6 +15,8 @@ use std::{
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::policy::expr::glob_match;
+
 /// What a match does (`[unmanaged] action`).
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -33,7 +35,8 @@ pub enum Action {
 /// Command lines of MCP servers as they are usually started: by npx or
 /// uvx, from the official packages, or as programs named `*-mcp`. A
 /// pattern is matched against the whole command line (arguments joined by
-/// spaces); `*` stands for any text, `?` for one character.
+/// spaces) with the policy language's [`glob_match`]: `*` stands for any
+/// text, `?` for one byte.
 pub const DEFAULT_PATTERNS: &[&str] = &[
     "*npx *server-*",
     "*npx *mcp*",
@@ -60,32 +63,6 @@ impl Default for Settings {
             patterns: DEFAULT_PATTERNS.iter().map(|p| (*p).to_owned()).collect(),
         }
     }
-}
-
-/// Whether `text` matches the glob `pattern` (`*` any text, `?` one
-/// character). Iterative, with one backtrack point: linear in practice,
-/// never exponential.
-#[must_use]
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// What the watcher learnt about one new program.
@@ -150,7 +127,10 @@ impl Judge {
         if through_mcpwarden(&cmdline) {
             return None;
         }
-        let pattern = self.patterns.iter().position(|p| glob(p, &cmdline))?;
+        let pattern = self
+            .patterns
+            .iter()
+            .position(|p| glob_match(p.as_bytes(), cmdline.as_bytes()))?;
         if self.order.len() == Self::SEEN
             && let Some(old) = self.order.pop_front()
         {
@@ -216,6 +196,10 @@ fn managed(proc: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn glob(pattern: &str, text: &str) -> bool {
+        glob_match(pattern.as_bytes(), text.as_bytes())
+    }
 
     #[test]
     fn globs_match_whole_command_lines() {
