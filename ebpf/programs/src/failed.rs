@@ -7,23 +7,25 @@ use aya_ebpf::{
 };
 use mcpwarden_common::kind;
 
-use crate::{begin, privilege::call_args, submit};
+use crate::{
+    begin,
+    privilege::{call_args, exit_call, exit_ret},
+    submit,
+};
 
 /// A failed call at its exit: its number, its error, and the path it was
 /// given (argument `path_arg`, if any). Calls that worked leave after one
 /// read.
 #[inline(always)]
 fn on_failed(ctx: &TracePointContext, path_arg: Option<usize>) {
-    // SAFETY: `long ret` at offset 16 of every sys_exit record.
-    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+    let ret = exit_ret(ctx).unwrap_or(0);
     if ret >= 0 {
         return;
     }
     let Some((session, event)) = begin(kind::FAILED) else {
         return;
     };
-    // SAFETY: `int __syscall_nr` at offset 8.
-    event.flags = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1) as u32;
+    event.flags = exit_call(ctx);
     event.ret = ret;
     event.path[0] = 0;
     if let Some(i) = path_arg {

@@ -47,6 +47,22 @@ pub(crate) fn call_args() -> [u64; 3] {
     }
 }
 
+/// The number of the call a `sys_exit` record is about (`int
+/// __syscall_nr` at offset 8 of every sys_exit record); `u32::MAX` if
+/// unreadable.
+#[inline(always)]
+pub(crate) fn exit_call(ctx: &TracePointContext) -> u32 {
+    // SAFETY: the offset is the same in every sys_exit format file.
+    unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1) as u32
+}
+
+/// The result in a `sys_exit` record (`long ret` at offset 16).
+#[inline(always)]
+pub(crate) fn exit_ret(ctx: &TracePointContext) -> Option<i64> {
+    // SAFETY: the offset is the same in every sys_exit format file.
+    unsafe { ctx.read_at::<i64>(16) }.ok()
+}
+
 /// A verdict for a watched call when the session's policy names it in
 /// `[kernel] kill`: SIGKILL in enforce mode, an alert in monitor mode.
 #[inline(always)]
@@ -62,11 +78,8 @@ fn on_exit(ctx: &TracePointContext, event_kind: u32, bit: u32) {
     let Some((session, event)) = begin(event_kind) else {
         return;
     };
-    // SAFETY: `int __syscall_nr` at 8 and `long ret` at 16 in every
-    // sys_exit record.
-    event.flags = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1) as u32;
-    // SAFETY: as above.
-    event.ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+    event.flags = exit_call(ctx);
+    event.ret = exit_ret(ctx).unwrap_or(0);
     let [a0, a1, a2] = call_args();
     event.arg = a0 as i64;
     event.fd = a1 as i32;
@@ -118,10 +131,8 @@ pub fn mcpw_memfd(ctx: TracePointContext) -> u32 {
     let Some((session, event)) = begin(kind::MEMFD) else {
         return 0;
     };
-    // SAFETY: sys_exit record offsets, as in `on_exit`.
-    event.flags = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1) as u32;
-    // SAFETY: as above.
-    event.ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    event.flags = exit_call(&ctx);
+    event.ret = exit_ret(&ctx).unwrap_or(-1);
     let [name, flags, _] = call_args();
     event.arg = flags as i64;
     // SAFETY: user pointer read through the fault-tolerant helper.

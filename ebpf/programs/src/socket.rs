@@ -8,7 +8,11 @@ use aya_ebpf::{
 };
 use mcpwarden_common::{Event, SESSION_NET_POLICY, kind};
 
-use crate::{AF_INET, AF_INET6, AF_UNIX, begin, privilege::call_args, submit};
+use crate::{
+    AF_INET, AF_INET6, AF_UNIX, begin,
+    privilege::{call_args, exit_ret},
+    submit,
+};
 
 const DNS_PORT: u16 = 53;
 /// Bytes of a DNS datagram kept: the header and a question of up to ~100
@@ -106,8 +110,7 @@ pub fn mcpw_listen(ctx: TracePointContext) -> u32 {
 /// not reported.
 #[tracepoint]
 pub fn mcpw_accept(ctx: TracePointContext) -> u32 {
-    // SAFETY: `long ret` at offset 16 of every sys_exit record.
-    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    let ret = exit_ret(&ctx).unwrap_or(-1);
     if ret < 0 {
         return 0;
     }
