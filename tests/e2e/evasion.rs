@@ -48,15 +48,6 @@ fn python(code: &str) -> Value {
     json!({"call": "run", "args": {"argv": [VENV_PYTHON, "-c", code]}})
 }
 
-fn run_id(run: &Run, nth: usize) -> Value {
-    run.sent
-        .iter()
-        .filter(|m| m["params"]["name"] == "run")
-        .nth(nth)
-        .expect("run call")["id"]
-        .clone()
-}
-
 fn only(all: &[Value], kind: &str, call: Option<&str>) -> Value {
     let found: Vec<&Value> = all
         .iter()
@@ -86,7 +77,7 @@ fn privilege_and_evasion_calls_are_events_of_their_request() {
     assert!(printed.contains("'setuid': 1"), "{printed}");
     assert!(printed.contains("'bpf': [-1, 1]"), "{printed}");
     assert!(printed.contains("'mapped': 4096"), "{printed}");
-    let id = run_id(&run, 0);
+    let id = run.call_id("run", 0);
     let all = events(&fx.events);
 
     let ptrace = only(&all, "ptrace", Some("ptrace"));
@@ -151,7 +142,7 @@ fn ptrace_kills_the_tree_and_fails_the_call_in_enforce_mode() {
     assert_eq!(ptrace["action"], "killed");
     assert_eq!(ptrace["rule"], "kernel.kill \"ptrace\"");
     assert_eq!(ptrace["detected_by"], "kernel");
-    assert_eq!(ptrace["request_id"], run_id(&run, 0));
+    assert_eq!(ptrace["request_id"], run.call_id("run", 0));
     assert_nothing_left_behind(Some(&run.session_cgroup(0)));
 }
 
@@ -171,10 +162,10 @@ fn a_program_run_from_a_memfd_is_recognised() {
         .unwrap_or_else(|| panic!("no exec from a memfd in {all:#?}"));
     assert_eq!(exec["action"], "alert", "{exec}");
     assert_eq!(exec["rule"], "kernel.kill \"memfd_exec\"");
-    assert_eq!(exec["request_id"], run_id(&run, 0));
+    assert_eq!(exec["request_id"], run.call_id("run", 0));
     let setgid = only(&all, "privilege", Some("setgid"));
     assert_eq!(setgid["action"], "alert", "{setgid}");
-    assert_eq!(setgid["request_id"], run_id(&run, 1));
+    assert_eq!(setgid["request_id"], run.call_id("run", 1));
     assert_nothing_left_behind(Some(&run.session_cgroup(2)));
 
     // Enforce mode: killed at exec, the call fails naming the rule.

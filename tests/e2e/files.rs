@@ -54,14 +54,7 @@ fn file_and_process_events_carry_their_calls() {
     let run = Run::through_mcpwarden(&fx, &scenario);
     let cgroup = run.session_cgroup(0);
     assert_eq!(run.text(1), "done");
-    let id_of = |tool: &str| {
-        run.sent
-            .iter()
-            .find(|m| m["params"]["name"] == tool)
-            .expect("call")["id"]
-            .clone()
-    };
-    let (fs_id, run_id) = (id_of("fs_ops"), id_of("run"));
+    let (fs_id, run_id) = (run.call_id("fs_ops", 0), run.call_id("run", 0));
     let all = events(&fx.events);
     let find = |kind: &str, path: &str| -> Value {
         all.iter()
@@ -282,13 +275,7 @@ fn failed_calls_carry_their_error() {
     ]);
     let run = Run::through_mcpwarden(&fx, &scenario);
     let cgroup = run.session_cgroup(0);
-    let id = |tool: &str| {
-        run.sent
-            .iter()
-            .find(|m| m["params"]["name"] == tool)
-            .expect("call")["id"]
-            .clone()
-    };
+    let id = |tool: &str| run.call_id(tool, 0);
     let all = events(&fx.events);
     // The open of a missing file carries its error: on the open event when
     // the failure came in the same drain, else as a failure of its own

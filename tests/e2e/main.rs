@@ -277,12 +277,7 @@ fn exec_and_connect_events_carry_their_calls() {
         (&json!("run"), &json!("cat")),
         "{exec}"
     );
-    let run_id = run
-        .sent
-        .iter()
-        .find(|m| m["params"]["name"] == "run")
-        .expect("run call")["id"]
-        .clone();
+    let run_id = run.call_id("run", 0);
     assert_eq!(exec["request_id"], run_id);
     let cat_open = all
         .iter()
@@ -297,12 +292,7 @@ fn exec_and_connect_events_carry_their_calls() {
         .find(|e| e["kind"] == "connect" && e["addr"] == json!(format!("127.0.0.1:{port}")))
         .expect("connect");
     assert_eq!(connect["tool"], json!("connect"), "{connect}");
-    let connect_id = run
-        .sent
-        .iter()
-        .find(|m| m["params"]["name"] == "connect")
-        .expect("connect call")["id"]
-        .clone();
+    let connect_id = run.call_id("connect", 0);
     assert_eq!(connect["request_id"], connect_id);
     assert_nothing_left_behind(Some(&cgroup));
 }

@@ -75,13 +75,8 @@ fn unlisted_destinations_are_refused_in_the_kernel() {
     );
     let no = to(r);
     assert_eq!(no["action"], json!("denied"), "{no}");
-    let ids: Vec<&Value> = run
-        .sent
-        .iter()
-        .filter(|m| m["params"]["name"] == "connect")
-        .map(|m| &m["id"])
-        .collect();
-    assert_eq!((&ok["request_id"], &no["request_id"]), (ids[0], ids[1]));
+    let ids = [run.call_id("connect", 0), run.call_id("connect", 1)];
+    assert_eq!((&ok["request_id"], &no["request_id"]), (&ids[0], &ids[1]));
     assert_eq!(to(udp)["action"], json!("denied"));
     assert_eq!(
         evs.len(),
@@ -236,12 +231,7 @@ fn listen_accept_and_datagram_destinations_are_events_with_dns_questions() {
     let mut buf = [0; 16];
     let (n, _) = udp.recv_from(&mut buf).expect("the datagram arrived");
     assert_eq!(&buf[..n], b"ping");
-    let id = run
-        .sent
-        .iter()
-        .find(|m| m["params"]["name"] == "run")
-        .expect("run call")["id"]
-        .clone();
+    let id = run.call_id("run", 0);
     let all = events(&fx.events);
     let find = |kind: &str, pred: &dyn Fn(&Value) -> bool| -> Value {
         all.iter()

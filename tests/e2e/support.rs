@@ -338,6 +338,16 @@ impl Run {
             .to_owned()
     }
 
+    /// The JSON-RPC id of the `nth` (from 0) `tools/call` of `tool`.
+    pub fn call_id(&self, tool: &str, nth: usize) -> Value {
+        self.sent
+            .iter()
+            .filter(|m| m["method"] == "tools/call" && m["params"]["name"] == tool)
+            .nth(nth)
+            .unwrap_or_else(|| panic!("no {tool} call #{nth} in {:?}", self.sent))["id"]
+            .clone()
+    }
+
     /// The JSON-RPC id the client used for `tools/call name {path}`.
     pub fn request_id(&self, tool: &str, path: &str) -> Value {
         self.sent
