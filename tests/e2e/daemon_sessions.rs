@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// The daemon's sessions, newest first (`mcpwarden sessions --json`).
-fn sessions(d: &Daemon) -> Vec<Value> {
+pub(crate) fn sessions(d: &Daemon) -> Vec<Value> {
     let (ok, out, err) = d.cli(&["sessions", "--json"], &[]);
     assert!(ok, "mcpwarden sessions failed: {err}");
     serde_json::from_str::<Value>(&out)
@@ -312,7 +312,7 @@ impl AsNobody for std::process::Command {
 }
 
 /// Polls `what` every 20 ms until it holds or `limit` passes.
-fn eventually(limit: Duration, mut what: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(limit: Duration, mut what: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if what() {

@@ -23,6 +23,7 @@ mod policy;
 mod psi;
 mod registry;
 mod servers;
+mod shared_tracer;
 mod support;
 mod unmanaged;
 

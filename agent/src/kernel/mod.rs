@@ -1,15 +1,17 @@
-//! Loading the session tracer into the kernel and talking to its maps.
+//! Loading the tracer into the kernel and talking to its maps.
 //!
-//! Dropping a [`Tracer`] detaches and unloads every program and frees every
-//! map: nothing stays in the kernel after a session (nothing is pinned).
+//! One [`Tracer`] serves every live session of the process ([`shared`]):
+//! the sessions are entries in its maps, so N sessions cost the host's
+//! other processes what one does. It is loaded with the first session and
+//! dropped with the last. Dropping it detaches and unloads every program
+//! and frees every map: nothing stays in the kernel (nothing is pinned).
 //! Each tracepoint detach waits for the kernel's grace periods (syscall
 //! tracepoints are faultable since 6.14), partly under a kernel-wide lock:
 //! about 37 ms each here, for ~75 attachments. Detaching from many threads
 //! at once overlaps what is not under the lock: a `/bin/true` session's
-//! `mcpwarden run` went from 5.5 s to 3.2 s. Fewer attachments (one raw
-//! `sys_enter`/`sys_exit` tracepoint pair) or one tracer shared by every
-//! session would remove the rest.
+//! `mcpwarden run` went from 5.5 s to 3.2 s.
 pub mod event;
+pub mod shared;
 
 use std::{
     io,
@@ -19,20 +21,27 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     programs::{
         CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint,
+        cgroup_sock_addr::CgroupSockAddrLinkId,
         trace_point::{TracePointLink, TracePointLinkId},
     },
 };
 use mcpwarden_common::{
     DENY_PATH_LEN, DROPPED_FULL, DROPPED_RATE, DenyKey, DenyRule, NET_PORTS, NetKey4, NetKey6,
-    NetRule, SESSION_ENFORCE, SESSION_NET_POLICY, SOCK_PROGRAMS, SessionConfig, TRACEPOINTS, maps,
+    NetRule, RateState, SESSION_ENFORCE, SESSION_NET_POLICY, SOCK_PROGRAMS, SessionConfig,
+    TRACEPOINTS, maps,
 };
 
 use crate::policy::network::NetAllow;
 
-pub use self::event::{EventKind, KernelEvent};
+pub use self::{
+    event::{EventKind, KernelEvent},
+    shared::SessionTracer,
+};
 
 /// The session tracer object, built by build.rs from `ebpf/programs`.
 static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcpwarden"));
@@ -89,6 +98,9 @@ pub enum KernelError {
     /// A deny prefix does not fit the kernel's key.
     #[error("deny prefix {0:?} is too long for the kernel's {DENY_PATH_LEN}-byte key")]
     PrefixTooLong(String),
+    /// Two live sessions drew the same number (their map keys would mix).
+    #[error("session number {0:08x} is already in use by a live session; start it again")]
+    SessionInUse(u32),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
@@ -112,6 +124,34 @@ where
             what: "type".into(),
             source,
         })
+}
+
+/// A delete of a key that is not there is not an error: the entry was never
+/// made, or is gone already.
+fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// Deletes every entry of the LPM trie `name` whose key `mine` picks.
+fn purge_lpm<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    mine: impl Fn(&K) -> bool,
+) -> Result<(), KernelError> {
+    let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))?;
+    let mut trie: LpmTrie<_, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
+    let keys: Vec<Key<K>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| mine(&k.data()))
+        .collect();
+    for key in keys {
+        absent_ok(trie.remove(&key)).map_err(map_err(name))?;
+    }
+    Ok(())
 }
 
 /// Inserts one entry into the LPM trie map `name`.
@@ -176,8 +216,11 @@ pub struct SessionRules<'a> {
     pub kill: u32,
 }
 
-/// The loaded and attached session tracer.
-pub struct Tracer {
+/// The network programs' attachments to one session's cgroup.
+pub(crate) type NetLinks = Vec<(&'static str, CgroupSockAddrLinkId)>;
+
+/// The loaded and attached tracer: every program, every map.
+pub(crate) struct Tracer {
     ebpf: Ebpf,
     ring: RingBuf<MapData>,
     /// Every tracepoint attachment, to detach them in parallel on drop.
@@ -195,7 +238,7 @@ impl std::fmt::Debug for Tracer {
 impl Tracer {
     /// Loads the tracer and attaches its tracepoints. Until a session is
     /// added, every program returns after one map lookup.
-    pub fn load() -> Result<Self, KernelError> {
+    pub(crate) fn load() -> Result<Self, KernelError> {
         ensure_tracefs()?;
         let mut ebpf = Ebpf::load(TRACER_OBJECT)?;
         let mut links = Vec::with_capacity(TRACEPOINTS.len());
@@ -236,7 +279,11 @@ impl Tracer {
     /// Starts tracing the cgroup `cgroup_id` as the session `rules`
     /// describes. The rules go in first so there is no moment where the
     /// session is traced but not yet protected.
-    pub fn add_session(&mut self, cgroup_id: u64, rules: &SessionRules) -> Result<(), KernelError> {
+    pub(crate) fn add_session(
+        &mut self,
+        cgroup_id: u64,
+        rules: &SessionRules,
+    ) -> Result<(), KernelError> {
         let &SessionRules {
             session,
             enforce,
@@ -326,12 +373,85 @@ impl Tracer {
         Ok(())
     }
 
+    /// Plain events the rate limit of `session` left out so far.
+    pub(crate) fn rate_dropped(&self, session: u32) -> Result<u64, KernelError> {
+        let map = self
+            .ebpf
+            .map(maps::RATE)
+            .ok_or(KernelError::MissingMap(maps::RATE))?;
+        let rate: PerCpuHashMap<_, u32, RateState> =
+            PerCpuHashMap::try_from(map).map_err(map_err(maps::RATE))?;
+        match rate.get(&session, 0) {
+            Ok(per_cpu) => Ok(per_cpu.iter().map(|s| s.dropped).sum()),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(map_err(maps::RATE)(e)),
+        }
+    }
+
+    /// Stops tracing the cgroup `cgroup_id` and forgets everything the
+    /// session `session` put in the maps: its deny and network rules, its
+    /// rate buckets, its memfds.
+    pub(crate) fn remove_session(
+        &mut self,
+        cgroup_id: u64,
+        session: u32,
+    ) -> Result<(), KernelError> {
+        // Untraced first: from here on the programs leave its tasks alone.
+        {
+            let map = self
+                .ebpf
+                .map_mut(maps::SESSIONS)
+                .ok_or(KernelError::MissingMap(maps::SESSIONS))?;
+            let mut sessions: HashMap<_, u64, SessionConfig> =
+                HashMap::try_from(map).map_err(map_err(maps::SESSIONS))?;
+            absent_ok(sessions.remove(&cgroup_id)).map_err(map_err(maps::SESSIONS))?;
+        }
+        let sid = session.to_be_bytes();
+        purge_lpm::<DenyKey, DenyRule>(&mut self.ebpf, maps::DENY, |k| k.session == sid)?;
+        for name in [maps::NET4, maps::BIND4] {
+            purge_lpm::<NetKey4, NetRule>(&mut self.ebpf, name, |k| k.session == sid)?;
+        }
+        for name in [maps::NET6, maps::BIND6] {
+            purge_lpm::<NetKey6, NetRule>(&mut self.ebpf, name, |k| k.session == sid)?;
+        }
+        {
+            let map = self
+                .ebpf
+                .map_mut(maps::RATE)
+                .ok_or(KernelError::MissingMap(maps::RATE))?;
+            let mut rate: PerCpuHashMap<_, u32, RateState> =
+                PerCpuHashMap::try_from(map).map_err(map_err(maps::RATE))?;
+            absent_ok(rate.remove(&session)).map_err(map_err(maps::RATE))?;
+        }
+        let map = self
+            .ebpf
+            .map_mut(maps::MEMFDS)
+            .ok_or(KernelError::MissingMap(maps::MEMFDS))?;
+        let mut memfds: HashMap<_, u64, u32> =
+            HashMap::try_from(map).map_err(map_err(maps::MEMFDS))?;
+        let keys: Vec<u64> = memfds
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k >> 32 == u64::from(session))
+            .collect();
+        for key in keys {
+            absent_ok(memfds.remove(&key)).map_err(map_err(maps::MEMFDS))?;
+        }
+        Ok(())
+    }
+
     /// Loads (once) and attaches the network programs to a session's cgroup
     /// directory: from then on its inet connects and datagrams are checked in
     /// the kernel. Only sessions whose policy has `[network]` need them, so a
     /// kernel without cgroup `sock_addr` hooks fails exactly those, with the
     /// hook named in the error, and never silently downgrades them.
-    pub fn attach_network(&mut self, cgroup_dir: &Path) -> Result<(), KernelError> {
+    /// Attachments made before a failure are put in `links` all the same, for
+    /// [`Tracer::detach_network`].
+    pub(crate) fn attach_network(
+        &mut self,
+        cgroup_dir: &Path,
+        links: &mut NetLinks,
+    ) -> Result<(), KernelError> {
         let dir = std::fs::File::open(cgroup_dir).map_err(|source| KernelError::OpenCgroup {
             path: cgroup_dir.to_owned(),
             source,
@@ -345,24 +465,41 @@ impl Tracer {
                     source,
                 })?;
             }
-            program
+            let link = program
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| KernelError::Program {
                     name,
                     what: format!("attach ({hook}) to {}", cgroup_dir.display()),
                     source,
                 })?;
+            links.push((name, link));
         }
         Ok(())
     }
 
+    /// Detaches a session's network programs from its cgroup.
+    pub(crate) fn detach_network(&mut self, links: NetLinks) {
+        for (name, link) in links {
+            let detached = program::<CgroupSockAddr>(&mut self.ebpf, name).and_then(|p| {
+                p.detach(link).map_err(|source| KernelError::Program {
+                    name,
+                    what: "detach".into(),
+                    source,
+                })
+            });
+            if let Err(e) = detached {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
     /// A second descriptor of the ring buffer, to wait on with epoll.
-    pub fn ring_fd(&self) -> io::Result<OwnedFd> {
+    pub(crate) fn ring_fd(&self) -> io::Result<OwnedFd> {
         self.ring.as_fd().try_clone_to_owned()
     }
 
     /// Hands every event waiting in the ring buffer to `f`, oldest first.
-    pub fn drain(&mut self, mut f: impl FnMut(KernelEvent)) {
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(KernelEvent)) {
         while let Some(item) = self.ring.next() {
             if let Some(event) = KernelEvent::decode(&item) {
                 f(event);
@@ -375,9 +512,9 @@ impl Tracer {
         }
     }
 
-    /// Events the kernel did not report: (ring buffer full, over the
-    /// rate limit).
-    pub fn dropped(&self) -> Result<(u64, u64), KernelError> {
+    /// Events the kernel did not report, every session together: (ring
+    /// buffer full, over a rate limit).
+    pub(crate) fn dropped(&self) -> Result<(u64, u64), KernelError> {
         let map = self
             .ebpf
             .map(maps::DROPPED)

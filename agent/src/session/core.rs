@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     inspect::scan,
-    kernel::{KernelEvent, Tracer},
+    kernel::{KernelEvent, SessionTracer},
     metrics::{self, Counter},
     monotonic_ns,
     policy::{Policy, agents::Peer, expr::SessionStats},
@@ -60,7 +60,7 @@ pub(crate) enum ServerState {
 /// The confined, traced server process tree, when mcpwarden started one
 /// (an HTTP upstream may be a server mcpwarden did not start).
 pub(crate) struct Confined {
-    pub tracer: Tracer,
+    pub tracer: SessionTracer,
     pub cgroup: SessionCgroup,
 }
 

@@ -69,7 +69,7 @@ use self::{
     upstream_link::UpstreamLink,
 };
 use crate::{
-    kernel::{KernelError, SessionRules, Tracer},
+    kernel::{KernelError, SessionRules, SessionTracer},
     launch,
     policy::{
         Mode, Policy, PolicyError,
@@ -80,6 +80,10 @@ use crate::{
         upstream::{Upstream, UpstreamError},
     },
 };
+
+/// What wakes a session's event pump: the shared ring buffer, and records
+/// another session's drain left for it.
+type Wakeups = (std::os::fd::OwnedFd, Arc<tokio::sync::Notify>);
 
 /// What `mcpwarden run` needs.
 #[derive(Clone, Debug, Default)]
@@ -265,7 +269,7 @@ pub(crate) struct Prepared {
     started: Option<Started>,
     upstream: Option<Upstream>,
     listener: Option<tls::Incoming>,
-    ring_fd: Option<std::os::fd::OwnedFd>,
+    ring_fd: Option<Wakeups>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -322,11 +326,12 @@ pub(crate) async fn prepare(
         (None, None, label)
     };
     let ring_fd = match &confined {
-        Some(c) => Some(
+        Some(c) => Some((
             c.tracer
                 .ring_fd()
                 .map_err(io("cannot duplicate the ring buffer fd"))?,
-        ),
+            c.tracer.routed(),
+        )),
         None => None,
     };
     let core: Shared = Arc::new(Mutex::new(Core::new(
@@ -456,9 +461,9 @@ fn start_confined(
         label,
         cgroup,
     } = launch::new_session(&spec)?;
-    let mut tracer = Tracer::load()?;
-    tracer.add_session(
+    let tracer = SessionTracer::start(
         cgroup.id(),
+        cgroup.path(),
         &SessionRules {
             session: session_no,
             enforce: policy.mode == Mode::Enforce,
@@ -471,9 +476,6 @@ fn start_confined(
             kill: policy.kernel_kill,
         },
     )?;
-    if policy.network.is_some() {
-        tracer.attach_network(cgroup.path())?;
-    }
     tracing::info!(
         session = %label, cgroup = %cgroup.path().display(), mode = %policy.mode, deny = ?policy.deny,
         "protecting {:?}", opts.command
@@ -489,7 +491,7 @@ async fn serve_session(
     started: Option<Started>,
     upstream: Option<Upstream>,
     listener: Option<tls::Incoming>,
-    ring_fd: Option<std::os::fd::OwnedFd>,
+    ring_fd: Option<Wakeups>,
     client: ClientIo,
 ) -> Result<(), RunError> {
     let max = opts.max_message;
@@ -532,10 +534,10 @@ async fn serve_session(
         &mut tasks,
     )
     .await?;
-    if let Some(fd) = ring_fd {
+    if let Some((fd, routed)) = ring_fd {
         tasks.pump = Some(tokio::spawn(pump_events(
             Arc::clone(core),
-            fd,
+            (fd, routed),
             to_client.clone(),
         )));
     }
@@ -806,10 +808,10 @@ fn teardown(
     drop(exit_rx);
     let mut core = lock(core);
     let _ = core.drain_events();
-    let confined = core.confined.take();
+    let mut confined = core.confined.take();
     let (dropped, rate_limited) = confined
-        .as_ref()
-        .map_or((0, 0), |c| c.tracer.dropped().unwrap_or((0, 0)));
+        .as_mut()
+        .map_or((0, 0), |c| c.tracer.take_dropped());
     crate::metrics::add(crate::metrics::Counter::KernelEventsLost, dropped);
     crate::metrics::add(
         crate::metrics::Counter::KernelEventsRateLimited,

@@ -270,8 +270,14 @@ pub(super) async fn server_ended(
 const DRAIN_EVERY: Duration = Duration::from_millis(5);
 
 /// Judges kernel events as they arrive (not only before server messages),
-/// so a kill happens even while the server is silent.
-pub(super) async fn pump_events(core: Shared, ring_fd: OwnedFd, to_client: ToClient) {
+/// so a kill happens even while the server is silent. The ring is shared by
+/// the process's sessions: `routed` wakes this one when another session's
+/// drain left a verdict (or anything) for it.
+pub(super) async fn pump_events(
+    core: Shared,
+    (ring_fd, routed): (OwnedFd, std::sync::Arc<tokio::sync::Notify>),
+    to_client: ToClient,
+) {
     // SAFETY: the AsyncFd takes ownership of `ring_fd`, an OwnedFd nobody
     // else holds, so it stays open and refers to the same ring buffer until
     // the AsyncFd is dropped.
@@ -300,6 +306,7 @@ pub(super) async fn pump_events(core: Shared, ring_fd: OwnedFd, to_client: ToCli
                     return;
                 }
             },
+            () = routed.notified() => {}
             _ = tick.tick() => {}
         }
         let replies = lock(&core).drain_events();

@@ -332,6 +332,8 @@ pub struct RateState {
     pub tokens: u64,
     /// When the bucket was last refilled (`bpf_ktime_get_ns`).
     pub last_ns: u64,
+    /// Plain events this session left out on this CPU (over the limit).
+    pub dropped: u64,
 }
 
 /// Index of `DROPPED`: events lost because the ring buffer was full.
@@ -433,6 +435,8 @@ mod pod {
     unsafe impl aya::Pod for super::NetRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HostExec {}
+    // SAFETY: as above, three u64.
+    unsafe impl aya::Pod for super::RateState {}
 }
 
 #[cfg(test)]

@@ -45,8 +45,10 @@ use mcpwarden_common::{
 #[map]
 static SESSIONS: HashMap<u64, SessionConfig> = HashMap::with_max_entries(1024, 0);
 
+/// Every live session's denied prefixes (the tracer is shared by the
+/// sessions of a process; a trie takes memory per entry, not per slot).
 #[map]
-static DENY: LpmTrie<DenyKey, DenyRule> = LpmTrie::with_max_entries(4096, 0);
+static DENY: LpmTrie<DenyKey, DenyRule> = LpmTrie::with_max_entries(16384, 0);
 
 /// 4 MiB: about 12,000 events of backlog before the kernel drops any.
 #[map]
@@ -212,6 +214,7 @@ fn within_rate(session: &SessionConfig, now: u64) -> bool {
         let fresh = RateState {
             tokens: rate - 1,
             last_ns: now,
+            dropped: 0,
         };
         let _ = RATE.insert(session.session, fresh, 0);
         return true;
@@ -225,6 +228,7 @@ fn within_rate(session: &SessionConfig, now: u64) -> bool {
         state.last_ns = now;
     }
     if state.tokens == 0 {
+        state.dropped += 1;
         return false;
     }
     state.tokens -= 1;
