@@ -194,17 +194,46 @@ fn binds_are_limited_to_the_listed_local_addresses() {
 /// connection from itself, a DNS query sent with `sendto`, and a datagram
 /// sent with `sendmsg`.
 const SOCKETS: &str = r#"
-import socket, sys
+import ctypes, socket, struct, sys
 port, udp = int(sys.argv[1]), int(sys.argv[2])
 srv = socket.socket()
 srv.bind(("127.0.0.1", port))
 srv.listen(7)
 client = socket.create_connection(("127.0.0.1", port))
 conn, peer = srv.accept()
-query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04mcpw\x07example\x03org\x00\x00\x01\x00\x01"
+client.send(b"x")  # a connected stream: its connect said where
+def query(name, qtype):
+    labels = b"".join(bytes([len(l)]) + l.encode() for l in name.split("."))
+    return b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + b"\x00" + struct.pack(">HH", qtype, 1)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.sendto(query, ("127.0.0.1", 53))
+u.sendto(query("mcpw.example.org", 1), ("127.0.0.1", 53))
 u.sendmsg([b"ping"], [], 0, ("127.0.0.1", udp))
+# glibc's resolver: a UDP socket connected to the name server, then send()
+# of one query, or sendmmsg() of the A and AAAA queries together.
+r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+r.connect(("127.0.0.1", 53))
+r.send(query("glibc.example.net", 1))
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+m.connect(("127.0.0.1", 53))
+bufs = [ctypes.create_string_buffer(q, len(q)) for q in (query("mmsg.example.com", 1), query("mmsg.example.com", 28))]
+iovs = [iovec(ctypes.cast(b, ctypes.c_void_p), len(b)) for b in bufs]
+msgs = (mmsghdr * 2)()
+for i in range(2):
+    msgs[i].hdr.iov = ctypes.pointer(iovs[i])
+    msgs[i].hdr.iovlen = 1
+# Nothing listens on port 53 here: the first query's ICMP error refuses the
+# second (sendmmsg returns 1). Both were handed to the kernel.
+sent = ctypes.CDLL(None, use_errno=True).sendmmsg(m.fileno(), msgs, 2, 0)
+assert sent >= 1, ctypes.get_errno()
 print(peer[1])
 "#;
 
@@ -248,16 +277,42 @@ fn listen_accept_and_datagram_destinations_are_events_with_dns_questions() {
     );
     assert!(accept["ret"].as_i64().is_some_and(|fd| fd >= 0), "{accept}");
     assert_eq!(accept["fd"], listen["fd"], "accepted on the listener");
-    let dns = find("send", &|e| e["addr"] == "127.0.0.1:53");
-    assert_eq!(dns["dns"], "mcpw.example.org", "{dns}");
+    let dns = find("send", &|e| e["dns"] == "mcpw.example.org");
+    assert_eq!(dns["addr"], "127.0.0.1:53", "{dns}");
+    assert_eq!(dns["call"], "sendto", "{dns}");
+    assert!(dns.get("connected").is_none(), "an explicit address: {dns}");
     assert_eq!(
         dns["length"], 34,
         "12 bytes of header, 18 of name, 4 of type and class"
     );
     let sendmsg = find("send", &|e| e["addr"] == format!("127.0.0.1:{udp_port}"));
     assert_eq!(sendmsg["length"], 4);
+    assert_eq!(sendmsg["call"], "sendmsg", "{sendmsg}");
     assert!(sendmsg.get("dns").is_none());
-    for e in [&listen, &accept, &dns, &sendmsg] {
+    // Sends without an address on sockets connected to port 53, as glibc's
+    // resolver makes them: the destination is the connect's, the question
+    // is read all the same.
+    let glibc = find("send", &|e| e["dns"] == "glibc.example.net");
+    assert_eq!(glibc["addr"], "127.0.0.1:53", "{glibc}");
+    assert_eq!(glibc["call"], "sendto", "{glibc}");
+    assert_eq!(glibc["connected"], true, "{glibc}");
+    let both: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["kind"] == "send" && e["dns"] == "mmsg.example.com")
+        .collect();
+    assert_eq!(both.len(), 2, "the A and AAAA queries: {both:#?}");
+    for e in &both {
+        assert_eq!(e["call"], "sendmmsg", "{e}");
+        assert_eq!(e["connected"], true, "{e}");
+        assert_eq!(e["addr"], "127.0.0.1:53", "{e}");
+    }
+    // A send on a connected stream is not an event: its connect was.
+    assert!(
+        !all.iter()
+            .any(|e| e["kind"] == "send" && e["addr"] == format!("127.0.0.1:{port}")),
+        "a connected stream's send was reported"
+    );
+    for e in [&listen, &accept, &dns, &sendmsg, &glibc, both[0], both[1]] {
         assert_eq!(e["request_id"], id, "{e}");
         assert_eq!(e["action"], "allow", "{e}");
     }

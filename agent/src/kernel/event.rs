@@ -1,7 +1,7 @@
 //! Decoding the kernel's [`Event`] records.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use mcpwarden_common::{ARGV_SLOT, EXEC_FROM_MEMFD, Event, NO_RULE, action, kill, kind};
+use mcpwarden_common::{ARGV_SLOT, EXEC_FROM_MEMFD, Event, NO_RULE, action, kill, kind, send};
 
 /// What a process did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,6 +310,13 @@ impl KernelEvent {
     /// number is in `flags`).
     #[must_use]
     pub fn call_name(&self) -> Option<&'static str> {
+        if self.kind == EventKind::Send {
+            return Some(match self.flags & send::CALL {
+                send::SENDMSG => "sendmsg",
+                send::SENDMMSG => "sendmmsg",
+                _ => "sendto",
+            });
+        }
         if !self.kind.at_exit() {
             return None;
         }
@@ -602,6 +609,18 @@ mod tests {
         assert_eq!(dns_question(&answer), None);
         e.port = 5353;
         assert_eq!(KernelEvent::decode(&bytes(&e)).expect("decodes").dns, None);
+    }
+
+    #[test]
+    fn sends_name_their_call() {
+        let mut e = raw(kind::SEND);
+        let call = |e: &Event| KernelEvent::decode(&bytes(e)).expect("decodes").call_name();
+        assert_eq!(call(&e), Some("sendto"));
+        e.flags = send::SENDMSG;
+        assert_eq!(call(&e), Some("sendmsg"));
+        e.flags = send::SENDMMSG | send::CONNECTED;
+        assert_eq!(call(&e), Some("sendmmsg"));
+        assert_eq!(call(&raw(kind::OPEN)), None, "entry events have no call");
     }
 
     #[test]

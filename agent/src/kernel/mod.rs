@@ -31,8 +31,8 @@ use aya::{
     },
 };
 use mcpwarden_common::{
-    DENY_PATH_LEN, DROPPED_FULL, DROPPED_RATE, DenyKey, DenyRule, NET_PORTS, NetKey4, NetKey6,
-    NetRule, RateState, SESSION_ENFORCE, SESSION_NET_POLICY, SOCK_PROGRAMS, SessionConfig,
+    DENY_PATH_LEN, DROPPED_FULL, DROPPED_RATE, DenyKey, DenyRule, DnsPeer, NET_PORTS, NetKey4,
+    NetKey6, NetRule, RateState, SESSION_ENFORCE, SESSION_NET_POLICY, SOCK_PROGRAMS, SessionConfig,
     TRACEPOINTS, maps,
 };
 
@@ -436,6 +436,21 @@ impl Tracer {
             .collect();
         for key in keys {
             absent_ok(memfds.remove(&key)).map_err(map_err(maps::MEMFDS))?;
+        }
+        let map = self
+            .ebpf
+            .map_mut(maps::DNS_PEERS)
+            .ok_or(KernelError::MissingMap(maps::DNS_PEERS))?;
+        let mut peers: HashMap<_, u64, DnsPeer> =
+            HashMap::try_from(map).map_err(map_err(maps::DNS_PEERS))?;
+        let keys: Vec<u64> = peers
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, peer)| peer.session == session)
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            absent_ok(peers.remove(&key)).map_err(map_err(maps::DNS_PEERS))?;
         }
         Ok(())
     }

@@ -344,6 +344,9 @@ fn call_fields(event: &KernelEvent, o: &mut Map<String, Value>) {
         }
         EventKind::Send => {
             o.insert("fd".into(), json!(event.fd));
+            if event.flags & mcpwarden_common::send::CONNECTED != 0 {
+                o.insert("connected".into(), json!(true));
+            }
             o.insert("length".into(), json!(event.arg));
             if let Some(name) = &event.dns {
                 o.insert("dns".into(), json!(name));

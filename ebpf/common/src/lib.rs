@@ -41,6 +41,10 @@ pub mod maps {
     /// `LruHashMap<u64 tgid << 32 | fd, u32>`: memfds a session's processes
     /// created, so an exec or executable mapping of one is recognised.
     pub const MEMFDS: &str = "MEMFDS";
+    /// `LruHashMap<u64 tgid << 32 | fd, DnsPeer>`: sockets a session's
+    /// processes connected to port 53, so a send without an address on one
+    /// (how glibc's resolver sends its queries) shows its question.
+    pub const DNS_PEERS: &str = "DNS_PEERS";
 }
 
 /// The host-wide exec watcher (`mcpwarden-watch`): its program, attached to
@@ -132,6 +136,7 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("mcpw_accept", "syscalls", "sys_exit_accept4"),
     ("mcpw_sendto", "syscalls", "sys_enter_sendto"),
     ("mcpw_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("mcpw_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
     ("mcpw_unlinkat", "syscalls", "sys_enter_unlinkat"),
     ("mcpw_unlink", "syscalls", "sys_enter_unlink"),
     ("mcpw_rmdir", "syscalls", "sys_enter_rmdir"),
@@ -255,8 +260,10 @@ pub mod kind {
     /// one; the peer's address like a connect's).
     pub const ACCEPT: u32 = 22;
     /// A datagram or message sent to an explicit destination (`sendto`,
-    /// `sendmsg`; the address like a connect's; `arg`: its length, of the
-    /// first buffer for sendmsg). To port 53, `path2` holds the head of the
+    /// `sendmsg`, `sendmmsg`: the first two messages; the address like a
+    /// connect's; `arg`: its length, of the first buffer for the msg
+    /// calls; `flags`: [`crate::send`] bits), or without one on a socket
+    /// connected to port 53. To port 53, `path2` holds the head of the
     /// payload (the DNS question).
     pub const SEND: u32 = 23;
     /// A watched call failed (`flags`: its number; `ret`: the error;
@@ -267,6 +274,37 @@ pub mod kind {
 /// `Event::flags` bit of an exec: the program came from a memfd (a file
 /// that exists only in memory), through `/dev/fd/N` or `/proc/self/fd/N`.
 pub const EXEC_FROM_MEMFD: u32 = 1;
+
+/// `Event::flags` of a send: the call, and whether the destination is the
+/// socket's connected peer.
+pub mod send {
+    /// `sendto` (and `send`, which is `sendto` without an address).
+    pub const SENDTO: u32 = 0;
+    /// `sendmsg`.
+    pub const SENDMSG: u32 = 1;
+    /// `sendmmsg`.
+    pub const SENDMMSG: u32 = 2;
+    /// The bits that name the call.
+    pub const CALL: u32 = 0xff;
+    /// No address was given: the destination is the peer the socket was
+    /// connected to (port 53 only).
+    pub const CONNECTED: u32 = 0x100;
+}
+
+/// A socket a session's process connected to port 53: the value of
+/// `DNS_PEERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsPeer {
+    /// The session (a recycled pid of another session does not match).
+    pub session: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    /// IPv4 (first 4 bytes) or IPv6 address.
+    pub addr: [u8; 16],
+}
 
 /// `SessionConfig::kill` bits: which evasion and privilege calls are a
 /// verdict (SIGKILL in enforce mode, an alert in monitor mode) rather than
@@ -437,6 +475,8 @@ mod pod {
     unsafe impl aya::Pod for super::HostExec {}
     // SAFETY: as above, three u64.
     unsafe impl aya::Pod for super::RateState {}
+    // SAFETY: as above, 24 bytes without padding.
+    unsafe impl aya::Pod for super::DnsPeer {}
 }
 
 #[cfg(test)]

@@ -1,12 +1,18 @@
 //! Socket calls: connect, listen, accept (with the peer), and the
-//! destinations of `sendto`/`sendmsg`. A datagram to port 53 carries the
-//! head of its payload, so user space can read the DNS question.
+//! destinations of `sendto`/`sendmsg`/`sendmmsg`. A datagram to port 53
+//! carries the head of its payload, so user space can read the DNS
+//! question, also when it is sent without an address on a socket connected
+//! to port 53, as glibc's resolver does.
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes},
-    macros::tracepoint,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::{map, tracepoint},
+    maps::LruHashMap,
     programs::TracePointContext,
 };
-use mcpwarden_common::{Event, SESSION_NET_POLICY, kind};
+use mcpwarden_common::{DnsPeer, Event, SESSION_NET_POLICY, SessionConfig, kind, send};
 
 use crate::{
     AF_INET, AF_INET6, AF_UNIX, begin,
@@ -15,6 +21,54 @@ use crate::{
 };
 
 const DNS_PORT: u16 = 53;
+
+/// Sockets connected to port 53, by `tgid << 32 | fd`.
+#[map]
+static DNS_PEERS: LruHashMap<u64, DnsPeer> = LruHashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn peer_key(fd: i32) -> u64 {
+    (bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000) | u64::from(fd as u32)
+}
+
+/// Remembers (or forgets) the connect in `event` as a DNS peer of its fd.
+#[inline(always)]
+fn note_peer(session: &SessionConfig, event: &Event) {
+    if event.family != AF_INET && event.family != AF_INET6 {
+        return;
+    }
+    let key = peer_key(event.fd);
+    if event.port == DNS_PORT {
+        let peer = DnsPeer {
+            session: session.session,
+            family: event.family,
+            port: event.port,
+            addr: event.addr,
+        };
+        let _ = DNS_PEERS.insert(key, peer, 0);
+    } else {
+        // The socket was connected again, elsewhere.
+        let _ = DNS_PEERS.remove(key);
+    }
+}
+
+/// Fills the destination of a send without an address from its socket's
+/// DNS peer; false when the socket has none (its connect was reported).
+#[inline(always)]
+fn connected_peer(session: &SessionConfig, event: &mut Event) -> bool {
+    // SAFETY: the value is plain data copied out at once.
+    let Some(peer) = (unsafe { DNS_PEERS.get(peer_key(event.fd)) }).copied() else {
+        return false;
+    };
+    if peer.session != session.session {
+        return false;
+    }
+    event.family = peer.family;
+    event.port = peer.port;
+    event.addr = peer.addr;
+    event.flags |= send::CONNECTED;
+    true
+}
 /// Bytes of a DNS datagram kept: the header and a question of up to ~100
 /// bytes of name.
 const DNS_HEAD: usize = 128;
@@ -81,6 +135,7 @@ pub fn mcpw_connect(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = read_sockaddr(event, addr);
+    note_peer(&session, event);
     // With a network policy, the sock_addr programs report inet connects
     // together with their verdict; one event per connect.
     if session.flags & SESSION_NET_POLICY != 0
@@ -128,23 +183,30 @@ pub fn mcpw_accept(ctx: TracePointContext) -> u32 {
 }
 
 /// `sendto` with a destination. One on a connected socket (no address)
-/// went where the connect said, which was reported.
+/// went where the connect said, which was reported; on a socket connected
+/// to port 53 it is reported too, for its question.
 #[tracepoint]
 pub fn mcpw_sendto(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from sys_enter_sendto's format: fd 16, buff 24,
-    // len 32, addr 48.
-    let addr = unsafe { ctx.read_at::<u64>(48) }.unwrap_or(0);
-    if addr == 0 {
-        return 0;
-    }
     let Some((session, event)) = begin(kind::SEND) else {
         return 0;
     };
+    // SAFETY: offsets from sys_enter_sendto's format: fd 16, buff 24,
+    // len 32, addr 48.
+    let addr = unsafe { ctx.read_at::<u64>(48) }.unwrap_or(0);
     // SAFETY: as above.
     event.fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1) as i32;
     // SAFETY: as above.
     event.arg = unsafe { ctx.read_at::<i64>(32) }.unwrap_or(0);
-    if read_sockaddr(event, addr as *const u8) {
+    event.flags = send::SENDTO;
+    let known = if addr == 0 {
+        if !connected_peer(&session, event) {
+            return 0;
+        }
+        true
+    } else {
+        read_sockaddr(event, addr as *const u8)
+    };
+    if known {
         // SAFETY: as above.
         let payload = unsafe { ctx.read_at::<*const u8>(24) }.unwrap_or(core::ptr::null());
         keep_dns_head(event, payload);
@@ -153,29 +215,26 @@ pub fn mcpw_sendto(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sendmsg` with a destination (`msg_name`), with the length of its first
-/// buffer.
-#[tracepoint]
-pub fn mcpw_sendmsg(ctx: TracePointContext) -> u32 {
-    // SAFETY: `struct user_msghdr *msg` at offset 24 of sys_enter_sendmsg.
-    let Ok(msg) = (unsafe { ctx.read_at::<*const u64>(24) }) else {
-        return 0;
-    };
+/// The destination of the `user_msghdr` at `msg` (its `msg_name`, else
+/// the socket's DNS peer), and the first buffer's length and DNS head.
+/// False when there is nothing to report.
+#[inline(always)]
+fn on_msghdr(session: &SessionConfig, event: &mut Event, msg: *const u64) -> bool {
     // user_msghdr: msg_name at 0, msg_iov at 16 (x86-64 and every 64-bit
     // ABI).
     // SAFETY: user pointer read through the fault-tolerant helper.
     let Ok(name) = (unsafe { bpf_probe_read_user(msg) }) else {
-        return 0;
+        return false;
     };
-    if name == 0 {
-        return 0;
-    }
-    let Some((session, event)) = begin(kind::SEND) else {
-        return 0;
+    let known = if name == 0 {
+        if !connected_peer(session, event) {
+            return false;
+        }
+        true
+    } else {
+        read_sockaddr(event, name as *const u8)
     };
-    // SAFETY: as above.
-    event.fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1) as i32;
-    if read_sockaddr(event, name as *const u8)
+    if known
         // SAFETY: user pointers read through the fault-tolerant helper:
         // msg_iov, then the first iovec's base and length.
         && let Ok(iov) = unsafe { bpf_probe_read_user(msg.add(2)) }
@@ -185,6 +244,67 @@ pub fn mcpw_sendmsg(ctx: TracePointContext) -> u32 {
         event.arg = len as i64;
         keep_dns_head(event, base as *const u8);
     }
-    submit(&session, event);
+    true
+}
+
+/// `sendmsg` with a destination (`msg_name`), or on a DNS peer, with the
+/// length of its first buffer.
+#[tracepoint]
+pub fn mcpw_sendmsg(ctx: TracePointContext) -> u32 {
+    let Some((session, event)) = begin(kind::SEND) else {
+        return 0;
+    };
+    // SAFETY: `struct user_msghdr *msg` at offset 24 of sys_enter_sendmsg.
+    let Ok(msg) = (unsafe { ctx.read_at::<*const u64>(24) }) else {
+        return 0;
+    };
+    // SAFETY: as above, fd at 16.
+    event.fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1) as i32;
+    event.flags = send::SENDMSG;
+    if on_msghdr(&session, event, msg) {
+        submit(&session, event);
+    }
+    0
+}
+
+/// `sendmmsg`: its first two messages (glibc's resolver sends the A and
+/// AAAA queries of a lookup as two), each as a `sendmsg`.
+#[tracepoint]
+pub fn mcpw_sendmmsg(ctx: TracePointContext) -> u32 {
+    /// `struct mmsghdr`: a 56-byte `user_msghdr` and its 4-byte result,
+    /// padded to 64 bytes (8 u64).
+    const MMSGHDR_U64S: usize = 8;
+    let Some((session, event)) = begin(kind::SEND) else {
+        return 0;
+    };
+    // SAFETY: offsets from sys_enter_sendmmsg's format: fd 16, mmsg 24,
+    // vlen 32.
+    let Ok(messages) = (unsafe { ctx.read_at::<*const u64>(24) }) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let vlen = unsafe { ctx.read_at::<u64>(32) }.unwrap_or(0);
+    // SAFETY: as above.
+    let fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1) as i32;
+    for i in 0..2 {
+        if i >= vlen {
+            break;
+        }
+        event.fd = fd;
+        event.flags = send::SENDMMSG;
+        event.family = 0;
+        event.port = 0;
+        event.addr = [0; 16];
+        event.arg = 0;
+        event.path[0] = 0;
+        event.path2[0] = 0;
+        // SAFETY: pointer arithmetic only; the reads go through the
+        // fault-tolerant helper.
+        let msg = unsafe { messages.add(i as usize * MMSGHDR_U64S) };
+        if !on_msghdr(&session, event, msg) {
+            return 0;
+        }
+        submit(&session, event);
+    }
     0
 }
