@@ -189,12 +189,24 @@ impl KernelEvent {
     /// unknown kind.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < size_of::<Event>() {
+        if bytes.len() == size_of::<Event>() {
+            // SAFETY: the length was checked; `Event` is plain old data for
+            // which every bit pattern is valid; the read tolerates any
+            // alignment.
+            let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+            return Self::from_raw(&raw);
+        }
+        // A short record (a kind without `path2`): the rest is zeroes.
+        if bytes.len() != Event::SHORT {
             return None;
         }
-        // SAFETY: the length was checked; `Event` is plain old data for which
-        // every bit pattern is valid; the read tolerates any alignment.
-        let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+        let mut full = [0u8; size_of::<Event>()];
+        full[..bytes.len()].copy_from_slice(bytes);
+        // SAFETY: as above, on a full-size buffer.
+        let raw: Event = unsafe { std::ptr::read_unaligned(full.as_ptr().cast::<Event>()) };
+        if Event::has_path2(raw.kind) {
+            return None;
+        }
         Self::from_raw(&raw)
     }
 
@@ -609,6 +621,18 @@ mod tests {
         assert_eq!(dns_question(&answer), None);
         e.port = 5353;
         assert_eq!(KernelEvent::decode(&bytes(&e)).expect("decodes").dns, None);
+    }
+
+    #[test]
+    fn short_records_are_kinds_without_a_second_path() {
+        let mut open = raw(kind::OPEN);
+        open.path[..4].copy_from_slice(b"/nop");
+        let short = &bytes(&open)[..Event::SHORT];
+        let d = KernelEvent::decode(short).expect("a short open decodes");
+        assert_eq!(d.path.as_deref(), Some("/nop"));
+        // An exec's argv is in the part a short record leaves out.
+        assert!(KernelEvent::decode(&bytes(&raw(kind::EXEC))[..Event::SHORT]).is_none());
+        assert!(KernelEvent::decode(&bytes(&open)[..Event::SHORT - 8]).is_none());
     }
 
     #[test]

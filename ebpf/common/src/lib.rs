@@ -437,20 +437,38 @@ pub struct Event {
     pub addr: [u8; 16],
     /// `comm` of the task, NUL-padded.
     pub comm: [u8; COMM_LEN],
-    /// Path opened or executed, or the unix socket path; NUL-terminated.
-    pub path: [u8; PATH_LEN],
     /// The kind's argument (see [`kind`]).
     pub arg: i64,
     /// Directory fd for `path2` (`AT_FDCWD` = -100).
     pub fd2: i32,
     /// Real uid of the task.
     pub uid: u32,
-    /// Second path: rename and link targets, symlink contents; for exec,
-    /// the first [`ARGV_SLOTS`] arguments in slots of [`ARGV_SLOT`] bytes.
-    pub path2: [u8; PATH_LEN],
     /// The call's return value, for events taken at syscall exit (a
     /// negative errno when it failed); 0 for the others.
     pub ret: i64,
+    /// Path opened or executed, or the unix socket path; NUL-terminated.
+    pub path: [u8; PATH_LEN],
+    /// Second path: rename and link targets, symlink contents; for exec,
+    /// the first [`ARGV_SLOTS`] arguments in slots of [`ARGV_SLOT`] bytes;
+    /// for a send to port 53, the head of the datagram. Last, so a record
+    /// of a kind without it ends before it ([`Event::SHORT`]).
+    pub path2: [u8; PATH_LEN],
+}
+
+impl Event {
+    /// Bytes of a record whose kind has no `path2`: the ring keeps 256
+    /// fewer bytes per event (an open, a connect, a fork...). A reader
+    /// takes the missing tail as zeroes.
+    pub const SHORT: usize = core::mem::offset_of!(Event, path2);
+
+    /// Whether events of `kind` use `path2`.
+    #[must_use]
+    pub const fn has_path2(kind: u32) -> bool {
+        matches!(
+            kind,
+            kind::EXEC | kind::RENAME | kind::SYMLINK | kind::LINK | kind::SEND
+        )
+    }
 }
 
 #[cfg(feature = "user")]

@@ -261,7 +261,16 @@ pub(crate) fn submit(session: &SessionConfig, event: &Event) {
     } else {
         BPF_RB_FORCE_WAKEUP
     };
-    if EVENTS.output::<Event>(event, flags).is_err() {
+    let len = if Event::has_path2(event.kind) {
+        size_of::<Event>()
+    } else {
+        Event::SHORT
+    };
+    // SAFETY: `len` is at most the size of `*event`, which is valid,
+    // initialised memory for the whole program run.
+    let record =
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(event).cast::<u8>(), len) };
+    if EVENTS.output::<[u8]>(record, flags).is_err() {
         count_dropped(DROPPED_FULL);
     }
 }
