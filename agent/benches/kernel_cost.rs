@@ -10,7 +10,9 @@
 //! 3. sustained event throughput: two open/close loops in one session, the
 //!    events mcpwarden received per second and the kernel's lost counter;
 //! 4. time from a forbidden open to the process gone (kernel event time to
-//!    pidfd readable).
+//!    pidfd readable);
+//! 5. processes outside any session while 0, 1 or 4 sessions of one daemon
+//!    are live (they share one tracer).
 //!
 //!     cargo bench --bench kernel_cost          (as root; prints a table)
 use std::{
@@ -22,6 +24,8 @@ use std::{
 };
 
 mod common;
+#[path = "kernel_cost/sessions.rs"]
+mod sessions;
 
 const LOOPS: u64 = 300_000;
 
@@ -565,5 +569,8 @@ fn main() {
     }
     if part("4") {
         kill_latency(dir.path(), &worker_bin);
+    }
+    if part("5") {
+        sessions::many(&policy, dir.path());
     }
 }
