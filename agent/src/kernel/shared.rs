@@ -28,9 +28,10 @@ use tokio::sync::Notify;
 use super::{KernelError, KernelEvent, NetLinks, SessionRules, Tracer};
 
 /// Events a session may have waiting in memory before further ones are
-/// counted as lost (a session whose pump stopped must not eat the host's
-/// memory). About 20 s of a session at its default rate limit.
-const QUEUE_MAX: usize = 1 << 18;
+/// counted as lost: its pump takes them every 5 ms, so a queue this long
+/// means the pump stopped, and it must not eat the host's memory meanwhile
+/// (some 25 MiB at most).
+const QUEUE_MAX: usize = 1 << 16;
 
 /// The process's tracer, while at least one session is live.
 static HUB: Mutex<Weak<Hub>> = Mutex::new(Weak::new());
