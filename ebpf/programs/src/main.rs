@@ -50,9 +50,11 @@ static SESSIONS: HashMap<u64, SessionConfig> = HashMap::with_max_entries(1024, 0
 #[map]
 static DENY: LpmTrie<DenyKey, DenyRule> = LpmTrie::with_max_entries(16384, 0);
 
-/// 4 MiB: about 12,000 events of backlog before the kernel drops any.
+/// 16 MiB, shared by every session of the process: about 46,000 short
+/// records (an open) or 27,000 full ones (an exec) of backlog before the
+/// kernel drops any.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 
 /// Index 0: events dropped because the ring buffer was full.
 #[map]
@@ -101,7 +103,7 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// `bpf_ringbuf_query` flag: bytes not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 /// Unread bytes in `EVENTS` past which every event wakes the reader.
-const WAKE_AT: u64 = 1 << 20;
+const WAKE_AT: u64 = 1 << 22;
 const AT_FDCWD: i32 = -100;
 const AT_REMOVEDIR: i64 = 0x200;
 pub(crate) const AF_UNIX: u16 = 1;
