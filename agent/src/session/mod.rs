@@ -820,7 +820,7 @@ fn teardown(
     if dropped > 0 {
         tracing::error!(
             dropped,
-            "the kernel dropped events: the ring buffer was full"
+            "events were lost: the kernel's ring buffer (shared by this process's sessions; counted since the last session ended) or this session's queue was full"
         );
     }
     if rate_limited > 0 {
