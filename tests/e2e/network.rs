@@ -254,7 +254,14 @@ fn listen_accept_and_datagram_destinations_are_events_with_dns_questions() {
     let code = json!({"call": "run", "args": {"argv": [
         crate::support::VENV_PYTHON, "-c", SOCKETS, port.to_string(), udp_port.to_string()
     ]}});
-    let run = Run::through_mcpwarden(&fx, &json!([{"call": "whoami"}, code]));
+    // The same resolver-style send from a host process, during the session.
+    let host = "import socket\nr = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                r.connect(('127.0.0.1', 53))\nr.send(b'\\x12\\x34\\x01\\x00\\x00\\x01' + bytes(6) + b'\\x04host\\x07example\\x03net\\x00\\x00\\x01\\x00\\x01')\n";
+    let run = Run::through_mcpwarden(
+        &fx,
+        &json!([{"call": "whoami"}, code, {"host_run": ["python3", "-c", host]}]),
+    );
+    assert_eq!(run.step(2)["host_run"], 0, "{}", run.raw);
     let cgroup = run.session_cgroup(0);
     let peer_port: u64 = run.text(1).trim().parse().expect("the peer's port");
     let mut buf = [0; 16];
@@ -306,6 +313,10 @@ fn listen_accept_and_datagram_destinations_are_events_with_dns_questions() {
         assert_eq!(e["connected"], true, "{e}");
         assert_eq!(e["addr"], "127.0.0.1:53", "{e}");
     }
+    assert!(
+        !all.iter().any(|e| e["dns"] == "host.example.net"),
+        "a host process's query was reported"
+    );
     // A send on a connected stream is not an event: its connect was.
     assert!(
         !all.iter()
