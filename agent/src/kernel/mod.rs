@@ -31,9 +31,9 @@ use aya::{
     },
 };
 use mcpwarden_common::{
-    DENY_PATH_LEN, DROPPED_FULL, DROPPED_RATE, DenyKey, DenyRule, DnsPeer, NET_PORTS, NetKey4,
-    NetKey6, NetRule, RateState, SESSION_ENFORCE, SESSION_NET_POLICY, SOCK_PROGRAMS, SessionConfig,
-    TRACEPOINTS, maps,
+    DENY_PATH_LEN, DROPPED_FULL, DenyKey, DenyRule, DnsPeer, NET_PORTS, NetKey4, NetKey6, NetRule,
+    RateState, SESSION_ENFORCE, SESSION_NET_POLICY, SOCK_PROGRAMS, SessionConfig, TRACEPOINTS,
+    maps,
 };
 
 use crate::policy::network::NetAllow;
@@ -150,6 +150,26 @@ fn purge_lpm<K: aya::Pod, V: aya::Pod>(
         .collect();
     for key in keys {
         absent_ok(trie.remove(&key)).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// Deletes every entry of the hash map `name` that `mine` picks.
+fn purge_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    mine: impl Fn(&K, &V) -> bool,
+) -> Result<(), KernelError> {
+    let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))?;
+    let mut hash: HashMap<_, K, V> = HashMap::try_from(map).map_err(map_err(name))?;
+    let keys: Vec<K> = hash
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| mine(k, v))
+        .map(|(k, _)| k)
+        .collect();
+    for key in keys {
+        absent_ok(hash.remove(&key)).map_err(map_err(name))?;
     }
     Ok(())
 }
@@ -390,7 +410,7 @@ impl Tracer {
 
     /// Stops tracing the cgroup `cgroup_id` and forgets everything the
     /// session `session` put in the maps: its deny and network rules, its
-    /// rate buckets, its memfds.
+    /// rate buckets, its memfds and DNS sockets.
     pub(crate) fn remove_session(
         &mut self,
         cgroup_id: u64,
@@ -423,36 +443,12 @@ impl Tracer {
                 PerCpuHashMap::try_from(map).map_err(map_err(maps::RATE))?;
             absent_ok(rate.remove(&session)).map_err(map_err(maps::RATE))?;
         }
-        let map = self
-            .ebpf
-            .map_mut(maps::MEMFDS)
-            .ok_or(KernelError::MissingMap(maps::MEMFDS))?;
-        let mut memfds: HashMap<_, u64, u32> =
-            HashMap::try_from(map).map_err(map_err(maps::MEMFDS))?;
-        let keys: Vec<u64> = memfds
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k >> 32 == u64::from(session))
-            .collect();
-        for key in keys {
-            absent_ok(memfds.remove(&key)).map_err(map_err(maps::MEMFDS))?;
-        }
-        let map = self
-            .ebpf
-            .map_mut(maps::DNS_PEERS)
-            .ok_or(KernelError::MissingMap(maps::DNS_PEERS))?;
-        let mut peers: HashMap<_, u64, DnsPeer> =
-            HashMap::try_from(map).map_err(map_err(maps::DNS_PEERS))?;
-        let keys: Vec<u64> = peers
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, peer)| peer.session == session)
-            .map(|(key, _)| key)
-            .collect();
-        for key in keys {
-            absent_ok(peers.remove(&key)).map_err(map_err(maps::DNS_PEERS))?;
-        }
-        Ok(())
+        purge_hash::<u64, u32>(&mut self.ebpf, maps::MEMFDS, |key, _| {
+            key >> 32 == u64::from(session)
+        })?;
+        purge_hash::<u64, DnsPeer>(&mut self.ebpf, maps::DNS_PEERS, |_, peer| {
+            peer.session == session
+        })
     }
 
     /// Loads (once) and attaches the network programs to a session's cgroup
@@ -527,20 +523,19 @@ impl Tracer {
         }
     }
 
-    /// Events the kernel did not report, every session together: (ring
-    /// buffer full, over a rate limit).
-    pub(crate) fn dropped(&self) -> Result<(u64, u64), KernelError> {
+    /// Events lost because the ring buffer was full, every session
+    /// together.
+    pub(crate) fn lost(&self) -> Result<u64, KernelError> {
         let map = self
             .ebpf
             .map(maps::DROPPED)
             .ok_or(KernelError::MissingMap(maps::DROPPED))?;
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(map_err(maps::DROPPED))?;
-        let sum = |index: u32| -> Result<u64, KernelError> {
-            let per_cpu = counters.get(&index, 0).map_err(map_err(maps::DROPPED))?;
-            Ok(per_cpu.iter().sum())
-        };
-        Ok((sum(DROPPED_FULL)?, sum(DROPPED_RATE)?))
+        let per_cpu = counters
+            .get(&DROPPED_FULL, 0)
+            .map_err(map_err(maps::DROPPED))?;
+        Ok(per_cpu.iter().sum())
     }
 }
 

@@ -207,8 +207,8 @@ impl SessionTracer {
     /// Read once, at the session's end.
     pub fn take_dropped(&mut self) -> (u64, u64) {
         let mut state = lock(&self.hub.state);
-        let full = match state.tracer.dropped() {
-            Ok((full, _)) => full,
+        let full = match state.tracer.lost() {
+            Ok(full) => full,
             Err(e) => {
                 tracing::warn!("cannot read the lost-events counter: {e}");
                 state.full_reported

@@ -24,9 +24,9 @@ pub mod maps {
     pub const DENY: &str = "DENY";
     /// `RingBuf` of [`crate::Event`].
     pub const EVENTS: &str = "EVENTS";
-    /// `PerCpuArray<u64>`: events not reported, at [`crate::DROPPED_FULL`]
-    /// (ring buffer full) and [`crate::DROPPED_RATE`] (over the session's
-    /// rate limit).
+    /// `PerCpuArray<u64>`: events lost, at [`crate::DROPPED_FULL`] (ring
+    /// buffer full). What a rate limit leaves out is counted per session,
+    /// in [`crate::RateState`].
     pub const DROPPED: &str = "DROPPED";
     /// `PerCpuHashMap<u32 session, RateState>`: rate limit buckets.
     pub const RATE: &str = "RATE";
@@ -376,9 +376,6 @@ pub struct RateState {
 
 /// Index of `DROPPED`: events lost because the ring buffer was full.
 pub const DROPPED_FULL: u32 = 0;
-/// Index of `DROPPED`: plain events not reported because the session went
-/// over its rate limit.
-pub const DROPPED_RATE: u32 = 1;
 
 /// Key of the `DENY` trie: a session id followed by a path prefix, so one
 /// trie serves every session and a lookup finds the longest denied prefix.

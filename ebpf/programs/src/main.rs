@@ -37,9 +37,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use mcpwarden_common::{
-    ARGV_SLOT, ARGV_SLOTS, DENY_PATH_LEN, DROPPED_FULL, DROPPED_RATE, DenyKey, DenyRule,
-    EXEC_FROM_MEMFD, Event, NO_RULE, NetKey4, NetKey6, NetRule, PATH_LEN, RateState, SESSION_ARMED,
-    SESSION_ENFORCE, SessionConfig, action, kind,
+    ARGV_SLOT, ARGV_SLOTS, DENY_PATH_LEN, DROPPED_FULL, DenyKey, DenyRule, EXEC_FROM_MEMFD, Event,
+    NO_RULE, NetKey4, NetKey6, NetRule, PATH_LEN, RateState, SESSION_ARMED, SESSION_ENFORCE,
+    SessionConfig, action, kind,
 };
 
 #[map]
@@ -56,9 +56,9 @@ static DENY: LpmTrie<DenyKey, DenyRule> = LpmTrie::with_max_entries(16384, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 
-/// Index 0: events dropped because the ring buffer was full.
+/// Events lost because the ring buffer was full.
 #[map]
-static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-session, per-CPU token buckets of the rate limit.
 #[map]
@@ -238,8 +238,8 @@ fn within_rate(session: &SessionConfig, now: u64) -> bool {
 }
 
 #[inline(always)]
-fn count_dropped(index: u32) {
-    if let Some(dropped) = DROPPED.get_ptr_mut(index) {
+fn count_lost() {
+    if let Some(dropped) = DROPPED.get_ptr_mut(DROPPED_FULL) {
         // SAFETY: per-CPU counter, no concurrent writer on this CPU.
         unsafe { *dropped += 1 };
     }
@@ -248,8 +248,8 @@ fn count_dropped(index: u32) {
 #[inline(always)]
 pub(crate) fn submit(session: &SessionConfig, event: &Event) {
     let verdict = event.action != action::ALLOW;
+    // Left out by the rate limit: counted in the session's bucket.
     if !verdict && !within_rate(session, event.ts_ns) {
-        count_dropped(DROPPED_RATE);
         return;
     }
     // Waking the reader for every event costs the traced process a wake-up
@@ -273,7 +273,7 @@ pub(crate) fn submit(session: &SessionConfig, event: &Event) {
     let record =
         unsafe { core::slice::from_raw_parts(core::ptr::from_ref(event).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(record, flags).is_err() {
-        count_dropped(DROPPED_FULL);
+        count_lost();
     }
 }
 
