@@ -182,6 +182,18 @@ pub fn mcpw_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Where a send goes, into the event: `Some(true)` when the address given
+/// (or, without one, the socket's DNS peer) was read, `Some(false)` when
+/// the address given could not be read, `None` for a send without an
+/// address on a socket that is no DNS peer (its connect was reported).
+#[inline(always)]
+fn destination(session: &SessionConfig, event: &mut Event, addr: u64) -> Option<bool> {
+    if addr == 0 {
+        return connected_peer(session, event).then_some(true);
+    }
+    Some(read_sockaddr(event, addr as *const u8))
+}
+
 /// `sendto` with a destination. One on a connected socket (no address)
 /// went where the connect said, which was reported; on a socket connected
 /// to port 53 it is reported too, for its question.
@@ -198,13 +210,8 @@ pub fn mcpw_sendto(ctx: TracePointContext) -> u32 {
     // SAFETY: as above.
     event.arg = unsafe { ctx.read_at::<i64>(32) }.unwrap_or(0);
     event.flags = send::SENDTO;
-    let known = if addr == 0 {
-        if !connected_peer(&session, event) {
-            return 0;
-        }
-        true
-    } else {
-        read_sockaddr(event, addr as *const u8)
+    let Some(known) = destination(&session, event, addr) else {
+        return 0;
     };
     if known {
         // SAFETY: as above.
@@ -226,13 +233,8 @@ fn on_msghdr(session: &SessionConfig, event: &mut Event, msg: *const u64) -> boo
     let Ok(name) = (unsafe { bpf_probe_read_user(msg) }) else {
         return false;
     };
-    let known = if name == 0 {
-        if !connected_peer(session, event) {
-            return false;
-        }
-        true
-    } else {
-        read_sockaddr(event, name as *const u8)
+    let Some(known) = destination(session, event, name) else {
+        return false;
     };
     if known
         // SAFETY: user pointers read through the fault-tolerant helper:
