@@ -189,22 +189,19 @@ impl KernelEvent {
     /// unknown kind.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() == size_of::<Event>() {
-            // SAFETY: the length was checked; `Event` is plain old data for
-            // which every bit pattern is valid; the read tolerates any
-            // alignment.
-            let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
-            return Self::from_raw(&raw);
-        }
-        // A short record (a kind without `path2`): the rest is zeroes.
-        if bytes.len() != Event::SHORT {
-            return None;
-        }
+        // A short record (a kind without `path2`) stops before it: the
+        // rest is zeroes.
+        let short = match bytes.len() {
+            n if n == size_of::<Event>() => false,
+            n if n == Event::SHORT => true,
+            _ => return None,
+        };
         let mut full = [0u8; size_of::<Event>()];
         full[..bytes.len()].copy_from_slice(bytes);
-        // SAFETY: as above, on a full-size buffer.
+        // SAFETY: a buffer of the size of `Event`, plain old data for which
+        // every bit pattern is valid; the read tolerates any alignment.
         let raw: Event = unsafe { std::ptr::read_unaligned(full.as_ptr().cast::<Event>()) };
-        if Event::has_path2(raw.kind) {
+        if short && Event::has_path2(raw.kind) {
             return None;
         }
         Self::from_raw(&raw)
