@@ -51,7 +51,6 @@ train: setup
 	$(PSI_VENV)/bin/pip install -q --disable-pip-version-check -r models/requirements-train.txt
 	$(PSI_VENV)/bin/python models/build_data.py
 	$(PSI_VENV)/bin/python models/augment.py
-	$(PSI_VENV)/bin/python models/hardneg.py
 	$(PSI_VENV)/bin/python models/train.py
 
 eval: setup

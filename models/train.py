@@ -26,8 +26,9 @@ in validation score above it. The test split is never read here: the
 numbers come from `mcpwarden scan --eval models/data/test.jsonl`.
 
 Deterministic: fixed seeds, full-batch optimisation for the pre-filter and
-seeded mini-batches for the head, data from build_data.py, augment.py
-and hardneg.py. Embeddings are cached in --cache (keyed by the text).
+seeded mini-batches for the head, data from
+build_data.py and augment.py. Embeddings are cached in --cache (keyed by
+the text).
 """
 
 import argparse
@@ -52,10 +53,6 @@ SEED = 20261122
 # The alert threshold lets this share of validation's benign tool outputs
 # through: the target allows 2 % on the test split, this keeps a margin.
 VAL_FPR = 0.015
-# Benign prompts are a few percent of the negative spans (tool outputs are
-# long, and hardneg.py adds many more); they get this share of the
-# negatives' weight, so that the hard negatives do not crowd them out.
-PROMPT_NEG_SHARE = 0.03
 
 
 # ------------------------------------------------------------- features
@@ -217,29 +214,18 @@ def class_weights(y):
     return np.where(y == 1, 0.5 / pos, 0.5 / (1 - pos))
 
 
-def span_weights(y, prompt):
-    """Class-balanced weights; among the negatives, the spans of benign
-    prompts (prompt) get PROMPT_NEG_SHARE of the weight."""
-    w = class_weights(y)
-    neg = y == 0
-    pn, dn = neg & prompt, neg & ~prompt
-    w[pn] *= PROMPT_NEG_SHARE * neg.sum() / pn.sum()
-    w[dn] *= (1 - PROMPT_NEG_SHARE) * neg.sum() / dn.sum()
-    return w
-
-
 def prefilter_scores(w, b, feats):
     return np.array([(w[f].sum() / np.sqrt(max(len(f), 1))) + b for f in feats], dtype=np.float64)
 
 
-def train_prefilter(feats, y, epochs=1600, l2=1e-6, sw=None):
+def train_prefilter(feats, y, epochs=1600, l2=1e-6):
     lens = np.array([len(f) for f in feats])
     flat = np.concatenate(feats)
     rows = np.repeat(np.arange(len(feats)), lens)
     scale = 1.0 / np.sqrt(np.maximum(lens, 1))
     w = np.zeros(BUCKETS)
     b = np.zeros(1)
-    sw = class_weights(y) if sw is None else sw
+    sw = class_weights(y)
     opt = Adam([w, b], 0.05)
     for _ in range(epochs):
         z = np.bincount(rows, weights=w[flat], minlength=len(feats)) * scale + b[0]
@@ -249,7 +235,7 @@ def train_prefilter(feats, y, epochs=1600, l2=1e-6, sw=None):
     return w, b[0]
 
 
-def train_head(x, y, epochs=20, batch=1024, lr=1e-3, l2=1e-5, sw=None):
+def train_head(x, y, epochs=20, batch=1024, lr=1e-3, l2=1e-5):
     """Mini-batch Adam in float32; the batches come from a seeded
     permutation, so a rerun gives the same weights."""
     rng = np.random.default_rng(SEED)
@@ -259,7 +245,7 @@ def train_head(x, y, epochs=20, batch=1024, lr=1e-3, l2=1e-5, sw=None):
     b1 = np.zeros(HIDDEN, dtype=np.float32)
     w2 = rng.normal(0, np.sqrt(1 / HIDDEN), HIDDEN).astype(np.float32)
     b2 = np.zeros(1, dtype=np.float32)
-    sw = (class_weights(y) if sw is None else sw).astype(np.float32)
+    sw = class_weights(y).astype(np.float32)
     opt = Adam([w1, b1, w2, b2], lr)
     for _ in range(epochs):
         perm = rng.permutation(len(y))
@@ -381,23 +367,19 @@ def main():
     enc = Encoder(args.cache)
 
     train, val = load("train", args.data), load("val", args.data)
-    # augment.py's extra indirect injections (built from train.jsonl only)
-    # and hardneg.py's hard negatives (train-split machine text).
-    for extra in ("train-extra", "train-hardneg"):
-        if os.path.exists(os.path.join(args.data, f"{extra}.jsonl")):
-            train += load(extra, args.data)
+    # augment.py's extra indirect injections (built from train.jsonl only).
+    if os.path.exists(os.path.join(args.data, "train-extra.jsonl")):
+        train += load("train-extra", args.data)
     print(f"train {len(train)} records, val {len(val)}")
-    f_tr, x_tr, l_tr, w_tr, o_tr = prepare(tok, enc, train)
+    f_tr, x_tr, l_tr, _, _ = prepare(tok, enc, train)
     f_va, x_va, l_va, w_va, o_va = prepare(tok, enc, val)
     keep = np.array([lab is not None for lab in l_tr])
     y_tr = np.array([lab or 0 for lab in l_tr], dtype=np.float64)
-    prompt_tr = np.array([r["kind"] == "prompt" for r in train])[o_tr][w_tr]
-    sw = span_weights(y_tr[keep], prompt_tr[keep])
     print(f"train spans {keep.sum()} ({int(y_tr[keep].sum())} injection), val spans {len(l_va)}")
 
-    pw, pb = train_prefilter([f for f, k in zip(f_tr, keep) if k], y_tr[keep], sw=sw)
+    pw, pb = train_prefilter([f for f, k in zip(f_tr, keep) if k], y_tr[keep])
     pw = pw.astype(np.float16).astype(np.float64)  # as stored
-    head = train_head(x_tr[keep], y_tr[keep], sw=sw)
+    head = train_head(x_tr[keep], y_tr[keep])
 
     n_win = len(o_va)
     pre_span = sigmoid(prefilter_scores(pw, pb, f_va))
@@ -434,8 +416,7 @@ def main():
         "buckets": BUCKETS, "hidden": HIDDEN,
         "prefilter_bias": float(pb), "gate": gate, "threshold": threshold,
         "blend": [float(v) for v in blend],
-        "trained_on": {"train_records": len(train), "train_spans": int(keep.sum()), "seed": SEED,
-                       "prompt_neg_share": PROMPT_NEG_SHARE},
+        "trained_on": {"train_records": len(train), "train_spans": int(keep.sum()), "seed": SEED},
     }
     write_weights(args.out, meta, [
         ("prefilter", pw, np.float16),
