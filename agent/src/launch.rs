@@ -18,6 +18,25 @@ pub struct Session {
     pub cgroup: SessionCgroup,
 }
 
+/// The number of this process's next session: a base drawn once from the
+/// pid and the clock (so a recycled pid does not repeat a dead process's
+/// numbers), stepped by an odd constant per session, so no two sessions of
+/// one process ever share one. Drawing each from the clock alone let two
+/// daemon sessions started together on two CPUs collide (their cgroup
+/// already existed).
+fn session_number(pid: u32) -> u32 {
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    };
+    static BASE: OnceLock<u32> = OnceLock::new();
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+    let base = *BASE.get_or_init(|| pid ^ (crate::monotonic_ns() as u32).rotate_left(16));
+    let nth = STARTED.fetch_add(1, Ordering::Relaxed);
+    // An odd step is a bijection modulo 2^32: 2^32 sessions before a repeat.
+    base.wrapping_add(nth.wrapping_mul(0x9e37_79b9))
+}
+
 /// Creates a session cgroup with the spec's limits, after removing sessions
 /// left by an mcpwarden that died before it could clean up.
 pub fn new_session(spec: &Spec) -> Result<Session, CgroupError> {
@@ -30,7 +49,7 @@ pub fn new_session(spec: &Spec) -> Result<Session, CgroupError> {
     let hierarchy = Hierarchy::discover()?;
     let controllers = Controllers::discover(&hierarchy)?;
     let pid = std::process::id();
-    let number = pid ^ (crate::monotonic_ns() as u32).rotate_left(16);
+    let number = session_number(pid);
     let label = format!("session-{pid}-{number:08x}");
     let mut cgroup = SessionCgroup::create(&hierarchy, &label)?;
     cgroup.limit(&controllers, &spec.limits)?;
@@ -79,4 +98,27 @@ pub fn helper_command(
     }
     cmd.arg("--").args(command);
     Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_numbers_never_repeat_within_a_process() {
+        let numbers: std::collections::HashSet<u32> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..10_000)
+                            .map(|_| super::session_number(7))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().expect("thread"))
+                .collect()
+        });
+        assert_eq!(numbers.len(), 40_000);
+    }
 }
