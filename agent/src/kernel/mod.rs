@@ -126,6 +126,25 @@ where
         })
 }
 
+/// The map `name` of an object, as map type `M` (hash map, trie...), to
+/// change.
+fn map_mut<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, KernelError>
+where
+    M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))?;
+    M::try_from(map).map_err(map_err(name))
+}
+
+/// The map `name` of an object, as map type `M`, to read.
+fn map_ref<'a, M>(ebpf: &'a Ebpf, name: &'static str) -> Result<M, KernelError>
+where
+    M: TryFrom<&'a aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.map(name).ok_or(KernelError::MissingMap(name))?;
+    M::try_from(map).map_err(map_err(name))
+}
+
 /// A delete of a key that is not there is not an error: the entry was never
 /// made, or is gone already.
 fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
@@ -141,8 +160,7 @@ fn purge_lpm<K: aya::Pod, V: aya::Pod>(
     name: &'static str,
     mine: impl Fn(&K) -> bool,
 ) -> Result<(), KernelError> {
-    let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))?;
-    let mut trie: LpmTrie<_, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
+    let mut trie: LpmTrie<_, K, V> = map_mut(ebpf, name)?;
     let keys: Vec<Key<K>> = trie
         .keys()
         .filter_map(Result::ok)
@@ -160,8 +178,7 @@ fn purge_hash<K: aya::Pod, V: aya::Pod>(
     name: &'static str,
     mine: impl Fn(&K, &V) -> bool,
 ) -> Result<(), KernelError> {
-    let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))?;
-    let mut hash: HashMap<_, K, V> = HashMap::try_from(map).map_err(map_err(name))?;
+    let mut hash: HashMap<_, K, V> = map_mut(ebpf, name)?;
     let keys: Vec<K> = hash
         .iter()
         .filter_map(Result::ok)
@@ -181,8 +198,7 @@ fn insert_lpm<K: aya::Pod, V: aya::Pod>(
     key: Key<K>,
     value: V,
 ) -> Result<(), KernelError> {
-    let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))?;
-    let mut trie: LpmTrie<_, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
+    let mut trie: LpmTrie<_, K, V> = map_mut(ebpf, name)?;
     trie.insert(&key, value, 0).map_err(map_err(name))
 }
 
@@ -313,12 +329,7 @@ impl Tracer {
             kill,
         } = rules;
         {
-            let map = self
-                .ebpf
-                .map_mut(maps::DENY)
-                .ok_or(KernelError::MissingMap(maps::DENY))?;
-            let mut trie: LpmTrie<_, DenyKey, DenyRule> =
-                LpmTrie::try_from(map).map_err(map_err(maps::DENY))?;
+            let mut trie: LpmTrie<_, DenyKey, DenyRule> = map_mut(&mut self.ebpf, maps::DENY)?;
             for (i, prefix) in deny.iter().enumerate() {
                 let (key, rule) = deny_entry(session, i, prefix)?;
                 trie.insert(&key, rule, 0).map_err(map_err(maps::DENY))?;
@@ -328,12 +339,7 @@ impl Tracer {
             self.add_net_rules(session, allow, (maps::NET4, maps::NET6))?;
             self.add_net_rules(session, bind, (maps::BIND4, maps::BIND6))?;
         }
-        let map = self
-            .ebpf
-            .map_mut(maps::SESSIONS)
-            .ok_or(KernelError::MissingMap(maps::SESSIONS))?;
-        let mut sessions: HashMap<_, u64, SessionConfig> =
-            HashMap::try_from(map).map_err(map_err(maps::SESSIONS))?;
+        let mut sessions: HashMap<_, u64, SessionConfig> = map_mut(&mut self.ebpf, maps::SESSIONS)?;
         let mut flags = if enforce { SESSION_ENFORCE } else { 0 };
         if network.is_some() {
             flags |= SESSION_NET_POLICY;
@@ -395,12 +401,7 @@ impl Tracer {
 
     /// Plain events the rate limit of `session` left out so far.
     pub(crate) fn rate_dropped(&self, session: u32) -> Result<u64, KernelError> {
-        let map = self
-            .ebpf
-            .map(maps::RATE)
-            .ok_or(KernelError::MissingMap(maps::RATE))?;
-        let rate: PerCpuHashMap<_, u32, RateState> =
-            PerCpuHashMap::try_from(map).map_err(map_err(maps::RATE))?;
+        let rate: PerCpuHashMap<_, u32, RateState> = map_ref(&self.ebpf, maps::RATE)?;
         match rate.get(&session, 0) {
             Ok(per_cpu) => Ok(per_cpu.iter().map(|s| s.dropped).sum()),
             Err(MapError::KeyNotFound) => Ok(0),
@@ -418,12 +419,8 @@ impl Tracer {
     ) -> Result<(), KernelError> {
         // Untraced first: from here on the programs leave its tasks alone.
         {
-            let map = self
-                .ebpf
-                .map_mut(maps::SESSIONS)
-                .ok_or(KernelError::MissingMap(maps::SESSIONS))?;
             let mut sessions: HashMap<_, u64, SessionConfig> =
-                HashMap::try_from(map).map_err(map_err(maps::SESSIONS))?;
+                map_mut(&mut self.ebpf, maps::SESSIONS)?;
             absent_ok(sessions.remove(&cgroup_id)).map_err(map_err(maps::SESSIONS))?;
         }
         let sid = session.to_be_bytes();
@@ -435,12 +432,7 @@ impl Tracer {
             purge_lpm::<NetKey6, NetRule>(&mut self.ebpf, name, |k| k.session == sid)?;
         }
         {
-            let map = self
-                .ebpf
-                .map_mut(maps::RATE)
-                .ok_or(KernelError::MissingMap(maps::RATE))?;
-            let mut rate: PerCpuHashMap<_, u32, RateState> =
-                PerCpuHashMap::try_from(map).map_err(map_err(maps::RATE))?;
+            let mut rate: PerCpuHashMap<_, u32, RateState> = map_mut(&mut self.ebpf, maps::RATE)?;
             absent_ok(rate.remove(&session)).map_err(map_err(maps::RATE))?;
         }
         purge_hash::<u64, u32>(&mut self.ebpf, maps::MEMFDS, |key, _| {
@@ -526,12 +518,7 @@ impl Tracer {
     /// Events lost because the ring buffer was full, every session
     /// together.
     pub(crate) fn lost(&self) -> Result<u64, KernelError> {
-        let map = self
-            .ebpf
-            .map(maps::DROPPED)
-            .ok_or(KernelError::MissingMap(maps::DROPPED))?;
-        let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(map_err(maps::DROPPED))?;
+        let counters: PerCpuArray<_, u64> = map_ref(&self.ebpf, maps::DROPPED)?;
         let per_cpu = counters
             .get(&DROPPED_FULL, 0)
             .map_err(map_err(maps::DROPPED))?;
