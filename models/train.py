@@ -20,8 +20,9 @@ window goes through:
      pre-filter knows the words of attacks, the head their meaning.
 
 A message's score is the highest span score (0 for a gated window). The
-gate is set on the validation split so that it keeps 99 % of the injection
-windows; the alert threshold so that at most 1.5 % of the benign tool outputs
+gate is set on the validation split so that it keeps 98 % of the injection
+windows (99 % let twice as many benign windows through for the same
+recall); the alert threshold so that at most 1.5 % of the benign tool outputs
 in validation score above it. The test split is never read here: the
 numbers come from `mcpwarden scan --eval models/data/test.jsonl`.
 
@@ -53,6 +54,10 @@ SEED = 20261122
 # The alert threshold lets this share of validation's benign tool outputs
 # through: the target allows 2 % on the test split, this keeps a margin.
 VAL_FPR = 0.015
+# The gate lets this share of validation's injection windows fall below it.
+# At 2 % it passes half as many benign windows to the transformer as at
+# 1 %, for the same validation recall (0.9540 against 0.9527).
+GATE_MISS = 0.02
 
 
 # ------------------------------------------------------------- features
@@ -392,7 +397,7 @@ def main():
     head_win = window_max(w_va, n_win, span_score)
     # Windows holding an injection: those with an injection span.
     pos_win = window_max(w_va, n_win, np.array([lab == 1 for lab in l_va], dtype=float)) > 0
-    gate = float(np.quantile(pre_win[pos_win], 0.01))
+    gate = float(np.quantile(pre_win[pos_win], GATE_MISS))
     gated = np.where(pre_win >= gate, head_win, 0.0)
     doc = doc_scores(o_va, len(val), gated)
     label = np.array([r["label"] for r in val])
