@@ -71,6 +71,24 @@ pub fn auroc(pos: &[f32], neg: &[f32]) -> f64 {
     (rank_sum - p * (p + 1.0) / 2.0) / (p * n)
 }
 
+/// Recall of `pos` at the strictest score that lets at most `fpr` of `neg`
+/// reach it: one point of the ROC curve. This is the file's own operating
+/// point, for comparing models; the deployed threshold is set on
+/// validation and may sit elsewhere.
+#[must_use]
+pub fn recall_at_fpr(pos: &[f32], neg: &[f32], fpr: f64) -> f64 {
+    if pos.is_empty() || neg.is_empty() {
+        return f64::NAN;
+    }
+    let mut neg = neg.to_vec();
+    neg.sort_by(|a, b| b.total_cmp(a)); // highest first
+    let allowed = (fpr * neg.len() as f64).floor() as usize;
+    // Scores above the allowed-th highest benign score: ties with a benign
+    // score beyond the allowance are not counted as caught.
+    let bar = neg.get(allowed).copied().unwrap_or(f32::NEG_INFINITY);
+    pos.iter().filter(|&&s| s > bar).count() as f64 / pos.len() as f64
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -203,6 +221,12 @@ fn report(scored: &[Scored]) -> serde_json::Value {
             "indirect_vs_benign_tool_outputs": auroc(&indirect.2, &benign_docs.2),
             "direct_vs_benign_prompts": auroc(&direct.2, &benign_prompts.2),
         },
+        // The ROC curve at 1 % and 2 % of this file's benign tool outputs
+        // (not the deployed threshold, which validation sets).
+        "recall_at_tool_output_fpr": {
+            "0.01": recall_at_fpr(&pos_all, &benign_docs.2, 0.01),
+            "0.02": recall_at_fpr(&pos_all, &benign_docs.2, 0.02),
+        },
         "latency_ms": {
             "up_to_512_tokens": {"n": short.len(), "p50": percentile(&short, 0.5), "p99": percentile(&short, 0.99), "max": short.last()},
             "all": {"p50": percentile(&all_ms, 0.5), "p99": percentile(&all_ms, 0.99)},
@@ -223,5 +247,20 @@ mod tests {
         // One of four pairs misordered.
         assert!((auroc(&[0.9, 0.3], &[0.1, 0.4]) - 0.75).abs() < 1e-12);
         assert!(auroc(&[], &[0.1]).is_nan());
+    }
+
+    #[test]
+    fn recall_at_fpr_is_a_point_of_the_roc_curve() {
+        let neg: Vec<f32> = (0..100).map(|i| i as f32 / 100.0).collect(); // 0.00..0.99
+        let pos = [0.995, 0.985, 0.975, 0.5];
+        // 1 % of 100 benign: one may pass, the bar is the second highest (0.98).
+        assert!((recall_at_fpr(&pos, &neg, 0.01) - 0.5).abs() < 1e-12);
+        // 2 %: the bar is 0.97.
+        assert!((recall_at_fpr(&pos, &neg, 0.02) - 0.75).abs() < 1e-12);
+        // A tie with the bar is not caught.
+        assert!((recall_at_fpr(&[0.98], &neg, 0.01)).abs() < 1e-12);
+        // No benign may pass: the bar is the highest benign score (0.99).
+        assert!((recall_at_fpr(&pos, &neg, 0.0) - 0.25).abs() < 1e-12);
+        assert!(recall_at_fpr(&[], &neg, 0.01).is_nan());
     }
 }
