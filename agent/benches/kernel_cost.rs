@@ -12,7 +12,9 @@
 //! 4. time from a forbidden open to the process gone (kernel event time to
 //!    pidfd readable);
 //! 5. processes outside any session while 0, 1 or 4 sessions of one daemon
-//!    are live (they share one tracer).
+//!    are live (they share one tracer);
+//! 6. what each kind of syscall hook (per-syscall tracepoints, raw
+//!    `sys_enter`/`sys_exit`) costs those processes, the check alone.
 //!
 //!     cargo bench --bench kernel_cost          (as root; prints a table)
 use std::{
@@ -24,6 +26,8 @@ use std::{
 };
 
 mod common;
+#[path = "kernel_cost/hooks.rs"]
+mod hooks;
 #[path = "kernel_cost/sessions.rs"]
 mod sessions;
 
@@ -572,5 +576,8 @@ fn main() {
     }
     if part("5") {
         sessions::many(&policy, dir.path());
+    }
+    if part("6") {
+        hooks::hooks();
     }
 }

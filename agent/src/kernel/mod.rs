@@ -45,8 +45,9 @@ pub use self::{
 
 /// The session tracer object, built by build.rs from `ebpf/programs`.
 static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcpwarden"));
-/// The feature probes, for `mcpwarden doctor`.
-pub(crate) static PROBES_OBJECT: &[u8] =
+/// The feature probes, for `mcpwarden doctor` (and the hook-cost programs
+/// that the kernel_cost bench attaches).
+pub static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcpwarden-probes"));
 
 /// Errors of loading and driving kernel programs.
