@@ -40,12 +40,18 @@ import subprocess
 import pyarrow.parquet as pq
 
 CORPORA = "/opt/mcpwarden-dev/models/corpora"
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SEED = 20261122
 
 
+def unit_hash(text):
+    """A number in [0, 1) that depends on text alone."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
 def keyed(key):
-    """A number in [0, 1) that depends on key alone."""
-    return int.from_bytes(hashlib.sha256(f"{SEED}:{key}".encode()).digest()[:8], "big") / 2**64
+    """The order files and excerpts are taken in."""
+    return unit_hash(f"{SEED}:{key}")
 
 
 def rng_for(key):
@@ -56,7 +62,7 @@ def rng_for(key):
 
 
 def split_of(key, val=0.15, test=0.15):
-    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    h = unit_hash(key)
     return "test" if h < test else "val" if h < test + val else "train"
 
 
@@ -152,7 +158,30 @@ def listing(path):
 
 # This repository's own history up to a fixed commit: the newest commits
 # would change the data with every commit.
-GITLOG_AT = "55ad786d8c4a2de5ddf7ac3b7ba7a4a4c75ae5ba"
+GITLOG_AT = "55ad78658e4bfd62af43fccae977a3395650f915"
+
+
+def locked_crates(repo):
+    """{"name-version"} of the crates in this repository's Cargo.lock at
+    GITLOG_AT: the crates any machine that built it has under
+    ~/.cargo/registry/src, and no others (a dev machine collects more)."""
+    try:
+        lock = subprocess.run(
+            ["git", "-C", repo, "show", f"{GITLOG_AT}:Cargo.lock"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"warning: no Cargo.lock at {GITLOG_AT} ({e}): no Rust sources or crate READMEs in the data")
+        return set()
+    return {f"{n}-{v}" for n, v in re.findall(r'name = "([^"]+)"\nversion = "([^"]+)"', lock)}
+
+
+def in_locked(path, crates):
+    """Whether path lies in one of crates' registry source directories."""
+    parts = path.split("/")
+    i = parts.index("src") if "src" in parts else -1
+    # ~/.cargo/registry/src/<index>/<name-version>/...
+    return 0 <= i < len(parts) - 2 and parts[i + 2] in crates
 
 
 def git_log(repo):
@@ -161,7 +190,8 @@ def git_log(repo):
             ["git", "-C", repo, "log", "--stat", "-n", "400", GITLOG_AT],
             capture_output=True, text=True, check=True, timeout=60,
         ).stdout
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"warning: no git log at {GITLOG_AT} ({e}): no git logs in the data")
         return None
 
 
@@ -197,6 +227,7 @@ def machine_files():
     """(family, path, loader) for the machine's text, a seeded sample of
     each: files in the order of a keyed hash of their path, so one file
     more or less does not reorder the others."""
+    crates = locked_crates(REPO)
     fams = {
         "man": (sorted(glob.glob("/usr/share/man/man[1-8]/*.gz")), man_text, 900),
         "readme": (sorted(glob.glob("/usr/share/doc/*/README*")), read_text, 250),
@@ -204,9 +235,11 @@ def machine_files():
         "copyright": (sorted(glob.glob("/usr/share/doc/*/copyright")), read_text, 200),
         "python": (walk("/usr/lib/python3.11", lambda p: p.endswith(".py")), read_text, 300),
         "c": (walk("/usr/include", lambda p: p.endswith(".h")), read_text, 250),
-        "rust": (walk("~/.cargo/registry/src", lambda p: p.endswith(".rs") and "/src/" in p, 5), read_text, 400),
+        "rust": (walk("~/.cargo/registry/src", lambda p: p.endswith(".rs") and "/src/" in p and in_locked(p, crates), 5),
+                 read_text, 400),
         "markdown": (walk("/opt/mcpwarden-dev", lambda p: p.endswith(".md"))
-                   + sorted(glob.glob(os.path.expanduser("~/.cargo/registry/src/*/*/*.md"))), read_text, 600),
+                   + sorted(p for p in glob.glob(os.path.expanduser("~/.cargo/registry/src/*/*/*.md"))
+                            if in_locked(p, crates)), read_text, 600),
         "json": (walk("/opt/mcpwarden-dev", lambda p: p.endswith("/package.json"))
                  + walk("/usr/share", lambda p: p.endswith(".json"), 6), read_text, 300),
         "html": (walk("~/.rustup/toolchains", lambda p: p.endswith(".html") and "/doc/rust/html/" in p, 9), html_text, 300),
@@ -324,11 +357,29 @@ def small_json(n):
             st = os.stat(path)
         except OSError:
             continue
+        name = os.path.basename(path)
         obj = rng.choice([
             {"path": path, "size": st.st_size, "mode": oct(st.st_mode), "modified": int(st.st_mtime)},
-            {"pid": rng.randint(2, 99999), "cgroup": f"0::/system.slice/{os.path.basename(path)}.scope\n"},
-            {"name": os.path.basename(path), "type": "file", "bytes": st.st_size},
-            {"ok": True, "result": os.path.basename(path), "count": rng.randint(0, 500)},
+            {"pid": rng.randint(2, 99999), "cgroup": f"0::/system.slice/{name}.scope\n"},
+            # What a server reports about its own process: ids, users and
+            # cgroup paths full of numbers and hex (systemd units,
+            # containers, login sessions, sandboxes like mcpwarden's).
+            {"pid": rng.randint(2, 99999), "uid": rng.choice([0, 1000, 65534, rng.randint(1001, 60000)]),
+             "cgroup": "0::/" + rng.choice([
+                 f"user.slice/user-1000.slice/session-{rng.randint(1, 400)}.scope",
+                 f"system.slice/docker-{rng.getrandbits(256):064x}.scope",
+                 f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{rng.getrandbits(128):032x}.slice",
+                 f"mcpwarden/session-{rng.randint(1000, 65535)}-{rng.getrandbits(32):08x}",
+                 f"system.slice/{name}.service",
+                 "",
+             ]) + "\n"},
+            {"id": f"{rng.getrandbits(128):032x}", "status": rng.choice(["running", "exited", "created"]),
+             "image": f"{name}:{rng.randint(1, 9)}.{rng.randint(0, 20)}", "started": int(st.st_mtime)},
+            {"request_id": f"{rng.getrandbits(32):08x}-{rng.getrandbits(16):04x}-4{rng.getrandbits(12):03x}-"
+                           f"{rng.getrandbits(16):04x}-{rng.getrandbits(48):012x}",
+             "sha256": f"{rng.getrandbits(256):064x}", "bytes": st.st_size},
+            {"name": name, "type": "file", "bytes": st.st_size},
+            {"ok": True, "result": name, "count": rng.randint(0, 500)},
             {"status": "done", "files": [os.path.basename(p) for p in paths[:3]]},
         ])
         out.append((path, json.dumps(obj)))
@@ -394,7 +445,7 @@ def main():
             continue
         taken[fam] = taken.get(fam, 0) + 1
         docs[split_of(path)].append((fam, doc))
-    log = git_log(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    log = git_log(REPO)
     for i in range(12 if log else 0):
         docs[split_of(f"gitlog{i}")].append(("gitlog", slice_doc(rng_for(f"gitlog{i}"), log)))
     for i in range(600):
