@@ -262,6 +262,36 @@ fn scan_exits_by_verdict_and_points_at_the_span() {
 }
 
 #[test]
+fn a_model_file_other_than_the_one_trained_on_is_refused() {
+    // The weights carry the tuned last layer of one particular model file;
+    // put beside another file, they would score nonsense without a word.
+    let real = mcpwarden::inspect::encoder::model_dir().expect("model (run ./setup.sh)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("encoder")).unwrap();
+    for file in ["libonnxruntime.so.1.31.1", "encoder/tokenizer.json"] {
+        std::os::unix::fs::symlink(real.join(file), dir.path().join(file)).unwrap();
+    }
+    let mut model = std::fs::read(real.join("encoder/model.onnx")).unwrap();
+    // The same graph with a doc string appended (field 6 of ModelProto, a
+    // string): ONNX Runtime would load it; only the digest tells.
+    model.extend_from_slice(&[0x32, 0x04]);
+    model.extend_from_slice(b"edit");
+    std::fs::write(dir.path().join("encoder/model.onnx"), &model).unwrap();
+    let out = mcpwarden()
+        .args(["scan", "-"])
+        .env("MCPWARDEN_MODEL_DIR", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("but PSI's weights were trained on 8199be6f"),
+        "{err}"
+    );
+}
+
+#[test]
 fn rust_inference_matches_the_training_script() {
     let inspector = mcpwarden::inspect::Inspector::load_default(2).expect("model (run ./setup.sh)");
     let fixture =

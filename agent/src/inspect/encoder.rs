@@ -130,24 +130,39 @@ impl std::fmt::Debug for Encoder {
 
 impl Encoder {
     /// Loads runtime, model and tokenizer from `dir`, with `threads` intra-op
-    /// threads.
+    /// threads. PSI's head was trained on the vectors of the model file
+    /// whose sha256 is `model_sha256`; another file (a different export, a
+    /// different quantisation) would load and score without a word, so it
+    /// is refused.
     ///
     /// # Errors
     /// An [`EncoderError`] naming the file that failed and why.
-    pub fn load(dir: &Path, threads: usize, dim: usize) -> Result<Self, EncoderError> {
+    pub fn load(
+        dir: &Path,
+        threads: usize,
+        dim: usize,
+        model_sha256: &str,
+    ) -> Result<Self, EncoderError> {
         let env = environment(&dir.join(LIBRARY))?;
         let model = dir.join(MODEL);
         let merr = |why: String| EncoderError::Model {
             path: model.clone(),
             why,
         };
+        let bytes = std::fs::read(&model).map_err(|e| merr(e.to_string()))?;
+        let hex = crate::store::sha256_hex(&bytes);
+        if hex != model_sha256 {
+            return Err(merr(format!(
+                "sha256 {hex}, but PSI's weights were trained on {model_sha256}; reinstall the model with ./setup.sh"
+            )));
+        }
         let session = Session::builder(env)
             .map_err(|e| merr(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| merr(e.to_string()))?
             .with_intra_threads(threads)
             .map_err(|e| merr(e.to_string()))?
-            .commit_from_file(&model)
+            .commit_from_memory(&bytes)
             .map_err(|e| merr(e.to_string()))?;
         let path = dir.join(TOKENIZER);
         let terr = |why: String| EncoderError::Tokenizer {

@@ -113,7 +113,12 @@ impl Inspector {
     /// unit tests).
     pub fn load(dir: &Path, threads: usize) -> Result<Self, EncoderError> {
         let weights = Weights::parse(weights::EMBEDDED).expect("embedded PSI weights are valid");
-        let encoder = Encoder::load(dir, threads, weights.header.encoder.dim)?;
+        let encoder = Encoder::load(
+            dir,
+            threads,
+            weights.header.encoder.dim,
+            &weights.header.encoder.model_sha256,
+        )?;
         let threshold = weights.header.threshold;
         Ok(Self {
             weights,
