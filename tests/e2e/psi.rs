@@ -247,18 +247,24 @@ fn scan_exits_by_verdict_and_points_at_the_span() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["findings"][0]["kind"], "tag-characters");
     // A missing model is a clear error, exit 2.
+    scan_fails_with_models_in(
+        std::path::Path::new("/nonexistent"),
+        "PSI model files not found (looked in /nonexistent)",
+    );
+}
+
+/// `mcpwarden scan` with its model files looked for in `dir` exits 2 and
+/// says `why` on stderr.
+fn scan_fails_with_models_in(dir: &std::path::Path, why: &str) {
     let out = mcpwarden()
         .args(["scan", "-"])
-        .env("MCPWARDEN_MODEL_DIR", "/nonexistent")
+        .env("MCPWARDEN_MODEL_DIR", dir)
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("PSI model files not found (looked in /nonexistent)"),
-        "{err}"
-    );
+    assert!(err.contains(why), "{err}");
 }
 
 #[test]
@@ -277,18 +283,7 @@ fn a_model_file_other_than_the_one_trained_on_is_refused() {
     model.extend_from_slice(&[0x32, 0x04]);
     model.extend_from_slice(b"edit");
     std::fs::write(dir.path().join("encoder/model.onnx"), &model).unwrap();
-    let out = mcpwarden()
-        .args(["scan", "-"])
-        .env("MCPWARDEN_MODEL_DIR", dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("but PSI's weights were trained on 8199be6f"),
-        "{err}"
-    );
+    scan_fails_with_models_in(dir.path(), "but PSI's weights were trained on 8199be6f");
 }
 
 #[test]
