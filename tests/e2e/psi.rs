@@ -269,8 +269,8 @@ fn scan_fails_with_models_in(dir: &std::path::Path, why: &str) {
 
 #[test]
 fn a_model_file_other_than_the_one_trained_on_is_refused() {
-    // The weights carry the tuned last layer of one particular model file;
-    // put beside another file, they would score nonsense without a word.
+    // The head was trained on the vectors of one particular model file;
+    // beside another file, it would score nonsense without a word.
     let real = mcpwarden::inspect::encoder::model_dir().expect("model (run ./setup.sh)");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("encoder")).unwrap();
