@@ -275,8 +275,9 @@ fn confined(policy: &Path, worker_bin: &Path, args: &[&str], traced: bool) -> Ve
     let mut lines = read_until_worker_done(stderr);
     if traced {
         // While the session's programs are still loaded: what the kernel
-        // counted for the open tracepoint (needs kernel.bpf_stats_enabled).
-        lines.extend(program_stats("mcpw_openat"));
+        // counted for the entry hook (needs kernel.bpf_stats_enabled). The
+        // handlers it tail-calls count as part of its runs.
+        lines.extend(program_stats("mcpw_sys_enter"));
     }
     end(child);
     lines
@@ -375,7 +376,8 @@ fn inside(policy: &Path, worker_bin: &Path) {
     );
     if !per_run.is_empty() {
         println!(
-            "  mcpw_openat, the kernel's own count: {:.1} ns per run (median of {} sessions)",
+            "  mcpw_sys_enter with its handlers, the kernel's own count: {:.1} ns per run, \
+             every syscall of the host (median of {} sessions)",
             median(per_run.clone()),
             per_run.len()
         );

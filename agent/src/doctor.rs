@@ -10,8 +10,10 @@ use std::{
 
 use aya::{
     Btf, Ebpf,
-    maps::RingBuf,
-    programs::{CgroupAttachMode, CgroupSockAddr, FEntry, Lsm, TracePoint},
+    maps::{MapData, ProgramArray, RingBuf},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, FEntry, Lsm, RawTracePoint, TracePoint,
+    },
 };
 use mcpwarden_sandbox::{Hierarchy, SessionCgroup};
 use serde::Serialize;
@@ -151,14 +153,15 @@ pub fn probe() -> Report {
     Report { checks }
 }
 
-const BPF_CHECKS: [(&str, bool); 7] = [
+const BPF_CHECKS: [(&str, bool); 8] = [
     ("tracepoints", true),
     ("ring buffer", true),
     ("bpf_send_signal", true),
-    ("task registers (BTF)", true),
+    ("raw syscall hooks", true),
     ("cgroup sock_addr", true),
     ("BPF-LSM", false),
     ("fentry", false),
+    ("BTF tracepoints", false),
 ];
 
 fn probe_bpf(cgroup: Option<&SessionCgroup>) -> Vec<Check> {
@@ -176,16 +179,18 @@ fn probe_bpf(cgroup: Option<&SessionCgroup>) -> Vec<Check> {
                 .collect();
         }
     };
-    let (tracepoints, ring) = probe_tracepoint_and_ring(&mut ebpf);
+    let (tracepoints, ring, mut ring_map) = probe_tracepoint_and_ring(&mut ebpf);
+    let raw = probe_raw_hooks(&mut ebpf, ring_map.as_mut());
     let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"));
     let results = [
         tracepoints,
         ring,
         probe_signal(&mut ebpf),
-        probe_task_regs(&mut ebpf),
+        raw,
         probe_sock_addr(&mut ebpf, cgroup),
         btf.clone().and_then(|btf| probe_lsm(&mut ebpf, &btf)),
-        btf.and_then(|btf| probe_fentry(&mut ebpf, &btf)),
+        btf.clone().and_then(|btf| probe_fentry(&mut ebpf, &btf)),
+        btf.and_then(|btf| probe_tp_btf(&mut ebpf, &btf)),
     ];
     BPF_CHECKS
         .into_iter()
@@ -202,51 +207,92 @@ where
     crate::kernel::program(ebpf, name).map_err(|e| e.to_string())
 }
 
+/// What one probe found: a detail when the feature works, why not else.
+type Probe = Result<String, String>;
+
 /// Tracepoint + ring buffer, end to end: attach to getppid, call it, and
-/// read our own pid back.
-fn probe_tracepoint_and_ring(ebpf: &mut Ebpf) -> (Result<String, String>, Result<String, String>) {
+/// read our own pid back. The ring is handed back for the next probe.
+fn probe_tracepoint_and_ring(ebpf: &mut Ebpf) -> (Probe, Probe, Option<RingBuf<MapData>>) {
     let attached = program::<TracePoint>(ebpf, "probe_ringbuf").and_then(|tp| {
         tp.load().map_err(|e| format!("load: {e}"))?;
         tp.attach("syscalls", "sys_enter_getppid")
             .map_err(|e| format!("attach: {e}"))
     });
     if let Err(e) = attached {
-        return (Err(e.clone()), Err(e));
+        return (Err(e.clone()), Err(e), None);
     }
-    let ring = (|| {
-        let map = ebpf.take_map("PROBE_RING").ok_or("no PROBE_RING")?;
-        let mut ring = RingBuf::try_from(map).map_err(|e| e.to_string())?;
-        let me = std::process::id();
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < deadline {
-            let _ = nix::unistd::getppid();
-            while let Some(item) = ring.next() {
-                if item.len() >= 4 && u32::from_ne_bytes([item[0], item[1], item[2], item[3]]) == me
-                {
-                    return Ok("event read back from the kernel".to_owned());
-                }
+    let ring = ebpf
+        .take_map("PROBE_RING")
+        .ok_or_else(|| "no PROBE_RING".to_owned())
+        .and_then(|map| RingBuf::try_from(map).map_err(|e| e.to_string()));
+    let mut ring = match ring {
+        Ok(ring) => ring,
+        Err(e) => return (Ok("attached".into()), Err(e), None),
+    };
+    let me = std::process::id().to_ne_bytes();
+    let read = read_back(&mut ring, |item| item.len() == 4 && item == me)
+        .then(|| "event read back from the kernel".to_owned())
+        .ok_or_else(|| "no event arrived within 1 s".to_owned());
+    (
+        Ok("attached to syscalls/sys_enter_getppid".into()),
+        read,
+        Some(ring),
+    )
+}
+
+/// Calls getppid until `ring` yields an item `wanted` accepts (true), for
+/// at most a second.
+fn read_back(ring: &mut RingBuf<MapData>, wanted: impl Fn(&[u8]) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let _ = nix::unistd::getppid();
+        while let Some(item) = ring.next() {
+            if wanted(&item) {
+                return true;
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        Err("no event arrived within 1 s".to_owned())
-    })();
-    (Ok("attached to syscalls/sys_enter_getppid".into()), ring)
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// The tracer's hooks, end to end: a raw `sys_enter` program that
+/// tail-calls a handler by syscall number (getppid's here), which writes
+/// `RAW_MARK << 32 | pid` to the ring.
+fn probe_raw_hooks(ebpf: &mut Ebpf, ring: Option<&mut RingBuf<MapData>>) -> Result<String, String> {
+    const RAW_MARK: u64 = 0x7261_7721;
+    let handler = program::<RawTracePoint>(ebpf, "probe_raw_call")?;
+    handler.load().map_err(|e| format!("load: {e}"))?;
+    let fd = handler
+        .fd()
+        .map_err(|e| e.to_string())?
+        .try_clone()
+        .map_err(|e| e.to_string())?;
+    let mut calls: ProgramArray<_> = ebpf
+        .map_mut("PROBE_CALLS")
+        .ok_or("no PROBE_CALLS")?
+        .try_into()
+        .map_err(|e: aya::maps::MapError| e.to_string())?;
+    calls
+        .set(libc::SYS_getppid as u32, &fd, 0)
+        .map_err(|e| format!("program array: {e}"))?;
+    let hook = program::<RawTracePoint>(ebpf, "probe_raw_hook")?;
+    hook.load().map_err(|e| format!("load: {e}"))?;
+    hook.attach("sys_enter")
+        .map_err(|e| format!("attach to raw sys_enter: {e}"))?;
+    let ring = ring.ok_or("not checked: the ring buffer is not working")?;
+    let want = ((RAW_MARK << 32) | u64::from(std::process::id())).to_ne_bytes();
+    if read_back(ring, |item| item == want) {
+        Ok("raw sys_enter reached its handler by tail call".into())
+    } else {
+        Err("attached, but no event arrived through the tail call within 1 s".into())
+    }
 }
 
 fn probe_signal(ebpf: &mut Ebpf) -> Result<String, String> {
     let tp = program::<TracePoint>(ebpf, "probe_signal")?;
     tp.load().map_err(|e| format!("load: {e}"))?;
     Ok("accepted by the verifier in tracepoints".into())
-}
-
-/// The privilege programs read a call's arguments from the task's saved
-/// registers at syscall exit (`bpf_get_current_task_btf`,
-/// `bpf_task_pt_regs`): without kernel BTF the tracer does not load.
-fn probe_task_regs(ebpf: &mut Ebpf) -> Result<String, String> {
-    let tp = program::<TracePoint>(ebpf, "probe_task_regs")?;
-    tp.load()
-        .map_err(|e| format!("load: {e} (is /sys/kernel/btf/vmlinux there?)"))?;
-    Ok("a call's arguments readable at syscall exit".into())
 }
 
 fn probe_sock_addr(ebpf: &mut Ebpf, cgroup: Option<&SessionCgroup>) -> Result<String, String> {
@@ -282,6 +328,16 @@ fn probe_fentry(ebpf: &mut Ebpf, btf: &Btf) -> Result<String, String> {
     let link = prog.attach().map_err(|e| format!("attach: {e}"))?;
     prog.detach(link).map_err(|e| format!("detach: {e}"))?;
     Ok("attached to do_unlinkat".into())
+}
+
+/// BTF-typed raw tracepoints (`tp_btf`): typed syscall hooks, optional.
+fn probe_tp_btf(ebpf: &mut Ebpf, btf: &Btf) -> Result<String, String> {
+    let prog = program::<BtfTracePoint>(ebpf, "probe_tp_btf")?;
+    prog.load("sys_exit", btf)
+        .map_err(|e| format!("load: {e}"))?;
+    let link = prog.attach().map_err(|e| format!("attach: {e}"))?;
+    prog.detach(link).map_err(|e| format!("detach: {e}"))?;
+    Ok("attached to sys_exit".into())
 }
 
 /// Whether seccomp filters that kill the process are available.

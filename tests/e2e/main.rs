@@ -49,7 +49,7 @@ fn doctor_probes_the_kernel_and_exits_by_what_is_missing() {
         "tracepoints",
         "ring buffer",
         "bpf_send_signal",
-        "task registers (BTF)",
+        "raw syscall hooks",
         "cgroup sock_addr",
         "BPF-LSM",
         "fentry",

@@ -421,9 +421,8 @@ pub fn assert_nothing_left_behind(cgroup: Option<&Path>) {
             cg.display()
         );
     }
-    let ours: Vec<&str> = mcpwarden_common::TRACEPOINTS
-        .iter()
-        .map(|(name, _, _)| *name)
+    let ours: Vec<&str> = mcpwarden::kernel::calls::program_names()
+        .into_iter()
         .chain(
             mcpwarden_common::SOCK_PROGRAMS
                 .iter()
@@ -433,7 +432,8 @@ pub fn assert_nothing_left_behind(cgroup: Option<&Path>) {
     let probes = [
         "probe_ringbuf",
         "probe_signal",
-        "probe_task_regs",
+        "probe_raw_hook",
+        "probe_raw_call",
         "probe_connect4",
         "probe_lsm",
         "probe_fentry",

@@ -6,6 +6,9 @@
 //!   trace events, what the tracer uses;
 //! - raw `sys_enter` (+ `sys_exit`): one hook for every syscall of every
 //!   task, dispatching on the syscall's number;
+//! - raw `sys_enter` (+ `sys_exit`) as the tracer dispatches since stop
+//!   20: the call's number, the cgroup check, and for a task in a session
+//!   a tail call to the call's handler;
 //! - raw `sys_enter` with an empty program: the slow syscall path alone,
 //!   which any syscall hook switches on for every task.
 //!
@@ -13,12 +16,16 @@
 //! reported against nothing attached.
 use aya::{
     Ebpf,
+    maps::ProgramArray,
     programs::{RawTracePoint, TracePoint},
 };
 
 use crate::{LOOPS, here, median};
 
-const VARIANTS: [(&str, &[(&str, &str)]); 6] = [
+/// openat's number on x86-64: the one slot of `HOOK_CALLS` filled.
+const NR_OPENAT: u32 = 257;
+
+const VARIANTS: [(&str, &[(&str, &str)]); 7] = [
     ("nothing attached", &[]),
     (
         "tracepoint sys_enter_openat",
@@ -46,11 +53,33 @@ const VARIANTS: [(&str, &[(&str, &str)]); 6] = [
             ("hook_raw_exit", "sys_exit"),
         ],
     ),
+    (
+        "raw sys_enter + sys_exit, the tracer's dispatch",
+        &[
+            ("hook_tail_enter", "sys_enter"),
+            ("hook_tail_exit", "sys_exit"),
+        ],
+    ),
 ];
 
 /// Loads the probes object and attaches `hooks` (program, hook point).
 fn attach(hooks: &[(&str, &str)]) -> Ebpf {
     let mut ebpf = Ebpf::load(mcpwarden::kernel::PROBES_OBJECT).expect("load the probes object");
+    if hooks.iter().any(|(name, _)| name.starts_with("hook_tail_")) {
+        let check: &mut RawTracePoint = ebpf
+            .program_mut("hook_tail_check")
+            .expect("program")
+            .try_into()
+            .expect("raw tracepoint");
+        check.load().expect("load");
+        let fd = check.fd().expect("fd").try_clone().expect("fd");
+        let mut calls: ProgramArray<_> = ebpf
+            .map_mut("HOOK_CALLS")
+            .expect("map")
+            .try_into()
+            .expect("program array");
+        calls.set(NR_OPENAT, &fd, 0).expect("set");
+    }
     for (i, (name, point)) in hooks.iter().enumerate() {
         // The same program on two tracepoints: load once, attach twice.
         let first = hooks[..i].iter().all(|(n, _)| n != name);

@@ -5,11 +5,14 @@
 //! other processes what one does. It is loaded with the first session and
 //! dropped with the last. Dropping it detaches and unloads every program
 //! and frees every map: nothing stays in the kernel (nothing is pinned).
-//! Each tracepoint detach waits for the kernel's grace periods (syscall
-//! tracepoints are faultable since 6.14), partly under a kernel-wide lock:
-//! about 37 ms each here, for ~75 attachments. Detaching from many threads
-//! at once overlaps what is not under the lock: a `/bin/true` session's
-//! `mcpwarden run` went from 5.5 s to 3.2 s.
+//!
+//! The tracer attaches four programs: raw `sys_enter` and `sys_exit`, which
+//! tail-call a handler per traced call ([`calls`]), and two sched
+//! tracepoints. It used to attach one trace event per call, ~75 of them:
+//! each detach waits for the kernel's grace periods (syscall tracepoints
+//! are faultable since 6.14), partly under a kernel-wide lock, about 37 ms
+//! each here, so ending the last session took seconds.
+pub mod calls;
 pub mod event;
 pub mod shared;
 
@@ -20,20 +23,21 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::{
-        HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+        HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+        lpm_trie::Key,
     },
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint,
-        cgroup_sock_addr::CgroupSockAddrLinkId,
-        trace_point::{TracePointLink, TracePointLinkId},
+        CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramFd, RawTracePoint, TracePoint,
+        cgroup_sock_addr::CgroupSockAddrLinkId, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
     },
 };
 use mcpwarden_common::{
     DENY_PATH_LEN, DROPPED_FULL, DenyKey, DenyRule, DnsPeer, NET_PORTS, NetKey4, NetKey6, NetRule,
-    RateState, SESSION_ENFORCE, SESSION_NET_POLICY, SOCK_PROGRAMS, SessionConfig, TRACEPOINTS,
-    maps,
+    RateState, SESSION_ENFORCE, SESSION_NET_POLICY, SOCK_PROGRAMS, SYSCALL_HOOKS, SessionConfig,
+    TRACEPOINTS, maps,
 };
 
 use crate::policy::network::NetAllow;
@@ -210,12 +214,6 @@ const TRACEFS_EVENTS: [&str; 2] = [
     "/sys/kernel/debug/tracing/events",
 ];
 
-fn tracepoint_exists(category: &str, name: &str) -> bool {
-    TRACEFS_EVENTS
-        .iter()
-        .any(|root| Path::new(root).join(category).join(name).exists())
-}
-
 /// Makes sure tracefs is mounted: aya finds tracepoint ids there.
 pub fn ensure_tracefs() -> Result<(), KernelError> {
     if TRACEFS_EVENTS
@@ -260,8 +258,11 @@ pub(crate) type NetLinks = Vec<(&'static str, CgroupSockAddrLinkId)>;
 pub(crate) struct Tracer {
     ebpf: Ebpf,
     ring: RingBuf<MapData>,
-    /// Every tracepoint attachment, to detach them in parallel on drop.
+    /// The sched tracepoints' attachments, to detach them in parallel on
+    /// drop.
     links: Vec<(&'static str, TracePointLinkId)>,
+    /// The raw syscall hooks' attachments, likewise.
+    hooks: Vec<(&'static str, RawTracePointLinkId)>,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -273,44 +274,49 @@ impl std::fmt::Debug for Tracer {
 }
 
 impl Tracer {
-    /// Loads the tracer and attaches its tracepoints. Until a session is
-    /// added, every program returns after one map lookup.
+    /// Loads the tracer, fills its call tables and attaches its hooks.
+    /// Until a session is added, every handler returns after one map
+    /// lookup.
     pub(crate) fn load() -> Result<Self, KernelError> {
         ensure_tracefs()?;
-        let mut ebpf = Ebpf::load(TRACER_OBJECT)?;
+        let (enter, exit) = (calls::traced(calls::enter()), calls::traced(calls::exit()));
+        let mut ebpf = EbpfLoader::new()
+            .override_global(mcpwarden_common::ENTER_TRACED, &enter, true)
+            .override_global(mcpwarden_common::EXIT_TRACED, &exit, true)
+            .load(TRACER_OBJECT)?;
+        fill_calls(&mut ebpf, maps::ENTER_CALLS, calls::enter())?;
+        fill_calls(&mut ebpf, maps::EXIT_CALLS, calls::exit())?;
         let mut links = Vec::with_capacity(TRACEPOINTS.len());
         for &(name, category, tracepoint) in TRACEPOINTS {
-            // Legacy syscalls (open, unlink, rename...) exist on x86-64 but
-            // not on arm64: where the kernel has no such tracepoint there is
-            // no such call to watch. Any other failure is fatal.
-            if !tracepoint_exists(category, tracepoint) {
-                tracing::debug!("no tracepoint {category}/{tracepoint} on this kernel; skipped");
-                continue;
-            }
             let program: &mut TracePoint = program(&mut ebpf, name)?;
-            // One program may serve several tracepoints (a family of calls).
-            if program.fd().is_err() {
-                program.load().map_err(|source| KernelError::Program {
-                    name,
-                    what: "load".into(),
-                    source,
-                })?;
-            }
-            let link =
-                program
-                    .attach(category, tracepoint)
-                    .map_err(|source| KernelError::Program {
-                        name,
-                        what: format!("attach to {category}/{tracepoint}"),
-                        source,
-                    })?;
+            program.load().map_err(program_err(name, "load"))?;
+            let link = program.attach(category, tracepoint).map_err(program_err(
+                name,
+                &format!("attach to {category}/{tracepoint}"),
+            ))?;
             links.push((name, link));
+        }
+        // The hooks go last: with the tables full, the first call they see
+        // is traced.
+        let mut hooks = Vec::with_capacity(SYSCALL_HOOKS.len());
+        for &(name, tracepoint) in SYSCALL_HOOKS {
+            let program: &mut RawTracePoint = program(&mut ebpf, name)?;
+            program.load().map_err(program_err(name, "load"))?;
+            let link = program
+                .attach(tracepoint)
+                .map_err(program_err(name, &format!("attach to raw {tracepoint}")))?;
+            hooks.push((name, link));
         }
         let ring = ebpf
             .take_map(maps::EVENTS)
             .ok_or(KernelError::MissingMap(maps::EVENTS))?;
         let ring = RingBuf::try_from(ring).map_err(map_err(maps::EVENTS))?;
-        Ok(Self { ebpf, ring, links })
+        Ok(Self {
+            ebpf,
+            ring,
+            links,
+            hooks,
+        })
     }
 
     /// Starts tracing the cgroup `cgroup_id` as the session `rules`
@@ -529,32 +535,73 @@ impl Tracer {
 
 impl Drop for Tracer {
     fn drop(&mut self) {
-        /// Detaching threads: 16 gave 3.5 s, 32 gave 3.2 s, 96 gave 3.1 s.
-        const THREADS: usize = 32;
-        let mut owned: Vec<TracePointLink> = Vec::with_capacity(self.links.len());
-        for (name, id) in self.links.drain(..) {
-            let Ok(program) = program::<TracePoint>(&mut self.ebpf, name) else {
-                continue;
-            };
-            match program.take_link(id) {
-                Ok(link) => owned.push(link),
-                Err(e) => tracing::warn!("cannot take the link of {name} to detach it: {e}"),
+        // Each detach waits for grace periods; one thread per link lets
+        // them overlap.
+        let mut owned: Vec<Box<dyn Send>> = Vec::with_capacity(4);
+        for (name, id) in self.hooks.drain(..) {
+            match program::<RawTracePoint>(&mut self.ebpf, name).map(|p| p.take_link(id)) {
+                Ok(Ok(link)) => owned.push(Box::new(link)),
+                Ok(Err(e)) => tracing::warn!("cannot take the link of {name} to detach it: {e}"),
+                Err(e) => tracing::warn!("cannot detach {name}: {e}"),
             }
         }
-        let per_thread = owned.len().div_ceil(THREADS).max(1);
+        for (name, id) in self.links.drain(..) {
+            match program::<TracePoint>(&mut self.ebpf, name).map(|p| p.take_link(id)) {
+                Ok(Ok(link)) => owned.push(Box::new(link)),
+                Ok(Err(e)) => tracing::warn!("cannot take the link of {name} to detach it: {e}"),
+                Err(e) => tracing::warn!("cannot detach {name}: {e}"),
+            }
+        }
         std::thread::scope(|scope| {
-            while !owned.is_empty() {
-                let chunk: Vec<TracePointLink> =
-                    owned.drain(..per_thread.min(owned.len())).collect();
+            for link in owned {
                 // Dropping a link detaches it; a thread that cannot start
-                // drops its chunk here instead.
-                if let Err(e) = std::thread::Builder::new().spawn_scoped(scope, move || drop(chunk))
+                // drops its link here instead.
+                if let Err(e) = std::thread::Builder::new().spawn_scoped(scope, move || drop(link))
                 {
-                    tracing::warn!("detaching kernel programs on one thread: {e}");
+                    tracing::warn!("detaching a kernel program on this thread: {e}");
                 }
             }
         });
         // The programs themselves and the maps go with `ebpf`.
+    }
+}
+
+/// Loads each handler of `calls` (once; a handler may serve several calls)
+/// and puts it in the table `map` at its call's number.
+fn fill_calls(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    calls: impl Iterator<Item = (&'static str, libc::c_long)>,
+) -> Result<(), KernelError> {
+    let mut entries: Vec<(u32, ProgramFd)> = Vec::new();
+    for (name, nr) in calls {
+        let program: &mut RawTracePoint = program(ebpf, name)?;
+        if program.fd().is_err() {
+            program.load().map_err(program_err(name, "load"))?;
+        }
+        let fd = program
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            .map_err(program_err(name, "descriptor"))?;
+        // In 0..CALL_SLOTS (unit test in `calls`).
+        entries.push((nr as u32, fd));
+    }
+    let mut table: ProgramArray<_> = map_mut(ebpf, map)?;
+    for (slot, fd) in &entries {
+        table.set(*slot, fd, 0).map_err(map_err(map))?;
+    }
+    Ok(())
+}
+
+/// A [`KernelError::Program`] maker for `map_err`.
+fn program_err<'a>(
+    name: &'static str,
+    what: &'a str,
+) -> impl FnOnce(ProgramError) -> KernelError + 'a {
+    move |source| KernelError::Program {
+        name,
+        what: what.to_owned(),
+        source,
     }
 }
 

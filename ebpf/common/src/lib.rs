@@ -45,6 +45,10 @@ pub mod maps {
     /// processes connected to port 53, so a send without an address on one
     /// (how glibc's resolver sends its queries) shows its question.
     pub const DNS_PEERS: &str = "DNS_PEERS";
+    /// `ProgramArray`: the handler of each call traced at entry, by number.
+    pub const ENTER_CALLS: &str = "ENTER_CALLS";
+    /// `ProgramArray`: the handler of each call traced at exit, by number.
+    pub const EXIT_CALLS: &str = "EXIT_CALLS";
 }
 
 /// The host-wide exec watcher (`mcpwarden-watch`): its program, attached to
@@ -119,94 +123,35 @@ pub struct NetRule {
     pub ports: [u16; NET_PORTS],
 }
 
-/// Names of the programs in the kernel object, with the tracepoint each one
-/// attaches to. Kernel program names are cut at 15 bytes; these fit.
+/// Programs attached to tracepoints that are not syscall hooks (their cost
+/// falls on the event itself, not on every syscall): (program, category,
+/// tracepoint).
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("mcpw_exec", "sched", "sched_process_exec"),
-    ("mcpw_execve", "syscalls", "sys_enter_execve"),
-    ("mcpw_execveat", "syscalls", "sys_enter_execveat"),
     ("mcpw_fork", "sched", "sched_process_fork"),
-    ("mcpw_exit", "syscalls", "sys_enter_exit_group"),
-    ("mcpw_openat", "syscalls", "sys_enter_openat"),
-    ("mcpw_openat2", "syscalls", "sys_enter_openat2"),
-    ("mcpw_open", "syscalls", "sys_enter_open"),
-    ("mcpw_connect", "syscalls", "sys_enter_connect"),
-    ("mcpw_listen", "syscalls", "sys_enter_listen"),
-    ("mcpw_accept", "syscalls", "sys_exit_accept"),
-    ("mcpw_accept", "syscalls", "sys_exit_accept4"),
-    ("mcpw_sendto", "syscalls", "sys_enter_sendto"),
-    ("mcpw_sendmsg", "syscalls", "sys_enter_sendmsg"),
-    ("mcpw_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
-    ("mcpw_unlinkat", "syscalls", "sys_enter_unlinkat"),
-    ("mcpw_unlink", "syscalls", "sys_enter_unlink"),
-    ("mcpw_rmdir", "syscalls", "sys_enter_rmdir"),
-    ("mcpw_rename", "syscalls", "sys_enter_rename"),
-    ("mcpw_renameat", "syscalls", "sys_enter_renameat"),
-    ("mcpw_renameat2", "syscalls", "sys_enter_renameat2"),
-    ("mcpw_mkdir", "syscalls", "sys_enter_mkdir"),
-    ("mcpw_mkdirat", "syscalls", "sys_enter_mkdirat"),
-    ("mcpw_chmod", "syscalls", "sys_enter_chmod"),
-    ("mcpw_fchmodat", "syscalls", "sys_enter_fchmodat"),
-    ("mcpw_fchmodat2", "syscalls", "sys_enter_fchmodat2"),
-    ("mcpw_chown", "syscalls", "sys_enter_chown"),
-    ("mcpw_fchownat", "syscalls", "sys_enter_fchownat"),
-    ("mcpw_truncate", "syscalls", "sys_enter_truncate"),
-    ("mcpw_symlink", "syscalls", "sys_enter_symlink"),
-    ("mcpw_symlinkat", "syscalls", "sys_enter_symlinkat"),
-    ("mcpw_link", "syscalls", "sys_enter_link"),
-    ("mcpw_linkat", "syscalls", "sys_enter_linkat"),
-    // Calls the sandbox's seccomp filter refuses never reach a `sys_enter`
-    // tracepoint (seccomp runs first), but they do reach `sys_exit`: these
-    // are watched there, with the error they got. One program serves a
-    // family of calls; it reads which call from the record.
-    ("mcpw_ptrace", "syscalls", "sys_exit_ptrace"),
-    ("mcpw_ptrace", "syscalls", "sys_exit_process_vm_readv"),
-    ("mcpw_ptrace", "syscalls", "sys_exit_process_vm_writev"),
-    ("mcpw_privilege", "syscalls", "sys_exit_setuid"),
-    ("mcpw_privilege", "syscalls", "sys_exit_setgid"),
-    ("mcpw_privilege", "syscalls", "sys_exit_setreuid"),
-    ("mcpw_privilege", "syscalls", "sys_exit_setregid"),
-    ("mcpw_privilege", "syscalls", "sys_exit_setresuid"),
-    ("mcpw_privilege", "syscalls", "sys_exit_setresgid"),
-    ("mcpw_privilege", "syscalls", "sys_exit_setfsuid"),
-    ("mcpw_privilege", "syscalls", "sys_exit_setfsgid"),
-    ("mcpw_privilege", "syscalls", "sys_exit_setgroups"),
-    ("mcpw_privilege", "syscalls", "sys_exit_capset"),
-    ("mcpw_module", "syscalls", "sys_exit_init_module"),
-    ("mcpw_module", "syscalls", "sys_exit_finit_module"),
-    ("mcpw_module", "syscalls", "sys_exit_delete_module"),
-    ("mcpw_bpf", "syscalls", "sys_exit_bpf"),
-    ("mcpw_memfd", "syscalls", "sys_exit_memfd_create"),
-    ("mcpw_mprotect", "syscalls", "sys_enter_mprotect"),
-    ("mcpw_mmap", "syscalls", "sys_enter_mmap"),
-    // Failed file, exec and connect calls, with their error. Successful
-    // ones leave after one read of the result. The program's suffix is the
-    // argument that holds the path.
-    ("mcpw_fail_a0", "syscalls", "sys_exit_open"),
-    ("mcpw_fail_a0", "syscalls", "sys_exit_unlink"),
-    ("mcpw_fail_a0", "syscalls", "sys_exit_rmdir"),
-    ("mcpw_fail_a0", "syscalls", "sys_exit_rename"),
-    ("mcpw_fail_a0", "syscalls", "sys_exit_mkdir"),
-    ("mcpw_fail_a0", "syscalls", "sys_exit_chmod"),
-    ("mcpw_fail_a0", "syscalls", "sys_exit_chown"),
-    ("mcpw_fail_a0", "syscalls", "sys_exit_truncate"),
-    ("mcpw_fail_a0", "syscalls", "sys_exit_link"),
-    ("mcpw_fail_a0", "syscalls", "sys_exit_execve"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_openat"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_openat2"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_unlinkat"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_renameat"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_renameat2"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_mkdirat"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_fchmodat"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_fchmodat2"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_fchownat"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_symlink"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_linkat"),
-    ("mcpw_fail_a1", "syscalls", "sys_exit_execveat"),
-    ("mcpw_fail_a2", "syscalls", "sys_exit_symlinkat"),
-    ("mcpw_fail_np", "syscalls", "sys_exit_connect"),
 ];
+
+/// The two syscall hooks, on raw `sys_enter` and `sys_exit`: (program, raw
+/// tracepoint). Each tail-calls the handler of the call's number in
+/// [`maps::ENTER_CALLS`] or [`maps::EXIT_CALLS`]; the agent names the
+/// handlers and their calls.
+pub const SYSCALL_HOOKS: &[(&str, &str)] = &[
+    ("mcpw_sys_enter", "sys_enter"),
+    ("mcpw_sys_exit", "sys_exit"),
+];
+
+/// Slots of the handler tables: past every syscall number (x86-64's reach
+/// about 470).
+pub const CALL_SLOTS: u32 = 512;
+/// Words of the bitmaps of traced calls (`ENTER_TRACED`, `EXIT_TRACED`):
+/// one bit per slot.
+pub const CALL_WORDS: usize = CALL_SLOTS as usize / 64;
+
+/// The bitmap globals the agent sets at load: which calls have a handler at
+/// entry, and at exit.
+pub const ENTER_TRACED: &str = "ENTER_TRACED";
+/// See [`ENTER_TRACED`].
+pub const EXIT_TRACED: &str = "EXIT_TRACED";
 
 /// What happened, as [`Event::kind`].
 pub mod kind {

@@ -1,8 +1,9 @@
 //! The session tracer.
 //!
-//! Tracepoints on exec, open and connect. Each program first looks up the
-//! current task's cgroup id in `SESSIONS`: tasks outside a managed cgroup
-//! leave after one hash lookup. For managed tasks the program fills an
+//! Two raw syscall hooks hand each traced call to its handler ([`call`]);
+//! two sched tracepoints see execs and forks. Each handler first looks up
+//! the current task's cgroup id in `SESSIONS`: tasks outside a managed
+//! cgroup leave after one hash lookup. For managed tasks the handler fills an
 //! [`Event`] in per-CPU scratch memory, checks opened and executed paths
 //! against the session's denied prefixes (`DENY`, an LPM trie keyed by
 //! session id + path), sends SIGKILL to the task in enforce mode, and copies
@@ -32,9 +33,9 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
         generated::bpf_send_signal,
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use mcpwarden_common::{
     ARGV_SLOT, ARGV_SLOTS, DENY_PATH_LEN, DROPPED_FULL, DenyKey, DenyRule, EXEC_FROM_MEMFD, Event,
@@ -110,6 +111,8 @@ pub(crate) const AF_UNIX: u16 = 1;
 pub(crate) const AF_INET: u16 = 2;
 pub(crate) const AF_INET6: u16 = 10;
 
+mod call;
+use call::Call;
 mod failed;
 mod netpolicy;
 mod privilege;
@@ -277,58 +280,49 @@ pub(crate) fn submit(session: &SessionConfig, event: &Event) {
     }
 }
 
+/// An open: the directory descriptor (argument `dfd`, if the call has
+/// one), the path (argument `name`) and the flags (argument `flags`).
 #[inline(always)]
-fn on_open(
-    ctx: &TracePointContext,
-    fd_offset: Option<usize>,
-    name_offset: usize,
-    flags_offset: Option<usize>,
-) {
+fn on_open(ctx: &RawTracePointContext, dfd: Option<usize>, name: usize, flags: Option<usize>) {
     let Some((session, event)) = begin(kind::OPEN) else {
         return;
     };
-    // SAFETY: the offsets come from the tracepoint's format file.
-    let Ok(filename) = (unsafe { ctx.read_at::<*const u8>(name_offset) }) else {
-        return;
-    };
-    event.fd = match fd_offset {
-        // SAFETY: as above; `int` in an 8-byte slot.
-        Some(off) => unsafe { ctx.read_at::<i64>(off) }.unwrap_or(0) as i32,
-        None => -100, // AT_FDCWD: open(2) resolves relative to the cwd.
-    };
-    if let Some(off) = flags_offset {
-        // SAFETY: as above.
-        event.flags = unsafe { ctx.read_at::<i64>(off) }.unwrap_or(0) as u32;
+    let call = Call::of(ctx, false);
+    event.fd = dfd.map_or(AT_FDCWD, |i| call.int(i));
+    if let Some(i) = flags {
+        event.flags = call.arg(i) as u32;
     }
     // SAFETY: user pointer read through the fault-tolerant helper.
-    if unsafe { bpf_probe_read_user_str_bytes(filename, &mut event.path) }.is_err() {
+    if unsafe { bpf_probe_read_user_str_bytes(call.ptr(name), &mut event.path) }.is_err() {
         event.path[0] = 0;
     }
     check_deny(&session, event);
     submit(&session, event);
 }
 
-#[tracepoint]
-pub fn mcpw_openat(ctx: TracePointContext) -> u32 {
-    on_open(&ctx, Some(16), 24, Some(32));
+#[raw_tracepoint]
+pub fn mcpw_openat(ctx: RawTracePointContext) -> i32 {
+    on_open(&ctx, Some(0), 1, Some(2));
     0
 }
 
-#[tracepoint]
-pub fn mcpw_openat2(ctx: TracePointContext) -> u32 {
-    on_open(&ctx, Some(16), 24, None);
+/// `openat2`: its flags are inside `struct open_how`, not reported.
+#[raw_tracepoint]
+pub fn mcpw_openat2(ctx: RawTracePointContext) -> i32 {
+    on_open(&ctx, Some(0), 1, None);
     0
 }
 
-#[tracepoint]
-pub fn mcpw_open(ctx: TracePointContext) -> u32 {
-    on_open(&ctx, None, 16, Some(24));
+#[raw_tracepoint]
+pub fn mcpw_open(ctx: RawTracePointContext) -> i32 {
+    on_open(&ctx, None, 0, Some(1));
     0
 }
 
-/// Keeps the head of an exec's argv for [`mcpw_exec`], managed tasks only.
+/// Keeps the head of an exec's argv (argument `argv`) for [`mcpw_exec`],
+/// managed tasks only.
 #[inline(always)]
-fn on_execve(ctx: &TracePointContext, argv_offset: usize) {
+fn on_execve(ctx: &RawTracePointContext, argv: usize) {
     // SAFETY: helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: only the presence of the key is used.
@@ -343,10 +337,7 @@ fn on_execve(ctx: &TracePointContext, argv_offset: usize) {
     for slot in buf.iter_mut() {
         slot[0] = 0;
     }
-    // SAFETY: offset from the tracepoint's format file.
-    let Ok(argv) = (unsafe { ctx.read_at::<*const *const u8>(argv_offset) }) else {
-        return;
-    };
+    let argv: *const *const u8 = Call::of(ctx, false).ptr(argv);
     for (i, slot) in buf.iter_mut().enumerate() {
         // SAFETY: user pointers read through fault-tolerant helpers.
         let Ok(arg) = (unsafe { bpf_probe_read_user(argv.add(i)) }) else {
@@ -364,15 +355,15 @@ fn on_execve(ctx: &TracePointContext, argv_offset: usize) {
     let _ = ARGV.insert(tid, *buf, 0);
 }
 
-#[tracepoint]
-pub fn mcpw_execve(ctx: TracePointContext) -> u32 {
-    on_execve(&ctx, 24);
+#[raw_tracepoint]
+pub fn mcpw_execve(ctx: RawTracePointContext) -> i32 {
+    on_execve(&ctx, 1);
     0
 }
 
-#[tracepoint]
-pub fn mcpw_execveat(ctx: TracePointContext) -> u32 {
-    on_execve(&ctx, 32);
+#[raw_tracepoint]
+pub fn mcpw_execveat(ctx: RawTracePointContext) -> i32 {
+    on_execve(&ctx, 2);
     0
 }
 
@@ -422,7 +413,7 @@ pub fn mcpw_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Where a path operation's arguments sit in its tracepoint record.
+/// Which of a path operation's arguments (from 0) are what.
 #[derive(Clone, Copy)]
 struct PathOp {
     kind: u32,
@@ -435,46 +426,28 @@ struct PathOp {
     fixed_arg: i64,
 }
 
-#[inline(always)]
-fn read_fd(ctx: &TracePointContext, offset: Option<usize>) -> i32 {
-    match offset {
-        // SAFETY: offsets from the tracepoint's format file; `int` in an
-        // 8-byte slot.
-        Some(off) => unsafe { ctx.read_at::<i64>(off) }.map_or(AT_FDCWD, |v| v as i32),
-        None => AT_FDCWD,
-    }
-}
-
 /// Unlink, rename, mkdir, chmod, chown, truncate, symlink, link: the path
 /// and, where the call has one, the second path (both checked against the
 /// session's denied prefixes, like an open), and the call's argument.
 #[inline(always)]
-fn on_path_op(ctx: &TracePointContext, op: PathOp) {
+fn on_path_op(ctx: &RawTracePointContext, op: PathOp) {
     let Some((session, event)) = begin(op.kind) else {
         return;
     };
-    event.fd = read_fd(ctx, op.dfd);
-    event.fd2 = read_fd(ctx, op.dfd2);
-    // SAFETY: offsets from the tracepoint's format file.
-    if let Ok(p) = unsafe { ctx.read_at::<*const u8>(op.path) }
-        // SAFETY: user pointer read through the fault-tolerant helper.
-        && unsafe { bpf_probe_read_user_str_bytes(p, &mut event.path) }.is_err()
-    {
+    let call = Call::of(ctx, false);
+    event.fd = op.dfd.map_or(AT_FDCWD, |i| call.int(i));
+    event.fd2 = op.dfd2.map_or(AT_FDCWD, |i| call.int(i));
+    // SAFETY: user pointer read through the fault-tolerant helper.
+    if unsafe { bpf_probe_read_user_str_bytes(call.ptr(op.path), &mut event.path) }.is_err() {
         event.path[0] = 0;
     }
-    if let Some(off) = op.path2
+    if let Some(i) = op.path2
         // SAFETY: as above.
-        && let Ok(p) = unsafe { ctx.read_at::<*const u8>(off) }
-        // SAFETY: as above.
-        && unsafe { bpf_probe_read_user_str_bytes(p, &mut event.path2) }.is_err()
+        && unsafe { bpf_probe_read_user_str_bytes(call.ptr(i), &mut event.path2) }.is_err()
     {
         event.path2[0] = 0;
     }
-    event.arg = match op.arg {
-        // SAFETY: as above.
-        Some(off) => unsafe { ctx.read_at::<i64>(off) }.unwrap_or(0),
-        None => op.fixed_arg,
-    };
+    event.arg = op.arg.map_or(op.fixed_arg, |i| call.arg(i) as i64);
     // A rename or link into a denied directory is as denied as one out of
     // it: the second path (the destination) is checked too.
     let rule = match deny_rule(&session, &event.path) {
@@ -502,8 +475,8 @@ const fn op(kind: u32, path: usize) -> PathOp {
 
 macro_rules! path_op {
     ($name:ident, $op:expr) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
+        #[raw_tracepoint]
+        pub fn $name(ctx: RawTracePointContext) -> i32 {
             on_path_op(&ctx, $op);
             0
         }
@@ -513,134 +486,134 @@ macro_rules! path_op {
 path_op!(
     mcpw_unlinkat,
     PathOp {
-        dfd: Some(16),
-        arg: Some(32),
-        ..op(kind::UNLINK, 24)
+        dfd: Some(0),
+        arg: Some(2),
+        ..op(kind::UNLINK, 1)
     }
 );
-path_op!(mcpw_unlink, op(kind::UNLINK, 16));
+path_op!(mcpw_unlink, op(kind::UNLINK, 0));
 path_op!(
     mcpw_rmdir,
     PathOp {
         fixed_arg: AT_REMOVEDIR,
-        ..op(kind::UNLINK, 16)
+        ..op(kind::UNLINK, 0)
     }
 );
 path_op!(
     mcpw_rename,
     PathOp {
-        path2: Some(24),
-        ..op(kind::RENAME, 16)
+        path2: Some(1),
+        ..op(kind::RENAME, 0)
     }
 );
 path_op!(
     mcpw_renameat,
     PathOp {
-        dfd: Some(16),
-        dfd2: Some(32),
-        path2: Some(40),
-        ..op(kind::RENAME, 24)
+        dfd: Some(0),
+        dfd2: Some(2),
+        path2: Some(3),
+        ..op(kind::RENAME, 1)
     }
 );
 path_op!(
     mcpw_renameat2,
     PathOp {
-        dfd: Some(16),
-        dfd2: Some(32),
-        path2: Some(40),
-        ..op(kind::RENAME, 24)
+        dfd: Some(0),
+        dfd2: Some(2),
+        path2: Some(3),
+        ..op(kind::RENAME, 1)
     }
 );
 path_op!(
     mcpw_mkdir,
     PathOp {
-        arg: Some(24),
-        ..op(kind::MKDIR, 16)
+        arg: Some(1),
+        ..op(kind::MKDIR, 0)
     }
 );
 path_op!(
     mcpw_mkdirat,
     PathOp {
-        dfd: Some(16),
-        arg: Some(32),
-        ..op(kind::MKDIR, 24)
+        dfd: Some(0),
+        arg: Some(2),
+        ..op(kind::MKDIR, 1)
     }
 );
 path_op!(
     mcpw_chmod,
     PathOp {
-        arg: Some(24),
-        ..op(kind::CHMOD, 16)
+        arg: Some(1),
+        ..op(kind::CHMOD, 0)
     }
 );
 path_op!(
     mcpw_fchmodat,
     PathOp {
-        dfd: Some(16),
-        arg: Some(32),
-        ..op(kind::CHMOD, 24)
+        dfd: Some(0),
+        arg: Some(2),
+        ..op(kind::CHMOD, 1)
     }
 );
 path_op!(
     mcpw_fchmodat2,
     PathOp {
-        dfd: Some(16),
-        arg: Some(32),
-        ..op(kind::CHMOD, 24)
+        dfd: Some(0),
+        arg: Some(2),
+        ..op(kind::CHMOD, 1)
     }
 );
 path_op!(
     mcpw_chown,
     PathOp {
-        arg: Some(24),
-        ..op(kind::CHOWN, 16)
+        arg: Some(1),
+        ..op(kind::CHOWN, 0)
     }
 );
 path_op!(
     mcpw_fchownat,
     PathOp {
-        dfd: Some(16),
-        arg: Some(32),
-        ..op(kind::CHOWN, 24)
+        dfd: Some(0),
+        arg: Some(2),
+        ..op(kind::CHOWN, 1)
     }
 );
 path_op!(
     mcpw_truncate,
     PathOp {
-        arg: Some(24),
-        ..op(kind::TRUNCATE, 16)
+        arg: Some(1),
+        ..op(kind::TRUNCATE, 0)
     }
 );
 // A symlink's new name is what it creates; its contents go in path2.
 path_op!(
     mcpw_symlink,
     PathOp {
-        path2: Some(16),
-        ..op(kind::SYMLINK, 24)
+        path2: Some(0),
+        ..op(kind::SYMLINK, 1)
     }
 );
 path_op!(
     mcpw_symlinkat,
     PathOp {
-        dfd: Some(24),
-        path2: Some(16),
-        ..op(kind::SYMLINK, 32)
+        dfd: Some(1),
+        path2: Some(0),
+        ..op(kind::SYMLINK, 2)
     }
 );
 path_op!(
     mcpw_link,
     PathOp {
-        path2: Some(24),
-        ..op(kind::LINK, 16)
+        path2: Some(1),
+        ..op(kind::LINK, 0)
     }
 );
 path_op!(
     mcpw_linkat,
     PathOp {
-        dfd: Some(16),
-        dfd2: Some(32),
-        path2: Some(40),
-        ..op(kind::LINK, 24)
+        dfd: Some(0),
+        dfd2: Some(2),
+        path2: Some(3),
+        ..op(kind::LINK, 1)
     }
 );
 
@@ -655,13 +628,12 @@ pub fn mcpw_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn mcpw_exit(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn mcpw_exit(ctx: RawTracePointContext) -> i32 {
     let Some((session, event)) = begin(kind::EXIT) else {
         return 0;
     };
-    // SAFETY: `int error_code` at offset 16 of sys_enter_exit_group.
-    event.arg = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0) & 0xff;
+    event.arg = (Call::of(&ctx, false).arg(0) & 0xff) as i64;
     submit(&session, event);
     0
 }

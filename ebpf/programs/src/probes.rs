@@ -3,16 +3,21 @@
 //! trusting version numbers or config files.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macros hand the context over by value"
+)]
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_get_current_task_btf, bpf_send_signal, bpf_task_pt_regs},
+        generated::bpf_send_signal,
     },
-    macros::{cgroup_sock_addr, fentry, lsm, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, RingBuf},
+    macros::{btf_tracepoint, cgroup_sock_addr, fentry, lsm, map, raw_tracepoint, tracepoint},
+    maps::{HashMap, ProgramArray, RingBuf},
     programs::{
-        FEntryContext, LsmContext, RawTracePointContext, SockAddrContext, TracePointContext,
+        BtfTracePointContext, FEntryContext, LsmContext, RawTracePointContext, SockAddrContext,
+        TracePointContext,
     },
 };
 
@@ -36,20 +41,44 @@ pub fn probe_signal(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Loaded only: the verifier accepts reading the current task's saved user
-/// registers (needs kernel BTF), as the privilege programs do at syscall
-/// exit.
-#[tracepoint]
-pub fn probe_task_regs(_ctx: TracePointContext) -> u32 {
-    // SAFETY: never attached; the pointer is only checked for null.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) };
-    u32::from(regs != 0)
+/// Handlers of [`probe_raw_hook`], by syscall number: `mcpwarden doctor`
+/// puts [`probe_raw_call`] at getppid's slot.
+#[map]
+static PROBE_CALLS: ProgramArray = ProgramArray::with_max_entries(512, 0);
+
+/// Raw `sys_enter` tail-calling by the call's number, as the tracer's
+/// hooks do.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn probe_raw_hook(ctx: RawTracePointContext) -> i32 {
+    let id: u64 = ctx.arg(1);
+    // SAFETY: the table holds only `probe_raw_call`, which takes this
+    // context; control returns only if the slot is empty.
+    unsafe { PROBE_CALLS.tail_call(&ctx, id as u32) };
+    0
+}
+
+/// Reached by tail call: writes `RAW_MARK << 32 | tgid` (8 bytes, where
+/// [`probe_ringbuf`] writes 4) to the ring buffer.
+#[raw_tracepoint]
+pub fn probe_raw_call(_ctx: RawTracePointContext) -> i32 {
+    /// Tells the raw path's records from the tracepoint's.
+    const RAW_MARK: u64 = 0x7261_7721;
+    let tgid = bpf_get_current_pid_tgid() >> 32;
+    let _ = PROBE_RING.output::<u64>(&((RAW_MARK << 32) | tgid), 0);
+    0
 }
 
 /// Attached to a throw-away cgroup: cgroup `sock_addr` hooks work.
 #[cgroup_sock_addr(connect4)]
 pub fn probe_connect4(_ctx: SockAddrContext) -> i32 {
     1
+}
+
+/// BTF-typed raw tracepoint (`tp_btf`) on `sys_exit`: its arguments are
+/// typed kernel pointers, read by plain loads rather than helper calls.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn probe_tp_btf(_ctx: BtfTracePointContext) -> i32 {
+    0
 }
 
 /// BPF-LSM: expected to fail to load on kernels without `bpf` in `lsm=`.
@@ -96,10 +125,6 @@ pub fn hook_tp(_ctx: TracePointContext) -> u32 {
 }
 
 /// Raw `sys_enter` (every syscall of every task): `(regs, id)`.
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the program macros hand the context over by value"
-)]
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn hook_raw_enter(ctx: RawTracePointContext) -> i32 {
     let id: u64 = ctx.arg(1);
@@ -111,10 +136,6 @@ pub fn hook_raw_enter(ctx: RawTracePointContext) -> i32 {
 
 /// Raw `sys_exit`: `(regs, ret)`; the call's number is `regs->orig_ax`,
 /// the 16th word of x86-64 `pt_regs`.
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the program macros hand the context over by value"
-)]
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn hook_raw_exit(ctx: RawTracePointContext) -> i32 {
     let regs: *const u64 = ctx.arg(0);
@@ -123,6 +144,46 @@ pub fn hook_raw_exit(ctx: RawTracePointContext) -> i32 {
     if id != NR_OPENAT {
         return 0;
     }
+    hook_check() as i32
+}
+
+/// Handlers by syscall number for the tail-call hooks below (the bench puts
+/// [`hook_tail_check`] at openat's slot), as the tracer's `ENTER_CALLS`.
+#[map]
+static HOOK_CALLS: ProgramArray = ProgramArray::with_max_entries(512, 0);
+
+/// Raw `sys_enter` dispatching as the tracer does: the call's number,
+/// then the cgroup check, then a tail call to the handler (which an
+/// outsider never reaches).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn hook_tail_enter(ctx: RawTracePointContext) -> i32 {
+    let id: u64 = ctx.arg(1);
+    if id != NR_OPENAT || hook_check() == 0 {
+        return 0;
+    }
+    // SAFETY: the table holds only `hook_tail_check`, which takes this
+    // context; control returns only when the slot is empty.
+    unsafe { HOOK_CALLS.tail_call(&ctx, id as u32) };
+    0
+}
+
+/// Raw `sys_exit`, the same way, with the number from `regs->orig_ax`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn hook_tail_exit(ctx: RawTracePointContext) -> i32 {
+    let regs: *const u64 = ctx.arg(0);
+    // SAFETY: a kernel read through the helper, which fails cleanly.
+    let id = unsafe { bpf_probe_read_kernel(regs.wrapping_add(15)) }.unwrap_or(u64::MAX);
+    if id != NR_OPENAT || hook_check() == 0 {
+        return 0;
+    }
+    // SAFETY: as in `hook_tail_enter`.
+    unsafe { HOOK_CALLS.tail_call(&ctx, id as u32) };
+    0
+}
+
+/// The handler the tail-call hooks would reach for a task in a session.
+#[raw_tracepoint]
+pub fn hook_tail_check(_ctx: RawTracePointContext) -> i32 {
     hook_check() as i32
 }
 

@@ -8,17 +8,13 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf,
         bpf_probe_read_user_str_bytes,
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::LruHashMap,
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use mcpwarden_common::{DnsPeer, Event, SESSION_NET_POLICY, SessionConfig, kind, send};
 
-use crate::{
-    AF_INET, AF_INET6, AF_UNIX, begin,
-    privilege::{call_args, exit_ret},
-    submit,
-};
+use crate::{AF_INET, AF_INET6, AF_UNIX, begin, call::Call, submit};
 
 const DNS_PORT: u16 = 53;
 
@@ -123,18 +119,15 @@ fn keep_dns_head(event: &mut Event, payload: *const u8) {
     }
 }
 
-#[tracepoint]
-pub fn mcpw_connect(ctx: TracePointContext) -> u32 {
+/// `connect(fd, addr, addrlen)`.
+#[raw_tracepoint]
+pub fn mcpw_connect(ctx: RawTracePointContext) -> i32 {
     let Some((session, event)) = begin(kind::CONNECT) else {
         return 0;
     };
-    // SAFETY: offsets from the tracepoint's format file.
-    event.fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1) as i32;
-    // SAFETY: as above.
-    let Ok(addr) = (unsafe { ctx.read_at::<*const u8>(24) }) else {
-        return 0;
-    };
-    let _ = read_sockaddr(event, addr);
+    let call = Call::of(&ctx, false);
+    event.fd = call.int(0);
+    let _ = read_sockaddr(event, call.ptr(1));
     note_peer(&session, event);
     // With a network policy, the sock_addr programs report inet connects
     // together with their verdict; one event per connect.
@@ -147,15 +140,15 @@ pub fn mcpw_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn mcpw_listen(ctx: TracePointContext) -> u32 {
+/// `listen(fd, backlog)`.
+#[raw_tracepoint]
+pub fn mcpw_listen(ctx: RawTracePointContext) -> i32 {
     let Some((session, event)) = begin(kind::LISTEN) else {
         return 0;
     };
-    // SAFETY: offsets from sys_enter_listen's format: fd 16, backlog 24.
-    event.fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1) as i32;
-    // SAFETY: as above.
-    event.arg = unsafe { ctx.read_at::<i64>(24) }.unwrap_or(0);
+    let call = Call::of(&ctx, false);
+    event.fd = call.int(0);
+    event.arg = call.arg(1) as i64;
     submit(&session, event);
     0
 }
@@ -163,9 +156,9 @@ pub fn mcpw_listen(ctx: TracePointContext) -> u32 {
 /// `accept`/`accept4` at exit: the new connection's descriptor and its
 /// peer. A failed accept (`EAGAIN` ends every non-blocking accept loop) is
 /// not reported.
-#[tracepoint]
-pub fn mcpw_accept(ctx: TracePointContext) -> u32 {
-    let ret = exit_ret(&ctx).unwrap_or(-1);
+#[raw_tracepoint]
+pub fn mcpw_accept(ctx: RawTracePointContext) -> i32 {
+    let ret: i64 = ctx.arg(1);
     if ret < 0 {
         return 0;
     }
@@ -173,10 +166,11 @@ pub fn mcpw_accept(ctx: TracePointContext) -> u32 {
         return 0;
     };
     event.ret = ret;
-    let [fd, peer, _] = call_args();
-    event.fd = fd as i32;
-    if peer != 0 {
-        let _ = read_sockaddr(event, peer as *const u8);
+    let call = Call::of(&ctx, true);
+    event.fd = call.int(0);
+    let peer = call.ptr::<u8>(1);
+    if !peer.is_null() {
+        let _ = read_sockaddr(event, peer);
     }
     submit(&session, event);
     0
@@ -197,26 +191,22 @@ fn destination(session: &SessionConfig, event: &mut Event, addr: u64) -> Option<
 /// `sendto` with a destination. One on a connected socket (no address)
 /// went where the connect said, which was reported; on a socket connected
 /// to port 53 it is reported too, for its question.
-#[tracepoint]
-pub fn mcpw_sendto(ctx: TracePointContext) -> u32 {
+///
+/// `sendto(fd, buff, len, flags, addr, addrlen)`.
+#[raw_tracepoint]
+pub fn mcpw_sendto(ctx: RawTracePointContext) -> i32 {
     let Some((session, event)) = begin(kind::SEND) else {
         return 0;
     };
-    // SAFETY: offsets from sys_enter_sendto's format: fd 16, buff 24,
-    // len 32, addr 48.
-    let addr = unsafe { ctx.read_at::<u64>(48) }.unwrap_or(0);
-    // SAFETY: as above.
-    event.fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1) as i32;
-    // SAFETY: as above.
-    event.arg = unsafe { ctx.read_at::<i64>(32) }.unwrap_or(0);
+    let call = Call::of(&ctx, false);
+    event.fd = call.int(0);
+    event.arg = call.arg(2) as i64;
     event.flags = send::SENDTO;
-    let Some(known) = destination(&session, event, addr) else {
+    let Some(known) = destination(&session, event, call.arg(4)) else {
         return 0;
     };
     if known {
-        // SAFETY: as above.
-        let payload = unsafe { ctx.read_at::<*const u8>(24) }.unwrap_or(core::ptr::null());
-        keep_dns_head(event, payload);
+        keep_dns_head(event, call.ptr(1));
     }
     submit(&session, event);
     0
@@ -251,19 +241,17 @@ fn on_msghdr(session: &SessionConfig, event: &mut Event, msg: *const u64) -> boo
 
 /// `sendmsg` with a destination (`msg_name`), or on a DNS peer, with the
 /// length of its first buffer.
-#[tracepoint]
-pub fn mcpw_sendmsg(ctx: TracePointContext) -> u32 {
+///
+/// `sendmsg(fd, msg, flags)`.
+#[raw_tracepoint]
+pub fn mcpw_sendmsg(ctx: RawTracePointContext) -> i32 {
     let Some((session, event)) = begin(kind::SEND) else {
         return 0;
     };
-    // SAFETY: `struct user_msghdr *msg` at offset 24 of sys_enter_sendmsg.
-    let Ok(msg) = (unsafe { ctx.read_at::<*const u64>(24) }) else {
-        return 0;
-    };
-    // SAFETY: as above, fd at 16.
-    event.fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1) as i32;
+    let call = Call::of(&ctx, false);
+    event.fd = call.int(0);
     event.flags = send::SENDMSG;
-    if on_msghdr(&session, event, msg) {
+    if on_msghdr(&session, event, call.ptr(1)) {
         submit(&session, event);
     }
     0
@@ -271,23 +259,20 @@ pub fn mcpw_sendmsg(ctx: TracePointContext) -> u32 {
 
 /// `sendmmsg`: its first two messages (glibc's resolver sends the A and
 /// AAAA queries of a lookup as two), each as a `sendmsg`.
-#[tracepoint]
-pub fn mcpw_sendmmsg(ctx: TracePointContext) -> u32 {
+///
+/// `sendmmsg(fd, mmsg, vlen, flags)`.
+#[raw_tracepoint]
+pub fn mcpw_sendmmsg(ctx: RawTracePointContext) -> i32 {
     /// `struct mmsghdr`: a 56-byte `user_msghdr` and its 4-byte result,
     /// padded to 64 bytes (8 u64).
     const MMSGHDR_U64S: usize = 8;
     let Some((session, event)) = begin(kind::SEND) else {
         return 0;
     };
-    // SAFETY: offsets from sys_enter_sendmmsg's format: fd 16, mmsg 24,
-    // vlen 32.
-    let Ok(messages) = (unsafe { ctx.read_at::<*const u64>(24) }) else {
-        return 0;
-    };
-    // SAFETY: as above.
-    let vlen = unsafe { ctx.read_at::<u64>(32) }.unwrap_or(0);
-    // SAFETY: as above.
-    let fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1) as i32;
+    let call = Call::of(&ctx, false);
+    let messages = call.ptr::<u64>(1);
+    let vlen = call.arg(2);
+    let fd = call.int(0);
     for i in 0..2 {
         if i >= vlen {
             break;
