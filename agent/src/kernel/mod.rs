@@ -124,11 +124,7 @@ where
     ebpf.program_mut(name)
         .ok_or(KernelError::MissingProgram(name))?
         .try_into()
-        .map_err(|source| KernelError::Program {
-            name,
-            what: "type".into(),
-            source,
-        })
+        .map_err(program_err(name, "type"))
 }
 
 /// The map `name` of an object, as map type `M` (hash map, trie...), to
@@ -469,19 +465,16 @@ impl Tracer {
         for &(name, hook) in SOCK_PROGRAMS {
             let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             if program.fd().is_err() {
-                program.load().map_err(|source| KernelError::Program {
-                    name,
-                    what: format!("load ({hook} hook)"),
-                    source,
-                })?;
+                program
+                    .load()
+                    .map_err(program_err(name, &format!("load ({hook} hook)")))?;
             }
             let link = program
                 .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|source| KernelError::Program {
+                .map_err(program_err(
                     name,
-                    what: format!("attach ({hook}) to {}", cgroup_dir.display()),
-                    source,
-                })?;
+                    &format!("attach ({hook}) to {}", cgroup_dir.display()),
+                ))?;
             links.push((name, link));
         }
         Ok(())
@@ -490,13 +483,8 @@ impl Tracer {
     /// Detaches a session's network programs from its cgroup.
     pub(crate) fn detach_network(&mut self, links: NetLinks) {
         for (name, link) in links {
-            let detached = program::<CgroupSockAddr>(&mut self.ebpf, name).and_then(|p| {
-                p.detach(link).map_err(|source| KernelError::Program {
-                    name,
-                    what: "detach".into(),
-                    source,
-                })
-            });
+            let detached = program::<CgroupSockAddr>(&mut self.ebpf, name)
+                .and_then(|p| p.detach(link).map_err(program_err(name, "detach")));
             if let Err(e) = detached {
                 tracing::warn!("{e}");
             }
