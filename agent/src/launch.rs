@@ -1,7 +1,15 @@
 //! Starting a tool server confined: the session cgroup with its limits, and
 //! the command line of the exec helper (`mcpwarden sandbox-exec`) that
 //! confines itself and execs the server (see `mcpwarden_sandbox::exec`).
-use std::{ffi::OsString, path::Path, process::Command};
+use std::{
+    ffi::OsString,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
+    path::Path,
+    process::Command,
+};
 
 use mcpwarden_sandbox::{CgroupError, Hierarchy, SessionCgroup, Spec, cgroup::Controllers};
 
@@ -70,13 +78,16 @@ pub fn reap_stale() -> Result<Vec<std::path::PathBuf>, CgroupError> {
 }
 
 /// The helper's command line: `mcpwarden sandbox-exec --spec JSON
-/// --traced-procs FILE [--procs FILE]... [--die-with-parent PID] -- CMD...`.
-/// With `die_with_us`, the whole sandbox dies with this process.
+/// --traced-procs FILE [--procs FILE]... [--die-with-parent PID]
+/// [--notify-fd FD] -- CMD...`. With `die_with_us`, the whole sandbox dies
+/// with this process. With `notify`, the helper inherits that socket (and
+/// no other process started meanwhile does) to send its seccomp listener.
 pub fn helper_command(
     cgroup: &SessionCgroup,
     spec: &Spec,
     command: &[OsString],
     die_with_us: bool,
+    notify: Option<&OwnedFd>,
 ) -> std::io::Result<Command> {
     // Our own image, even when the file was replaced since we started (a
     // package upgrade under a running daemon): helper and relay always
@@ -95,6 +106,21 @@ pub fn helper_command(
     }
     for limit in procs {
         cmd.arg("--procs").arg(limit);
+    }
+    if let Some(socket) = notify {
+        let fd = socket.as_raw_fd();
+        cmd.arg("--notify-fd").arg(fd.to_string());
+        // SAFETY: runs in the forked child before exec; fcntl is
+        // async-signal-safe and touches only that child's descriptor.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The descriptor is close-on-exec everywhere else.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
     cmd.arg("--").args(command);
     Ok(cmd)

@@ -152,6 +152,9 @@ enum Cmd {
         /// Die (SIGKILL) when the process PID that started us exits.
         #[arg(long, value_name = "PID")]
         die_with_parent: Option<i32>,
+        /// An inherited unix socket to send the seccomp listener to.
+        #[arg(long, value_name = "FD")]
+        notify_fd: Option<i32>,
         /// The server command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
@@ -253,8 +256,16 @@ fn main() -> ExitCode {
             traced_procs,
             procs,
             die_with_parent,
+            notify_fd,
             command,
-        } => sandbox_exec_cmd(&spec, &traced_procs, &procs, die_with_parent, &command),
+        } => sandbox_exec_cmd(
+            &spec,
+            &traced_procs,
+            &procs,
+            die_with_parent,
+            notify_fd,
+            &command,
+        ),
     }
 }
 
@@ -264,8 +275,13 @@ fn sandbox_exec_cmd(
     traced_procs: &std::path::Path,
     procs: &[PathBuf],
     die_with_parent: Option<i32>,
+    notify_fd: Option<i32>,
     command: &[OsString],
 ) -> ExitCode {
+    let notify = match notify_fd.map(inherited_socket).transpose() {
+        Ok(fd) => fd,
+        Err(e) => return fail(&format!("--notify-fd: {e}")),
+    };
     if let Some(parent) = die_with_parent
         && let Err(e) = exec::die_with_parent(nix::unistd::Pid::from_raw(parent))
     {
@@ -276,13 +292,31 @@ fn sandbox_exec_cmd(
         Err(e) => return fail(&format!("bad sandbox spec: {e}")),
     };
     let env = exec::server_env(&spec.env, |name| std::env::var_os(name));
-    match exec::confine_and_run(traced_procs, procs, &spec, &env, command) {
+    match exec::confine_and_run(traced_procs, procs, &spec, &env, command, notify) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("mcpwarden: {e}");
             ExitCode::from(127)
         }
     }
+}
+
+/// Takes ownership of descriptor `fd`, inherited from the session that
+/// started us; it must be an open socket.
+fn inherited_socket(fd: i32) -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::{BorrowedFd, FromRawFd as _};
+    if fd < 3 {
+        return Err(format!("{fd} is not an inherited descriptor"));
+    }
+    // SAFETY: only borrowed for the check; `fd` is not closed meanwhile.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = nix::sys::stat::fstat(borrowed).map_err(|e| format!("descriptor {fd}: {e}"))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(format!("descriptor {fd} is not a socket"));
+    }
+    // SAFETY: an open descriptor (fstat worked) that nothing else in this
+    // process owns: the session passed it to us alone.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// The runtime of the daemon and of a session: two worker threads (the
@@ -451,7 +485,7 @@ fn sandbox_run(
     let cgroup = launch::new_session(&spec)
         .map_err(|e| e.to_string())?
         .cgroup;
-    let status = launch::helper_command(&cgroup, &spec, command, false)
+    let status = launch::helper_command(&cgroup, &spec, command, false, None)
         .and_then(|mut cmd| cmd.status())
         .map_err(|e| format!("cannot start the sandbox helper: {e}"))?;
     cgroup

@@ -9,7 +9,8 @@
 //!   │          builds the mount view, sets the host name
 //!   │          fork ──► server: joins the traced session cgroup, drops to
 //!   │          │        the policy's uid/gid, rlimits,
-//!   │          │        landlock, closes inherited fds, seccomp, execve
+//!   │          │        landlock, closes inherited fds, seccomp (and
+//!   │          │        sends the listener up the notify socket), execve
 //!   │          reaps every orphan; exits with the server's status
 //!   waits for init, exits with its status
 //! ```
@@ -17,7 +18,7 @@ use std::{
     ffi::{OsStr, OsString},
     fs,
     io::{self, Write as _},
-    os::fd::OwnedFd,
+    os::fd::{AsFd as _, AsRawFd, OwnedFd, RawFd},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
@@ -33,7 +34,7 @@ use nix::{
     unistd::{ForkResult, Gid, Pid, Uid, fork, setgroups, setresgid, setresuid},
 };
 
-use crate::{lockdown, mounts, seccomp, spec::Spec};
+use crate::{lockdown, mounts, notify, seccomp, spec::Spec};
 
 /// Why the helper could not become the server.
 #[derive(Debug, thiserror::Error)]
@@ -96,12 +97,16 @@ fn join(procs_files: &[PathBuf]) -> Result<(), ExecError> {
 /// session cgroup the kernel programs watch and `cgroup.kill` ends, right
 /// before it drops privileges. So the events of a session are the server's
 /// own, never the helper's set-up.
+///
+/// With `notify` (a unix socket to mcpwarden), the server installs the
+/// listener filter of [`crate::notify`] last and sends its listener there.
 pub fn confine_and_run(
     traced_procs: &Path,
     limit_procs: &[PathBuf],
     spec: &Spec,
     env: &[(OsString, OsString)],
     command: &[OsString],
+    notify: Option<OwnedFd>,
 ) -> Result<i32, ExecError> {
     if command.is_empty() {
         return Err(ExecError::NoCommand);
@@ -134,6 +139,7 @@ pub fn confine_and_run(
     match unsafe { fork() }.map_err(step("fork the namespace init"))? {
         ForkResult::Parent { child } => {
             drop(helper_alive);
+            drop(notify);
             // Our copies of the server's pipes would keep them open.
             release_stdio();
             let code = wait_exit_code(child);
@@ -142,7 +148,7 @@ pub fn confine_and_run(
         }
         ForkResult::Child => std::process::exit(
             match die_with_helper(&helper_alive, helper_holds)
-                .and_then(|()| init(&traced, spec, env, command))
+                .and_then(|()| init(&traced, spec, env, command, notify))
             {
                 Ok(code) => code,
                 Err(e) => {
@@ -193,17 +199,19 @@ fn init(
     spec: &Spec,
     env: &[(OsString, OsString)],
     command: &[OsString],
+    notify: Option<OwnedFd>,
 ) -> Result<i32, ExecError> {
     mounts::build(spec).map_err(step("build the mount namespace"))?;
     nix::unistd::sethostname("mcpwarden-sandbox").map_err(step("set the host name"))?;
     // SAFETY: still single-threaded.
     match unsafe { fork() }.map_err(step("fork the server"))? {
         ForkResult::Child => {
-            let err = become_server(traced, spec, env, command);
+            let err = become_server(traced, spec, env, command, notify);
             eprintln!("mcpwarden: {err}");
             std::process::exit(127);
         }
         ForkResult::Parent { child } => {
+            drop(notify);
             release_stdio();
             // Reap everything that gets reparented to us; leave with the
             // server's status (the kernel then kills what is left).
@@ -252,8 +260,9 @@ fn become_server(
     spec: &Spec,
     env: &[(OsString, OsString)],
     command: &[OsString],
+    notify: Option<OwnedFd>,
 ) -> ExecError {
-    match lock_down(traced, spec) {
+    match lock_down(traced, spec, notify) {
         Ok(()) => {}
         Err(e) => return e,
     }
@@ -271,7 +280,7 @@ fn become_server(
     }
 }
 
-fn lock_down(traced: &fs::File, spec: &Spec) -> Result<(), ExecError> {
+fn lock_down(traced: &fs::File, spec: &Spec, notify: Option<OwnedFd>) -> Result<(), ExecError> {
     // landlock first, still as root: building the ruleset opens every
     // granted path, which is set-up, not the server's doing. It also sets
     // no_new_privs.
@@ -303,20 +312,43 @@ fn lock_down(traced: &fs::File, spec: &Spec) -> Result<(), ExecError> {
     setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile).map_err(step("limit open files"))?;
     let nproc = spec.limits.pids;
     setrlimit(Resource::RLIMIT_NPROC, nproc, nproc).map_err(step("limit processes"))?;
-    close_inherited_fds().map_err(step("close inherited file descriptors"))?;
-    seccomp::install(spec.profile).map_err(step("seccomp"))?;
+    let keep = notify.as_ref().map(AsRawFd::as_raw_fd);
+    close_inherited_fds(keep).map_err(step("close inherited file descriptors"))?;
+    let listener = seccomp::install(spec.profile, notify.is_some()).map_err(step("seccomp"))?;
+    if let (Some(socket), Some(listener)) = (&notify, &listener) {
+        notify::send(socket.as_fd(), listener).map_err(step("send the seccomp listener"))?;
+    }
+    // Both close here: the server must never hold its own listener (it
+    // could answer its own calls).
+    drop(listener);
+    drop(notify);
     Ok(())
 }
 
-/// Closes every descriptor above stderr.
-fn close_inherited_fds() -> Result<(), nix::Error> {
-    // SAFETY: close_range only closes descriptors; none above 2 is used by
-    // this process from here to execve.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(nix::Error::last())
+/// Closes every descriptor above stderr but `keep`.
+fn close_inherited_fds(keep: Option<RawFd>) -> Result<(), nix::Error> {
+    let close = |first: u32, last: u32| {
+        if first > last {
+            return Ok(());
+        }
+        // SAFETY: close_range only closes descriptors; none in the range is
+        // used by this process from here to execve.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(nix::Error::last())
+        }
+    };
+    match keep
+        .and_then(|fd| u32::try_from(fd).ok())
+        .filter(|&fd| fd >= 3)
+    {
+        Some(fd) => {
+            close(3, fd - 1)?;
+            close(fd + 1, u32::MAX)
+        }
+        None => close(3, u32::MAX),
     }
 }
 

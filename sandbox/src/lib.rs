@@ -11,6 +11,7 @@ pub mod exec;
 pub mod explain;
 pub mod lockdown;
 pub mod mounts;
+pub mod notify;
 pub mod seccomp;
 pub mod spec;
 

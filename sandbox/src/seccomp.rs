@@ -8,14 +8,14 @@
 //! for the dangerous set: namespace, mount, module, kexec, BPF, perf, ptrace,
 //! keyring, `io_uring` calls; `clone` with namespace flags; raw and packet
 //! sockets; the `TIOCSTI`/`TIOCLINUX` terminal injection ioctls.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, os::fd::OwnedFd};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
 
-use crate::spec::Profile;
+use crate::{notify, spec::Profile};
 
 /// Errors of building or installing filters.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,10 @@ pub enum SeccompError {
     /// The kernel refused the filter.
     #[error("installing the seccomp filter: {0}")]
     Install(#[from] seccompiler::Error),
+    /// The kernel refused the listener filter (`SECCOMP_RET_USER_NOTIF`
+    /// needs Linux 5.0).
+    #[error("installing the seccomp listener filter: {0}")]
+    Listener(std::io::Error),
 }
 
 macro_rules! sys {
@@ -417,13 +421,17 @@ fn cond(
 }
 
 /// Both filters, compiled: `[allow-list, deny set]`, in installation order.
-pub fn compile(profile: Profile) -> Result<[BpfProgram; 2], SeccompError> {
+/// With `watch`, the [`notify::WATCHED`] calls pass both (the listener
+/// filter installed after them answers them: see [`crate::notify`]).
+pub fn compile(profile: Profile, watch: bool) -> Result<[BpfProgram; 2], SeccompError> {
     use SeccompCmpArgLen::{Dword, Qword};
     use SeccompCmpOp::{Eq, MaskedEq, Ne};
 
     let arch = arch()?;
+    let watched = notify::WATCHED.iter().filter(|_| watch);
     let allow: BTreeMap<i64, Vec<SeccompRule>> = allow_list(profile)
         .into_iter()
+        .chain(watched.copied())
         .map(|(_, nr)| (nr, Vec::new()))
         .collect();
     let allow = SeccompFilter::new(
@@ -435,6 +443,7 @@ pub fn compile(profile: Profile) -> Result<[BpfProgram; 2], SeccompError> {
 
     let mut deny: BTreeMap<i64, Vec<SeccompRule>> = DENY_ALWAYS
         .iter()
+        .filter(|&&(_, nr)| !(watch && notify::watched(nr)))
         .map(|&(_, nr)| (nr, Vec::new()))
         .collect();
     let clone_ns = CLONE_NEW_FLAGS
@@ -476,14 +485,15 @@ pub fn compile(profile: Profile) -> Result<[BpfProgram; 2], SeccompError> {
     Ok([allow.try_into()?, deny.try_into()?])
 }
 
-/// Installs both filters on the calling thread (no_new_privs must be set).
-/// After this, only the listed syscalls work: call it last, right before
-/// `execve`.
-pub fn install(profile: Profile) -> Result<(), SeccompError> {
-    for program in compile(profile)? {
+/// Installs both filters on the calling thread (no_new_privs must be set),
+/// and with `watch` the listener filter after them, whose listener it
+/// returns. After this, only the listed syscalls work: call it last, right
+/// before `execve`.
+pub fn install(profile: Profile, watch: bool) -> Result<Option<OwnedFd>, SeccompError> {
+    for program in compile(profile, watch)? {
         seccompiler::apply_filter(&program)?;
     }
-    Ok(())
+    watch.then(notify::install).transpose()
 }
 
 #[cfg(test)]
@@ -493,7 +503,9 @@ mod tests {
     #[test]
     fn profiles_compile_and_never_allow_the_deny_set() {
         for profile in [Profile::Generic, Profile::Python, Profile::Node] {
-            let [allow, deny] = compile(profile).expect("compiles");
+            let [allow, deny] = compile(profile, false).expect("compiles");
+            let [watch_allow, watch_deny] = compile(profile, true).expect("compiles");
+            assert!(watch_allow.len() > allow.len() && watch_deny.len() < deny.len());
             assert!(!allow.is_empty() && !deny.is_empty());
             let allowed = allow_list(profile);
             for (name, nr) in DENY_ALWAYS {

@@ -265,7 +265,8 @@ fn a_flood_of_events_is_rate_limited_but_verdicts_are_not() {
 #[test]
 fn failed_calls_carry_their_error() {
     let _guard = serial();
-    let fx = Fixture::new("enforce");
+    // Failed calls are watched at syscall exit only when the policy asks.
+    let fx = Fixture::with_sandbox("enforce", "[kernel]\ncall_results = true\n");
     let missing = fx.dir().join("missing.txt").display().to_string();
     let scenario = json!([
         {"call": "whoami"},
@@ -310,4 +311,21 @@ fn failed_calls_carry_their_error() {
     assert_eq!(ok.len(), 1, "{ok:?}");
     assert!(ok[0].get("error").is_none(), "{}", ok[0]);
     assert_nothing_left_behind(Some(&cgroup));
+
+    // By default the attempt is reported, without its outcome.
+    let fx = Fixture::new("enforce");
+    let missing = fx.dir().join("missing.txt").display().to_string();
+    let run = Run::through_mcpwarden(
+        &fx,
+        &json!([{"call": "whoami"}, {"call": "read_file", "args": {"path": missing}}]),
+    );
+    let all = events(&fx.events);
+    let open = all
+        .iter()
+        .find(|e| e["kind"] == "open" && e["path"] == json!(missing))
+        .unwrap_or_else(|| panic!("no open of {missing} in {all:#?}"));
+    assert!(open.get("error").is_none(), "{open}");
+    assert_eq!(open["request_id"], run.call_id("read_file", 0));
+    assert!(!all.iter().any(|e| e["kind"] == "failed"), "{all:#?}");
+    assert_nothing_left_behind(Some(&run.session_cgroup(0)));
 }

@@ -249,7 +249,10 @@ fn listen_accept_and_datagram_destinations_are_events_with_dns_questions() {
     // No `[network]` table: nothing refused, everything reported.
     let fx = Fixture::with_sandbox(
         "enforce",
-        &format!("[sandbox.network]\nbind = [{port}]\nconnect = [{port}]\n"),
+        // Accepted peers are read at syscall exit: only when asked.
+        &format!(
+            "[sandbox.network]\nbind = [{port}]\nconnect = [{port}]\n[kernel]\ncall_results = true\n"
+        ),
     );
     let code = json!({"call": "run", "args": {"argv": [
         crate::support::VENV_PYTHON, "-c", SOCKETS, port.to_string(), udp_port.to_string()

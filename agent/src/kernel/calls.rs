@@ -49,34 +49,16 @@ pub const ENTER_LEGACY: &[(&str, c_long)] = &[
 #[cfg(not(target_arch = "x86_64"))]
 pub const ENTER_LEGACY: &[(&str, c_long)] = &[];
 
-/// Calls traced at exit: (handler, call number).
+/// Calls traced at exit, while a session asks for call results
+/// (`[kernel] call_results`): (handler, call number).
 ///
-/// Calls the sandbox's seccomp filter refuses never reach the entry hook
-/// (seccomp runs first), but they do reach the exit hook: the privilege
-/// calls are watched there, with the error they got. The `mcpw_fail_*`
-/// handlers report failed file, exec and connect calls with their error;
-/// their suffix is the argument that holds the path.
+/// The `mcpw_fail_*` handlers report failed file, exec and connect calls
+/// with their error; their suffix is the argument that holds the path.
+/// The privilege calls are not here: the sandbox's seccomp hands them to
+/// the agent (`kernel::notify`).
 pub const EXIT: &[(&str, c_long)] = &[
     ("mcpw_accept", libc::SYS_accept),
     ("mcpw_accept", libc::SYS_accept4),
-    ("mcpw_ptrace", libc::SYS_ptrace),
-    ("mcpw_ptrace", libc::SYS_process_vm_readv),
-    ("mcpw_ptrace", libc::SYS_process_vm_writev),
-    ("mcpw_privilege", libc::SYS_setuid),
-    ("mcpw_privilege", libc::SYS_setgid),
-    ("mcpw_privilege", libc::SYS_setreuid),
-    ("mcpw_privilege", libc::SYS_setregid),
-    ("mcpw_privilege", libc::SYS_setresuid),
-    ("mcpw_privilege", libc::SYS_setresgid),
-    ("mcpw_privilege", libc::SYS_setfsuid),
-    ("mcpw_privilege", libc::SYS_setfsgid),
-    ("mcpw_privilege", libc::SYS_setgroups),
-    ("mcpw_privilege", libc::SYS_capset),
-    ("mcpw_module", libc::SYS_init_module),
-    ("mcpw_module", libc::SYS_finit_module),
-    ("mcpw_module", libc::SYS_delete_module),
-    ("mcpw_bpf", libc::SYS_bpf),
-    ("mcpw_memfd", libc::SYS_memfd_create),
     ("mcpw_fail_a0", libc::SYS_execve),
     ("mcpw_fail_a0", libc::SYS_truncate),
     ("mcpw_fail_a1", libc::SYS_openat),
@@ -173,6 +155,12 @@ mod tests {
                     "{table}: call {nr} ({name}) is past the table"
                 );
                 assert!(name.len() <= 15, "{name}: kernel names are cut at 15");
+                // The sandbox hands these to the agent: a handler would
+                // report each a second time.
+                assert!(
+                    !mcpwarden_sandbox::notify::watched(nr),
+                    "{table}: {name} serves call {nr}, which seccomp hands to the agent"
+                );
             }
         }
     }

@@ -6,14 +6,20 @@
 //! dropped with the last. Dropping it detaches and unloads every program
 //! and frees every map: nothing stays in the kernel (nothing is pinned).
 //!
-//! The tracer attaches four programs: raw `sys_enter` and `sys_exit`, which
-//! tail-call a handler per traced call ([`calls`]), and two sched
-//! tracepoints. It used to attach one trace event per call, ~75 of them:
-//! each detach waits for the kernel's grace periods (syscall tracepoints
-//! are faultable since 6.14), partly under a kernel-wide lock, about 37 ms
-//! each here, so ending the last session took seconds.
+//! The tracer attaches three programs: raw `sys_enter`, which tail-calls a
+//! handler per traced call ([`calls`]), and two sched tracepoints. The raw
+//! `sys_exit` hook (failed calls with their error, accepted peers) runs a
+//! program at every syscall exit of every task on the host, so it is
+//! attached only while a live session's policy asks for it
+//! (`[kernel] call_results`). The privilege calls, which the sandbox's
+//! seccomp refuses before `sys_enter`, reach the agent through seccomp
+//! itself ([`notify`]). The tracer used to attach one trace event per call,
+//! ~75 of them: each detach waits for the kernel's grace periods (syscall
+//! tracepoints are faultable since 6.14), partly under a kernel-wide lock,
+//! about 37 ms each here, so ending the last session took seconds.
 pub mod calls;
 pub mod event;
+pub(crate) mod notify;
 pub mod shared;
 
 use std::{
@@ -245,6 +251,8 @@ pub struct SessionRules<'a> {
     pub events_per_second: u32,
     /// `mcpwarden_common::kill` bits: the calls that are a verdict.
     pub kill: u32,
+    /// `[kernel] call_results`: watch calls at their exit too.
+    pub results: bool,
 }
 
 /// The network programs' attachments to one session's cgroup.
@@ -260,6 +268,11 @@ pub(crate) struct Tracer {
     /// The raw syscall hooks' attachments, likewise.
     hooks: Vec<(&'static str, RawTracePointLinkId)>,
 }
+
+/// The raw syscall hook attached at load, and the one attached only while
+/// a session asks for call results.
+const ENTER_HOOK: (&str, &str) = SYSCALL_HOOKS[0];
+const EXIT_HOOK: (&str, &str) = SYSCALL_HOOKS[1];
 
 impl std::fmt::Debug for Tracer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -292,17 +305,10 @@ impl Tracer {
             ))?;
             links.push((name, link));
         }
-        // The hooks go last: with the tables full, the first call they see
+        // The hook goes last: with the tables full, the first call it sees
         // is traced.
         let mut hooks = Vec::with_capacity(SYSCALL_HOOKS.len());
-        for &(name, tracepoint) in SYSCALL_HOOKS {
-            let program: &mut RawTracePoint = program(&mut ebpf, name)?;
-            program.load().map_err(program_err(name, "load"))?;
-            let link = program
-                .attach(tracepoint)
-                .map_err(program_err(name, &format!("attach to raw {tracepoint}")))?;
-            hooks.push((name, link));
-        }
+        hooks.push((ENTER_HOOK.0, attach_hook(&mut ebpf, ENTER_HOOK)?));
         let ring = ebpf
             .take_map(maps::EVENTS)
             .ok_or(KernelError::MissingMap(maps::EVENTS))?;
@@ -313,6 +319,35 @@ impl Tracer {
             links,
             hooks,
         })
+    }
+
+    /// Attaches the raw `sys_exit` hook (`on`) or detaches it.
+    pub(crate) fn exit_hook(&mut self, on: bool) -> Result<(), KernelError> {
+        let (name, _) = EXIT_HOOK;
+        let at = self.hooks.iter().position(|&(n, _)| n == name);
+        match (on, at) {
+            (true, None) => {
+                let link = attach_hook(&mut self.ebpf, EXIT_HOOK)?;
+                self.hooks.push((name, link));
+            }
+            (false, Some(at)) => {
+                let (_, id) = self.hooks.swap_remove(at);
+                program::<RawTracePoint>(&mut self.ebpf, name)?
+                    .detach(id)
+                    .map_err(program_err(name, "detach"))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Remembers descriptor `fd` of `session` as a memfd (made for it by
+    /// [`notify`]): an exec or executable mapping of it is then recognised.
+    pub(crate) fn add_memfd(&mut self, session: u32, fd: u32) -> Result<(), KernelError> {
+        let mut memfds: HashMap<_, u64, u32> = map_mut(&mut self.ebpf, maps::MEMFDS)?;
+        memfds
+            .insert((u64::from(session) << 32) | u64::from(fd), 1, 0)
+            .map_err(map_err(maps::MEMFDS))
     }
 
     /// Starts tracing the cgroup `cgroup_id` as the session `rules`
@@ -330,6 +365,7 @@ impl Tracer {
             network,
             events_per_second,
             kill,
+            results: _,
         } = rules;
         {
             let mut trie: LpmTrie<_, DenyKey, DenyRule> = map_mut(&mut self.ebpf, maps::DENY)?;
@@ -552,6 +588,20 @@ impl Drop for Tracer {
         });
         // The programs themselves and the maps go with `ebpf`.
     }
+}
+
+/// Loads and attaches the raw syscall hook `(program, tracepoint)`.
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    (name, tracepoint): (&'static str, &str),
+) -> Result<RawTracePointLinkId, KernelError> {
+    let program: &mut RawTracePoint = program(ebpf, name)?;
+    if program.fd().is_err() {
+        program.load().map_err(program_err(name, "load"))?;
+    }
+    program
+        .attach(tracepoint)
+        .map_err(program_err(name, &format!("attach to raw {tracepoint}")))
 }
 
 /// Loads each handler of `calls` (once; a handler may serve several calls)

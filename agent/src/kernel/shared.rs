@@ -25,7 +25,10 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::{KernelError, KernelEvent, NetLinks, SessionRules, Tracer};
+use super::{
+    KernelError, KernelEvent, NetLinks, SessionRules, Tracer,
+    notify::{self, Watch},
+};
 
 /// Events a session may have waiting in memory before further ones are
 /// counted as lost: its pump takes them every 5 ms, so a queue this long
@@ -47,10 +50,15 @@ struct State {
     /// `DROPPED_FULL` as last reported, so each session's end reports what
     /// was lost since.
     full_reported: u64,
+    /// Live sessions that asked for call results: the exit hook is
+    /// attached while there is one.
+    want_results: usize,
 }
 
 struct Route {
     session: u32,
+    /// The session asked for call results.
+    results: bool,
     queue: Vec<KernelEvent>,
     /// Records that did not fit the queue.
     lost: u64,
@@ -91,6 +99,53 @@ impl State {
     }
 }
 
+impl State {
+    /// Counts the session `cgroup` as asking for call results, attaching
+    /// the exit hook for the first one.
+    fn want_results(&mut self, cgroup: u64) -> Result<(), KernelError> {
+        if self.want_results == 0 {
+            self.tracer.exit_hook(true)?;
+        }
+        self.want_results += 1;
+        if let Some(route) = self.routes.get_mut(&cgroup) {
+            route.results = true;
+        }
+        Ok(())
+    }
+}
+
+/// Where a session's [`Watch`] puts what it sees: the session's queue,
+/// behind the ring's records written before it, and the kernel's memfds.
+struct HubSink {
+    hub: Arc<Hub>,
+    cgroup_id: u64,
+    session: u32,
+}
+
+impl notify::Sink for HubSink {
+    fn event(&self, event: KernelEvent) {
+        let mut state = lock(&self.hub.state);
+        // What the ring holds was written before this call was answered.
+        state.route(self.cgroup_id);
+        let Some(route) = state.routes.get_mut(&self.cgroup_id) else {
+            return;
+        };
+        if route.queue.len() >= QUEUE_MAX {
+            route.lost += 1;
+        } else {
+            route.queue.push(event);
+        }
+        route.notify.notify_one();
+    }
+
+    fn memfd(&self, fd: u32) -> Result<(), String> {
+        lock(&self.hub.state)
+            .tracer
+            .add_memfd(self.session, fd)
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn hub() -> Result<Arc<Hub>, KernelError> {
     let mut slot = HUB.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(hub) = slot.upgrade() {
@@ -102,6 +157,7 @@ fn hub() -> Result<Arc<Hub>, KernelError> {
             tracer: Tracer::load()?,
             routes: HashMap::new(),
             full_reported: 0,
+            want_results: 0,
         }),
     });
     *slot = Arc::downgrade(&hub);
@@ -116,6 +172,8 @@ pub struct SessionTracer {
     session: u32,
     notify: Arc<Notify>,
     net_links: NetLinks,
+    /// The thread answering the sandbox's watched calls.
+    watch: Option<Watch>,
 }
 
 impl std::fmt::Debug for SessionTracer {
@@ -149,6 +207,7 @@ impl SessionTracer {
                 cgroup_id,
                 Route {
                     session: rules.session,
+                    results: false,
                     queue: Vec::new(),
                     lost: 0,
                     notify: Arc::clone(&notify),
@@ -162,17 +221,52 @@ impl SessionTracer {
             session: rules.session,
             notify,
             net_links: Vec::new(),
+            watch: None,
         };
         let mut state = lock(&this.hub.state);
-        let added = state.tracer.add_session(cgroup_id, rules).and_then(|()| {
-            if rules.network.is_some() {
-                state.tracer.attach_network(cgroup_dir, &mut this.net_links)
-            } else {
-                Ok(())
-            }
-        });
+        let added = state
+            .tracer
+            .add_session(cgroup_id, rules)
+            .and_then(|()| {
+                if rules.network.is_some() {
+                    state.tracer.attach_network(cgroup_dir, &mut this.net_links)
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| {
+                if rules.results {
+                    state.want_results(cgroup_id)
+                } else {
+                    Ok(())
+                }
+            });
         drop(state);
         added.map(|()| this)
+    }
+
+    /// Answers the sandbox's watched calls (see [`notify`]) from the
+    /// listener that arrives on `socket`, until the session ends.
+    pub fn watch(
+        &mut self,
+        socket: OwnedFd,
+        cgroup_dir: &Path,
+        enforce: bool,
+        kill: u32,
+    ) -> io::Result<()> {
+        let rules = notify::Rules {
+            cgroup_id: self.cgroup_id,
+            cgroup_dir: cgroup_dir.to_owned(),
+            enforce,
+            kill,
+        };
+        let sink = HubSink {
+            hub: Arc::clone(&self.hub),
+            cgroup_id: self.cgroup_id,
+            session: self.session,
+        };
+        self.watch = Some(Watch::start(socket, rules, sink)?);
+        Ok(())
     }
 
     /// Woken when another session's drain left records for this one.
@@ -227,9 +321,19 @@ impl SessionTracer {
 
 impl Drop for SessionTracer {
     fn drop(&mut self) {
+        // First, and without the lock: the thread may be waiting for it.
+        drop(self.watch.take());
         let mut state = lock(&self.hub.state);
-        if state.routes.remove(&self.cgroup_id).is_none() {
+        let Some(route) = state.routes.remove(&self.cgroup_id) else {
             return;
+        };
+        if route.results {
+            state.want_results -= 1;
+            if state.want_results == 0
+                && let Err(e) = state.tracer.exit_hook(false)
+            {
+                tracing::warn!("detaching the syscall exit hook: {e}");
+            }
         }
         if let Err(e) = state.tracer.remove_session(self.cgroup_id, self.session) {
             tracing::warn!(

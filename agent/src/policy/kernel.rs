@@ -8,7 +8,7 @@ pub const KILL_CALLS: &[(&str, u32, &str)] = &[
     (
         "privilege",
         kill::PRIVILEGE,
-        "a refused change of ids or capabilities (set*id, setgroups, capset)",
+        "a change of ids or capabilities (set*id, setgroups, capset)",
     ),
     (
         "module",

@@ -81,6 +81,8 @@ pub(crate) struct RawPolicy {
 struct RawKernel {
     events_per_second: Option<u32>,
     kill: Option<Vec<String>>,
+    #[serde(default)]
+    call_results: bool,
 }
 
 /// Plain kernel events a session may report per second unless its policy
@@ -176,6 +178,11 @@ pub struct Policy {
     /// server (enforce) or alert (monitor), as `mcpwarden_common::kill`
     /// bits; every one of them unless the policy says otherwise.
     pub kernel_kill: u32,
+    /// `[kernel] call_results`: also watch calls at their exit (failed
+    /// file, exec and connect calls with their error; accepted
+    /// connections' peers). Off by default: while such a session is live,
+    /// every task on the host runs a program at every syscall exit.
+    pub call_results: bool,
     /// PSI: what is inspected and what a flagged text does (`[inspect]`).
     pub inspect: inspect::InspectPolicy,
     /// `[metadata]`; `None` for a legacy document without `apiVersion`.
@@ -350,6 +357,7 @@ impl Policy {
                 .events_per_second
                 .unwrap_or(DEFAULT_EVENTS_PER_SECOND),
             kernel_kill,
+            call_results: raw.kernel.call_results,
             require: raw.identity.require,
         })
     }

@@ -474,13 +474,25 @@ fn start_confined(
                 .map(|allow| (allow, policy.network_bind.as_slice())),
             events_per_second: policy.events_per_second,
             kill: policy.kernel_kill,
+            results: policy.call_results,
         },
     )?;
     tracing::info!(
         session = %label, cgroup = %cgroup.path().display(), mode = %policy.mode, deny = ?policy.deny,
         "protecting {:?}", opts.command
     );
-    let started = server::spawn(&cgroup, &spec, &opts.command, stdio, launch)?;
+    let mut tracer = tracer;
+    let (started, watch_socket) = server::spawn(&cgroup, &spec, &opts.command, stdio, launch)?;
+    tracer
+        .watch(
+            watch_socket,
+            cgroup.path(),
+            policy.mode == Mode::Enforce,
+            policy.kernel_kill,
+        )
+        .map_err(io(
+            "cannot start the thread that answers the sandbox's privilege calls",
+        ))?;
     Ok((started, Confined { tracer, cgroup }, label))
 }
 

@@ -138,6 +138,9 @@ impl Core {
         if old.kernel_kill != new.kernel_kill {
             later.push("kernel.kill");
         }
+        if old.call_results != new.call_results {
+            later.push("kernel.call_results");
+        }
         if old.inspect.threshold != new.inspect.threshold {
             later.push("inspect.threshold");
         }
@@ -161,6 +164,7 @@ impl Core {
             network_bind: old.network_bind.clone(),
             events_per_second: old.events_per_second,
             kernel_kill: old.kernel_kill,
+            call_results: old.call_results,
             ..new
         };
         self.policy = kept;

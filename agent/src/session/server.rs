@@ -1,7 +1,7 @@
 //! Starting the tool server: through the exec helper, in the session
 //! cgroup, with the client's environment; and waiting for an HTTP server
 //! to serve.
-use std::{ffi::OsString, process::Stdio, time::Duration};
+use std::{ffi::OsString, os::fd::OwnedFd, process::Stdio, time::Duration};
 
 use mcpwarden_sandbox::{SessionCgroup, Spec};
 use tokio::{
@@ -58,16 +58,26 @@ pub(super) async fn wait_until_serving(
 /// server gets pipes; an HTTP server's stdout goes to our stderr (its log).
 /// For a daemon client, the helper starts in the client's directory with
 /// the client's environment, from which the sandbox passes on only what the
-/// policy names.
+/// policy names. Also returns our end of the socket the sandbox sends its
+/// seccomp listener on (see `mcpwarden_sandbox::notify`).
 pub(super) fn spawn(
     cgroup: &SessionCgroup,
     spec: &Spec,
     command: &[OsString],
     stdio: bool,
     launch: &Launch,
-) -> Result<Started, RunError> {
-    let mut helper = launch::helper_command(cgroup, spec, command, launch.die_with_parent)
-        .map_err(io("cannot build the sandbox helper's command"))?;
+) -> Result<(Started, OwnedFd), RunError> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| io("cannot make the sandbox's notify socket")(e.into()))?;
+    let mut helper =
+        launch::helper_command(cgroup, spec, command, launch.die_with_parent, Some(&theirs))
+            .map_err(io("cannot build the sandbox helper's command"))?;
     if let Some(env) = &launch.env {
         helper.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     }
@@ -85,6 +95,9 @@ pub(super) fn spawn(
         .kill_on_drop(true)
         .spawn()
         .map_err(io("cannot start the server"))?;
+    // Only the helper keeps its end: the end of file we then see if it
+    // dies early is the sandbox's.
+    drop(theirs);
     let pipes = if stdio {
         let pipe = |what: &str| io(what.to_owned())(std::io::ErrorKind::BrokenPipe.into());
         let server_in = child.stdin.take().ok_or_else(|| pipe("server stdin"))?;
@@ -109,5 +122,5 @@ pub(super) fn spawn(
         };
         let _ = exit_tx.send(Some(how));
     });
-    Ok(Started { pipes, exit_rx })
+    Ok((Started { pipes, exit_rx }, ours))
 }

@@ -99,34 +99,29 @@ pub fn mcpw_sys_exit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// A system call as a handler sees it: number, arguments and (at exit)
-/// result.
+/// A system call as a handler sees it: its number and arguments (a
+/// handler at exit reads the result from the context's second argument).
 pub(crate) struct Call {
     /// The arguments, then two zero words (an index is masked with 7).
     args: [u64; 8],
     /// The call's number (`orig_ax`).
     pub(crate) nr: u32,
-    /// The result, at exit; 0 at entry.
-    pub(crate) ret: i64,
 }
 
 impl Call {
     /// The call a raw `sys_enter` or `sys_exit` context is about.
     #[inline(always)]
-    pub(crate) fn of(ctx: &RawTracePointContext, at_exit: bool) -> Self {
+    pub(crate) fn of(ctx: &RawTracePointContext) -> Self {
         let regs: u64 = ctx.arg(0);
-        let ret: i64 = if at_exit { ctx.arg(1) } else { 0 };
         // SAFETY: kernel memory read through the fault-tolerant helper.
         match unsafe { bpf_probe_read_kernel((regs + PT_REGS_R10) as *const [u64; 9]) } {
             Ok([r10, r9, r8, _ax, _cx, dx, si, di, orig_ax]) => Self {
                 args: [di, si, dx, r10, r8, r9, 0, 0],
                 nr: orig_ax as u32,
-                ret,
             },
             Err(_) => Self {
                 args: [0; 8],
                 nr: u32::MAX,
-                ret,
             },
         }
     }

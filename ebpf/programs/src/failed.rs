@@ -21,7 +21,7 @@ fn on_failed(ctx: &RawTracePointContext, path_arg: Option<usize>) {
     let Some((session, event)) = begin(kind::FAILED) else {
         return;
     };
-    let call = Call::of(ctx, true);
+    let call = Call::of(ctx);
     event.flags = call.nr;
     event.ret = ret;
     event.path[0] = 0;

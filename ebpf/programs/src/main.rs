@@ -287,7 +287,7 @@ fn on_open(ctx: &RawTracePointContext, dfd: Option<usize>, name: usize, flags: O
     let Some((session, event)) = begin(kind::OPEN) else {
         return;
     };
-    let call = Call::of(ctx, false);
+    let call = Call::of(ctx);
     event.fd = dfd.map_or(AT_FDCWD, |i| call.int(i));
     if let Some(i) = flags {
         event.flags = call.arg(i) as u32;
@@ -337,7 +337,7 @@ fn on_execve(ctx: &RawTracePointContext, argv: usize) {
     for slot in buf.iter_mut() {
         slot[0] = 0;
     }
-    let argv: *const *const u8 = Call::of(ctx, false).ptr(argv);
+    let argv: *const *const u8 = Call::of(ctx).ptr(argv);
     for (i, slot) in buf.iter_mut().enumerate() {
         // SAFETY: user pointers read through fault-tolerant helpers.
         let Ok(arg) = (unsafe { bpf_probe_read_user(argv.add(i)) }) else {
@@ -434,7 +434,7 @@ fn on_path_op(ctx: &RawTracePointContext, op: PathOp) {
     let Some((session, event)) = begin(op.kind) else {
         return;
     };
-    let call = Call::of(ctx, false);
+    let call = Call::of(ctx);
     event.fd = op.dfd.map_or(AT_FDCWD, |i| call.int(i));
     event.fd2 = op.dfd2.map_or(AT_FDCWD, |i| call.int(i));
     // SAFETY: user pointer read through the fault-tolerant helper.
@@ -633,7 +633,7 @@ pub fn mcpw_exit(ctx: RawTracePointContext) -> i32 {
     let Some((session, event)) = begin(kind::EXIT) else {
         return 0;
     };
-    event.arg = (Call::of(&ctx, false).arg(0) & 0xff) as i64;
+    event.arg = (Call::of(&ctx).arg(0) & 0xff) as i64;
     submit(&session, event);
     0
 }

@@ -1,14 +1,11 @@
-//! Privilege and evasion calls: `ptrace`, the `set*id` family, module and
-//! `bpf` calls, memfds, memory made executable.
+//! Evasion: memory made executable, and programs run from a memfd.
 //!
-//! The sandbox's seccomp filter refuses most of these calls, and seccomp
-//! runs before the `sys_enter` hook (kernel/entry/common.c,
-//! `syscall_trace_enter`), so a refused call is invisible there. The
-//! `sys_exit` hook still runs for it, with the error as the result: that
-//! is where these handlers are.
-use aya_ebpf::{
-    helpers::bpf_probe_read_user_str_bytes, macros::raw_tracepoint, programs::RawTracePointContext,
-};
+//! The privilege calls (`ptrace`, the `set*id` family, module and `bpf`
+//! calls) and `memfd_create` are not seen here: the sandbox's seccomp
+//! filter hands them to the agent (`agent/src/kernel/notify.rs`), which
+//! records them, answers them, and puts each memfd it makes for a session
+//! in `MEMFDS` before the process gets its descriptor.
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use mcpwarden_common::{Event, PATH_LEN, SESSION_ARMED, SessionConfig, kill, kind};
 
 use crate::{MEMFDS, begin, call::Call, kill_or_alert, submit};
@@ -26,51 +23,6 @@ fn act_on_call(session: &SessionConfig, event: &mut Event, bit: u32) {
     }
 }
 
-/// A watched call at its exit: its number, first arguments and result.
-#[inline(always)]
-fn on_exit(ctx: &RawTracePointContext, event_kind: u32, bit: u32) {
-    let Some((session, event)) = begin(event_kind) else {
-        return;
-    };
-    let call = Call::of(ctx, true);
-    event.flags = call.nr;
-    event.ret = call.ret;
-    event.arg = call.arg(0) as i64;
-    event.fd = call.int(1);
-    event.fd2 = call.int(2);
-    // A change of ids that worked was made with the privilege to make it
-    // (the sandbox's own drop to the server's user, for one): only a
-    // refused one is an attempt to gain what the task does not have.
-    if bit != kill::PRIVILEGE || event.ret < 0 {
-        act_on_call(&session, event, bit);
-    }
-    submit(&session, event);
-}
-
-#[raw_tracepoint]
-pub fn mcpw_ptrace(ctx: RawTracePointContext) -> i32 {
-    on_exit(&ctx, kind::PTRACE, kill::PTRACE);
-    0
-}
-
-#[raw_tracepoint]
-pub fn mcpw_privilege(ctx: RawTracePointContext) -> i32 {
-    on_exit(&ctx, kind::PRIVILEGE, kill::PRIVILEGE);
-    0
-}
-
-#[raw_tracepoint]
-pub fn mcpw_module(ctx: RawTracePointContext) -> i32 {
-    on_exit(&ctx, kind::MODULE, kill::MODULE);
-    0
-}
-
-#[raw_tracepoint]
-pub fn mcpw_bpf(ctx: RawTracePointContext) -> i32 {
-    on_exit(&ctx, kind::BPF, kill::BPF);
-    0
-}
-
 /// The `MEMFDS` key of descriptor `fd` in `session`. Keyed by session, not
 /// process: a child that inherited the descriptor is recognised too.
 #[inline(always)]
@@ -78,33 +30,11 @@ pub(crate) fn memfd_key(session: &SessionConfig, fd: u64) -> u64 {
     (u64::from(session.session) << 32) | (fd & 0xffff_ffff)
 }
 
-/// `memfd_create` at exit: reported with its name, and its descriptor
-/// remembered so an exec or executable mapping of it is recognised.
-#[raw_tracepoint]
-pub fn mcpw_memfd(ctx: RawTracePointContext) -> i32 {
-    let Some((session, event)) = begin(kind::MEMFD) else {
-        return 0;
-    };
-    let call = Call::of(&ctx, true);
-    event.flags = call.nr;
-    event.ret = call.ret;
-    event.arg = call.arg(1) as i64;
-    // SAFETY: user pointer read through the fault-tolerant helper.
-    if unsafe { bpf_probe_read_user_str_bytes(call.ptr(0), &mut event.path) }.is_err() {
-        event.path[0] = 0;
-    }
-    if event.ret >= 0 {
-        let _ = MEMFDS.insert(memfd_key(&session, event.ret as u64), 1, 0);
-    }
-    submit(&session, event);
-    0
-}
-
 /// `mprotect(addr, len, prot)` adding `PROT_EXEC`. Everything else leaves
 /// before the session lookup.
 #[raw_tracepoint]
 pub fn mcpw_mprotect(ctx: RawTracePointContext) -> i32 {
-    let call = Call::of(&ctx, false);
+    let call = Call::of(&ctx);
     let prot = call.arg(2);
     if prot & PROT_EXEC == 0 {
         return 0;
@@ -124,7 +54,7 @@ pub fn mcpw_mprotect(ctx: RawTracePointContext) -> i32 {
 /// a program loads) are not reported.
 #[raw_tracepoint]
 pub fn mcpw_mmap(ctx: RawTracePointContext) -> i32 {
-    let call = Call::of(&ctx, false);
+    let call = Call::of(&ctx);
     let prot = call.arg(2);
     if prot & PROT_EXEC == 0 {
         return 0;

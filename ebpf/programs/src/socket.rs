@@ -125,7 +125,7 @@ pub fn mcpw_connect(ctx: RawTracePointContext) -> i32 {
     let Some((session, event)) = begin(kind::CONNECT) else {
         return 0;
     };
-    let call = Call::of(&ctx, false);
+    let call = Call::of(&ctx);
     event.fd = call.int(0);
     let _ = read_sockaddr(event, call.ptr(1));
     note_peer(&session, event);
@@ -146,7 +146,7 @@ pub fn mcpw_listen(ctx: RawTracePointContext) -> i32 {
     let Some((session, event)) = begin(kind::LISTEN) else {
         return 0;
     };
-    let call = Call::of(&ctx, false);
+    let call = Call::of(&ctx);
     event.fd = call.int(0);
     event.arg = call.arg(1) as i64;
     submit(&session, event);
@@ -166,7 +166,7 @@ pub fn mcpw_accept(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     event.ret = ret;
-    let call = Call::of(&ctx, true);
+    let call = Call::of(&ctx);
     event.fd = call.int(0);
     let peer = call.ptr::<u8>(1);
     if !peer.is_null() {
@@ -198,7 +198,7 @@ pub fn mcpw_sendto(ctx: RawTracePointContext) -> i32 {
     let Some((session, event)) = begin(kind::SEND) else {
         return 0;
     };
-    let call = Call::of(&ctx, false);
+    let call = Call::of(&ctx);
     event.fd = call.int(0);
     event.arg = call.arg(2) as i64;
     event.flags = send::SENDTO;
@@ -248,7 +248,7 @@ pub fn mcpw_sendmsg(ctx: RawTracePointContext) -> i32 {
     let Some((session, event)) = begin(kind::SEND) else {
         return 0;
     };
-    let call = Call::of(&ctx, false);
+    let call = Call::of(&ctx);
     event.fd = call.int(0);
     event.flags = send::SENDMSG;
     if on_msghdr(&session, event, call.ptr(1)) {
@@ -269,7 +269,7 @@ pub fn mcpw_sendmmsg(ctx: RawTracePointContext) -> i32 {
     let Some((session, event)) = begin(kind::SEND) else {
         return 0;
     };
-    let call = Call::of(&ctx, false);
+    let call = Call::of(&ctx);
     let messages = call.ptr::<u64>(1);
     let vlen = call.arg(2);
     let fd = call.int(0);
