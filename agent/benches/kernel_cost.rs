@@ -73,6 +73,14 @@ fn worker(args: &[String]) {
             let _ = std::fs::File::open(path);
             eprintln!("worker: survived");
         }
+        [kind] if kind == "ptrace" => {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            // SAFETY: PTRACE_ATTACH to our parent; the sandbox hands the
+            // call to mcpwarden, which kills us while it waits.
+            unsafe { libc::ptrace(libc::PTRACE_ATTACH, libc::getppid(), 0, 0) };
+            eprintln!("worker: survived");
+        }
         _ => panic!("unknown worker {args:?}"),
     }
 }
@@ -156,8 +164,12 @@ fn wall(f: &dyn Fn()) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
 
-fn outside(policy: &Path, dir: &Path) {
-    println!("1. processes outside any session: no session vs one session live");
+/// `results`: the same policy with `[kernel] call_results`, whose session
+/// also attaches the syscall exit hook.
+fn outside(policy: &Path, results: &Path, dir: &Path) {
+    println!(
+        "1. processes outside any session: no session vs one session live (default policy; with [kernel] call_results)"
+    );
     let c_file = dir.join("unit.c");
     std::fs::write(&c_file, C_SOURCE).expect("c source");
     let gcc = || {
@@ -186,34 +198,39 @@ fn outside(policy: &Path, dir: &Path) {
         }
     };
     let has_gcc = Command::new("gcc").arg("--version").output().is_ok();
-    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
-        ("open+close (ns/op)", Vec::new(), Vec::new()),
-        ("connect refused (ns/op)", Vec::new(), Vec::new()),
-        ("gcc -O2 -c, 10 runs (ms)", Vec::new(), Vec::new()),
-        ("git status, 10k files, 5 runs (ms)", Vec::new(), Vec::new()),
-    ];
+    // Per row: no session, default session, call_results session.
+    let mut rows: Vec<(&str, [Vec<f64>; 3])> = [
+        "open+close (ns/op)",
+        "connect refused (ns/op)",
+        "gcc -O2 -c, 10 runs (ms)",
+        "git status, 10k files, 5 runs (ms)",
+    ]
+    .into_iter()
+    .map(|what| (what, Default::default()))
+    .collect();
     for _ in 0..5 {
-        for live in [false, true] {
-            let session = live.then(|| idle_session(policy));
+        for (state, session_policy) in [None, Some(policy), Some(results)].into_iter().enumerate() {
+            let session = session_policy.map(idle_session);
             let values = [
                 here("open", LOOPS),
                 here("connect", LOOPS / 10),
                 if has_gcc { wall(&gcc) } else { f64::NAN },
                 wall(&git),
             ];
-            for (row, v) in rows.iter_mut().zip(values) {
-                if live { row.2.push(v) } else { row.1.push(v) }
+            for ((_, samples), v) in rows.iter_mut().zip(values) {
+                samples[state].push(v);
             }
             if let Some(s) = session {
                 end(s);
             }
         }
     }
-    for (what, off, on) in rows {
-        let (off, on) = (median(off), median(on));
+    for (what, [off, on, exit]) in rows {
+        let (off, on, exit) = (median(off), median(on), median(exit));
         println!(
-            "  {what}: no session {off:.1} | session live {on:.1} | {:+.1} %",
-            (on - off) / off * 100.0
+            "  {what}: no session {off:.1} | session live {on:.1} {:+.1} % | with call_results {exit:.1} {:+.1} %",
+            (on - off) / off * 100.0,
+            (exit - off) / off * 100.0
         );
     }
 }
@@ -444,7 +461,10 @@ fn throughput(policy: &Path, dir: &Path, worker_bin: &Path) {
 }
 
 fn kill_latency(dir: &Path, worker_bin: &Path) {
-    println!("4. forbidden open to process gone (kernel event time to pidfd readable)");
+    println!(
+        "4. forbidden call to process gone (the kill event's time to pidfd readable)\n  \
+         open of a denied path (the kernel program's SIGKILL at syscall entry):"
+    );
     let secret = dir.join("secret");
     std::fs::create_dir_all(&secret).expect("mkdir");
     std::fs::write(secret.join("key"), "k").expect("write");
@@ -460,17 +480,30 @@ fn kill_latency(dir: &Path, worker_bin: &Path) {
         ),
     )
     .expect("policy");
+    let key = secret.join("key");
+    let key = key.to_str().expect("utf-8 path");
+    kills(&policy, &events, worker_bin, &["forbidden", key]);
+    println!(
+        "  ptrace (seccomp hands it to mcpwarden, which kills while the call waits; \
+         the event's time is when mcpwarden received it):"
+    );
+    kills(&policy, &events, worker_bin, &["ptrace"]);
+}
+
+/// 30 sessions whose worker (`--worker` `args`) does a forbidden thing
+/// when told: the time from each kill event to the process being gone.
+fn kills(policy: &Path, events: &Path, worker_bin: &Path, args: &[&str]) {
     let mut took = Vec::new();
     for _ in 0..30 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcpwarden"))
             .args(["run", "--policy"])
-            .arg(&policy)
+            .arg(policy)
             .arg("--events")
-            .arg(&events)
+            .arg(events)
             .arg("--")
             .arg(worker_bin)
-            .args(["--worker", "forbidden"])
-            .arg(secret.join("key"))
+            .arg("--worker")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -498,7 +531,7 @@ fn kill_latency(dir: &Path, worker_bin: &Path) {
         assert_eq!(ready, 1, "the worker was not killed");
         drop(stdin);
         common::stop(&mut child);
-        let text = std::fs::read_to_string(&events).expect("events");
+        let text = std::fs::read_to_string(events).expect("events");
         let kill_ts = text
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -549,14 +582,13 @@ fn main() {
     std::fs::copy(std::env::current_exe().expect("exe"), &worker_bin).expect("copy");
     std::fs::set_permissions(&worker_bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "mode = \"enforce\"\n[files]\ndeny = [\"/etc/shadow\"]\n[sandbox]\nexec = [\"{}\"]\n[kernel]\nevents_per_second = 0\n",
-            dir.path().display()
-        ),
-    )
-    .expect("policy");
+    let text = format!(
+        "mode = \"enforce\"\n[files]\ndeny = [\"/etc/shadow\"]\n[sandbox]\nexec = [\"{}\"]\n[kernel]\nevents_per_second = 0\n",
+        dir.path().display()
+    );
+    std::fs::write(&policy, &text).expect("policy");
+    let results = dir.path().join("results.toml");
+    std::fs::write(&results, format!("{text}call_results = true\n")).expect("policy");
     println!(
         "kernel programs' cost, {} (release build)",
         std::env::consts::ARCH
@@ -565,7 +597,7 @@ fn main() {
     let parts = std::env::var("KERNEL_COST_PARTS").unwrap_or_default();
     let part = |n: &str| parts.is_empty() || parts.split(',').any(|p| p.trim() == n);
     if part("1") {
-        outside(&policy, dir.path());
+        outside(&policy, &results, dir.path());
     }
     if part("2") {
         inside(&policy, &worker_bin);

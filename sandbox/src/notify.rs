@@ -223,6 +223,72 @@ mod tests {
     }
 
     #[test]
+    fn without_a_listener_a_watched_call_fails_and_never_runs() {
+        let [allow, deny] =
+            crate::seccomp::compile(crate::spec::Profile::Generic, true).expect("compiles");
+        let mut notify = program();
+        let fprog = |filter: *mut libc::sock_filter, len: usize| libc::sock_fprog {
+            len: len as u16,
+            filter,
+        };
+        // seccompiler's `sock_filter` has the kernel's (and libc's) layout.
+        let progs = [
+            fprog(allow.as_ptr().cast_mut().cast(), allow.len()),
+            fprog(deny.as_ptr().cast_mut().cast(), deny.len()),
+        ];
+        let listen = fprog(notify.as_mut_ptr(), notify.len());
+        // SAFETY: the child makes only raw system calls on memory prepared
+        // before the fork, then leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                for prog in &progs {
+                    let r = libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        0,
+                        std::ptr::from_ref(prog),
+                    );
+                    if r != 0 {
+                        libc::_exit(100);
+                    }
+                }
+                let fd = libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                    &raw const listen,
+                );
+                if fd < 0 {
+                    libc::_exit(101);
+                }
+                // Nobody will answer: the listener is gone.
+                libc::close(fd as i32);
+                // As root this would work, were it let through.
+                let r = libc::syscall(libc::SYS_setuid, 0);
+                let errno = *libc::__errno_location();
+                libc::_exit(if r == -1 && errno == libc::ENOSYS {
+                    0
+                } else {
+                    102
+                });
+            }
+        }
+        assert!(pid > 0, "fork");
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &raw mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "100/101: a filter was refused; 102: setuid was not failed with ENOSYS"
+        );
+    }
+
+    #[test]
     fn a_listener_crosses_a_socket_and_end_of_file_is_none() {
         use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
         let pair = || {

@@ -1,7 +1,7 @@
 //! Privilege and evasion calls from a real process of the session: `ptrace`,
-//! `setuid`, `bpf` (all refused by the sandbox's seccomp filter, so seen at
-//! syscall exit with their error), `memfd_create`, memory made executable,
-//! and a program run from a memfd. Reported with the call they happened in;
+//! `setuid`, `bpf` (handed by the sandbox's seccomp filter to mcpwarden,
+//! which records and refuses them), `memfd_create` (made by mcpwarden for
+//! the process), memory made executable, and a program run from a memfd. Reported with the call they happened in;
 //! under `[kernel] kill` (every one of them by default) they kill the tree
 //! in enforce mode and alert in monitor mode.
 use serde_json::{Value, json};
@@ -20,6 +20,9 @@ try:
 except OSError as e:
     out["setuid"] = e.errno
 out["bpf"] = [libc.syscall(321, 0, 0, 0), ctypes.get_errno()]
+out["finit_module"] = [libc.syscall(313, 0, b"", 0), ctypes.get_errno()]
+out["process_vm_readv"] = [libc.syscall(310, 1, 0, 0, 0, 0, 0), ctypes.get_errno()]
+out["capset"] = [libc.syscall(126, 0, 0), ctypes.get_errno()]
 out["memfd"] = os.memfd_create("mcpw-stage")
 m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
 out["mapped"] = len(m)
@@ -71,11 +74,14 @@ fn privilege_and_evasion_calls_are_events_of_their_request() {
     assert_eq!(run.step(2)["host_run"], 0);
     let server_pid = run.whoami(0)["pid"].as_u64().expect("pid");
     let printed = run.text(1);
-    // The sandbox refused ptrace and bpf (EPERM) and setuid (ENOSYS: not
-    // in the allow-list); memfd_create and the executable mapping worked.
+    // mcpwarden refused ptrace, setuid and bpf (EPERM); memfd_create and
+    // the executable mapping worked.
     assert!(printed.contains("'ptrace': [-1, 1]"), "{printed}");
     assert!(printed.contains("'setuid': 1"), "{printed}");
     assert!(printed.contains("'bpf': [-1, 1]"), "{printed}");
+    for call in ["finit_module", "process_vm_readv", "capset"] {
+        assert!(printed.contains(&format!("'{call}': [-1, 1]")), "{printed}");
+    }
     assert!(printed.contains("'mapped': 4096"), "{printed}");
     let id = run.call_id("run", 0);
     let all = events(&fx.events);
@@ -89,6 +95,9 @@ fn privilege_and_evasion_calls_are_events_of_their_request() {
     assert_eq!(setuid["args"][0], 0);
     let bpf = only(&all, "bpf", Some("bpf"));
     assert_eq!(bpf["error"], "EPERM");
+    let module = only(&all, "module", Some("finit_module"));
+    let vm_read = only(&all, "ptrace", Some("process_vm_readv"));
+    let capset = only(&all, "privilege", Some("capset"));
     let memfd = only(&all, "memfd", Some("memfd_create"));
     assert_eq!(memfd["path"], "mcpw-stage");
     assert!(memfd["ret"].as_i64().is_some_and(|fd| fd >= 0), "{memfd}");
@@ -96,7 +105,19 @@ fn privilege_and_evasion_calls_are_events_of_their_request() {
         .iter()
         .find(|e| e["kind"] == "exec_memory" && e["length"] == 4096 && e["prot"] == 7)
         .unwrap_or_else(|| panic!("no PROT_EXEC mapping of 4096 bytes in {all:#?}"));
-    for event in [&ptrace, &setuid, &bpf, &memfd, exec_memory] {
+    for event in [&module, &vm_read, &capset] {
+        assert_eq!(event["error"], "EPERM", "{event}");
+    }
+    for event in [
+        &ptrace,
+        &setuid,
+        &bpf,
+        &module,
+        &vm_read,
+        &capset,
+        &memfd,
+        exec_memory,
+    ] {
         assert_eq!(
             event["request_id"], id,
             "attributed to the run call: {event}"
@@ -107,7 +128,7 @@ fn privilege_and_evasion_calls_are_events_of_their_request() {
     }
     // Nothing from the host's process, though it made the same calls.
     assert!(!all.iter().any(|e| e["path"] == "host-stage"), "{all:#?}");
-    assert_eq!(all.iter().filter(|e| e["kind"] == "ptrace").count(), 1);
+    assert_eq!(all.iter().filter(|e| e["kind"] == "ptrace").count(), 2);
     assert_eq!(all.iter().filter(|e| e["kind"] == "bpf").count(), 1);
     assert_nothing_left_behind(Some(&run.session_cgroup(0)));
 }
