@@ -145,6 +145,7 @@ pub fn probe() -> Report {
             .map_err(|e| format!("not available: {e}")),
     ));
     checks.push(check("seccomp", true, seccomp()));
+    checks.push(check("seccomp notify", true, seccomp_notify()));
     if let Ok(cg) = scratch
         && let Err(e) = cg.remove(Duration::from_secs(2))
     {
@@ -341,10 +342,9 @@ fn probe_tp_btf(ebpf: &mut Ebpf, btf: &Btf) -> Result<String, String> {
 }
 
 /// Whether seccomp filters that kill the process are available.
-fn seccomp() -> Result<String, String> {
+/// Whether seccomp filters may return `action` (`SECCOMP_GET_ACTION_AVAIL`).
+fn seccomp_action(action: u32) -> std::io::Result<()> {
     const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
-    const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
-    let action = SECCOMP_RET_KILL_PROCESS;
     // SAFETY: the kernel reads one u32 through the pointer, which points at a
     // live local for the duration of the call.
     let r = unsafe {
@@ -356,11 +356,36 @@ fn seccomp() -> Result<String, String> {
         )
     };
     if r == 0 {
-        Ok("filters with SECCOMP_RET_KILL_PROCESS".into())
+        Ok(())
     } else {
-        Err(format!(
-            "not available: {}",
-            std::io::Error::last_os_error()
-        ))
+        Err(std::io::Error::last_os_error())
     }
+}
+
+fn seccomp() -> Result<String, String> {
+    const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+    seccomp_action(SECCOMP_RET_KILL_PROCESS)
+        .map(|()| "filters with SECCOMP_RET_KILL_PROCESS".into())
+        .map_err(|e| format!("not available: {e}"))
+}
+
+/// The sandbox hands the privilege calls to mcpwarden with
+/// `SECCOMP_RET_USER_NOTIF` (Linux 5.0) and makes memfds for it with
+/// `SECCOMP_IOCTL_NOTIF_ADDFD` (5.9).
+fn seccomp_notify() -> Result<String, String> {
+    seccomp_action(libc::SECCOMP_RET_USER_NOTIF)
+        .map_err(|e| format!("SECCOMP_RET_USER_NOTIF not available: {e}"))?;
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .map_err(|e| format!("uname: {e}"))?;
+    let mut parts = release
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version < (5, 9) {
+        return Err(format!(
+            "Linux {release} has no SECCOMP_IOCTL_NOTIF_ADDFD (5.9)"
+        ));
+    }
+    Ok("the sandbox's privilege calls reach mcpwarden".into())
 }

@@ -55,6 +55,7 @@ fn doctor_probes_the_kernel_and_exits_by_what_is_missing() {
         "fentry",
         "landlock",
         "seccomp",
+        "seccomp notify",
     ] {
         assert!(
             names.contains(&want),
