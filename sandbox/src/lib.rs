@@ -6,6 +6,11 @@
 //! the server: namespaces and a root of only the granted paths ([`mounts`]), an
 //! unprivileged uid, rlimits, landlock ([`lockdown`]) and seccomp
 //! ([`seccomp`]), as the policy's `[sandbox]` table ([`spec`]) grants.
+/// `(name, number)` pairs of system calls, from `libc::SYS_*` names.
+macro_rules! sys {
+    ($($name:ident),* $(,)?) => { &[$((stringify!($name), libc::$name)),*] };
+}
+
 pub mod cgroup;
 pub mod exec;
 pub mod explain;

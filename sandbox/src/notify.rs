@@ -24,10 +24,6 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 
 use crate::seccomp::SeccompError;
 
-macro_rules! sys {
-    ($($name:ident),* $(,)?) => { &[$((stringify!($name), libc::$name)),*] };
-}
-
 /// The calls the listener gets.
 pub const WATCHED: &[(&str, libc::c_long)] = sys![
     SYS_ptrace,
@@ -219,6 +215,16 @@ mod tests {
             };
             assert_eq!(run(AUDIT_ARCH, nr as u32), expected, "call {nr}");
             assert_eq!(run(0x4000_0003, nr as u32), libc::SECCOMP_RET_ALLOW);
+        }
+    }
+
+    #[test]
+    fn without_a_listener_the_deny_set_refuses_the_privilege_calls() {
+        // A sandbox that hands nothing to mcpwarden (`sandbox run`) still
+        // refuses every watched call but memfd_create.
+        for &(name, nr) in WATCHED {
+            let denied = crate::seccomp::DENY_ALWAYS.iter().any(|&(_, d)| d == nr);
+            assert_eq!(denied, nr != libc::SYS_memfd_create, "{name}");
         }
     }
 

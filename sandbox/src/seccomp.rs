@@ -35,10 +35,6 @@ pub enum SeccompError {
     Listener(std::io::Error),
 }
 
-macro_rules! sys {
-    ($($name:ident),* $(,)?) => { &[$((stringify!($name), libc::$name)),*] };
-}
-
 /// Syscalls every profile allows: an ordinary program's I/O, memory,
 /// threads, signals, time, files, sockets, processes.
 const BASE: &[(&str, libc::c_long)] = sys![

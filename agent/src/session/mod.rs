@@ -461,7 +461,7 @@ fn start_confined(
         label,
         cgroup,
     } = launch::new_session(&spec)?;
-    let tracer = SessionTracer::start(
+    let mut tracer = SessionTracer::start(
         cgroup.id(),
         cgroup.path(),
         &SessionRules {
@@ -481,7 +481,6 @@ fn start_confined(
         session = %label, cgroup = %cgroup.path().display(), mode = %policy.mode, deny = ?policy.deny,
         "protecting {:?}", opts.command
     );
-    let mut tracer = tracer;
     let (started, watch_socket) = server::spawn(&cgroup, &spec, &opts.command, stdio, launch)?;
     tracer
         .watch(
