@@ -67,7 +67,8 @@ def pids_alive(pids):
         try:
             with open(f"/proc/{pid}/stat", encoding="ascii") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
+            # Gone before the open, or reaped between the open and the read.
             continue
         if state not in ("Z", "X"):
             alive.append(pid)
