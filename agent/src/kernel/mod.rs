@@ -346,7 +346,7 @@ impl Tracer {
     pub(crate) fn add_memfd(&mut self, session: u32, fd: u32) -> Result<(), KernelError> {
         let mut memfds: HashMap<_, u64, u32> = map_mut(&mut self.ebpf, maps::MEMFDS)?;
         memfds
-            .insert((u64::from(session) << 32) | u64::from(fd), 1, 0)
+            .insert(mcpwarden_common::memfd_key(session, fd), 1, 0)
             .map_err(map_err(maps::MEMFDS))
     }
 

@@ -50,14 +50,12 @@ struct State {
     /// `DROPPED_FULL` as last reported, so each session's end reports what
     /// was lost since.
     full_reported: u64,
-    /// Live sessions that asked for call results: the exit hook is
-    /// attached while there is one.
-    want_results: usize,
 }
 
 struct Route {
     session: u32,
-    /// The session asked for call results.
+    /// The session asked for call results: the exit hook is attached
+    /// while a live session has.
     results: bool,
     queue: Vec<KernelEvent>,
     /// Records that did not fit the queue.
@@ -97,16 +95,18 @@ impl State {
             }
         }
     }
-}
 
-impl State {
-    /// Counts the session `cgroup` as asking for call results, attaching
+    /// Whether a live session asked for call results.
+    fn results_wanted(&self) -> bool {
+        self.routes.values().any(|r| r.results)
+    }
+
+    /// Marks the session `cgroup` as asking for call results, attaching
     /// the exit hook for the first one.
     fn want_results(&mut self, cgroup: u64) -> Result<(), KernelError> {
-        if self.want_results == 0 {
+        if !self.results_wanted() {
             self.tracer.exit_hook(true)?;
         }
-        self.want_results += 1;
         if let Some(route) = self.routes.get_mut(&cgroup) {
             route.results = true;
         }
@@ -157,7 +157,6 @@ fn hub() -> Result<Arc<Hub>, KernelError> {
             tracer: Tracer::load()?,
             routes: HashMap::new(),
             full_reported: 0,
-            want_results: 0,
         }),
     });
     *slot = Arc::downgrade(&hub);
@@ -327,13 +326,11 @@ impl Drop for SessionTracer {
         let Some(route) = state.routes.remove(&self.cgroup_id) else {
             return;
         };
-        if route.results {
-            state.want_results -= 1;
-            if state.want_results == 0
-                && let Err(e) = state.tracer.exit_hook(false)
-            {
-                tracing::warn!("detaching the syscall exit hook: {e}");
-            }
+        if route.results
+            && !state.results_wanted()
+            && let Err(e) = state.tracer.exit_hook(false)
+        {
+            tracing::warn!("detaching the syscall exit hook: {e}");
         }
         if let Err(e) = state.tracer.remove_session(self.cgroup_id, self.session) {
             tracing::warn!(

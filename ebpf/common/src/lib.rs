@@ -38,8 +38,9 @@ pub mod maps {
     pub const BIND4: &str = "BIND4";
     /// `LpmTrie<NetKey6, NetRule>`: local IPv6 addresses a session may bind.
     pub const BIND6: &str = "BIND6";
-    /// `LruHashMap<u64 tgid << 32 | fd, u32>`: memfds a session's processes
-    /// created, so an exec or executable mapping of one is recognised.
+    /// `LruHashMap<u64, u32>` keyed by [`crate::memfd_key`]: memfds made for
+    /// a session's processes, so an exec or executable mapping of one is
+    /// recognised.
     pub const MEMFDS: &str = "MEMFDS";
     /// `LruHashMap<u64 tgid << 32 | fd, DnsPeer>`: sockets a session's
     /// processes connected to port 53, so a send without an address on one
@@ -146,6 +147,14 @@ pub const CALL_SLOTS: u32 = 512;
 /// Words of the bitmaps of traced calls (`ENTER_TRACED`, `EXIT_TRACED`):
 /// one bit per slot.
 pub const CALL_WORDS: usize = CALL_SLOTS as usize / 64;
+
+/// The `MEMFDS` key of descriptor `fd` in session `session`. Keyed by
+/// session, not process: a child that inherited the descriptor is
+/// recognised too.
+#[must_use]
+pub const fn memfd_key(session: u32, fd: u32) -> u64 {
+    ((session as u64) << 32) | fd as u64
+}
 
 /// The bitmap globals the agent sets at load: which calls have a handler at
 /// entry, and at exit.

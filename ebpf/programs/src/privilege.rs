@@ -23,11 +23,10 @@ fn act_on_call(session: &SessionConfig, event: &mut Event, bit: u32) {
     }
 }
 
-/// The `MEMFDS` key of descriptor `fd` in `session`. Keyed by session, not
-/// process: a child that inherited the descriptor is recognised too.
+/// The `MEMFDS` key of descriptor `fd` (a call argument) in `session`.
 #[inline(always)]
-pub(crate) fn memfd_key(session: &SessionConfig, fd: u64) -> u64 {
-    (u64::from(session.session) << 32) | (fd & 0xffff_ffff)
+fn memfd_key(session: &SessionConfig, fd: u64) -> u64 {
+    mcpwarden_common::memfd_key(session.session, fd as u32)
 }
 
 /// `mprotect(addr, len, prot)` adding `PROT_EXEC`. Everything else leaves
