@@ -18,7 +18,10 @@ use aya::{
 use mcpwarden_sandbox::{Hierarchy, SessionCgroup};
 use serde::Serialize;
 
-use crate::kernel::{PROBES_OBJECT, ensure_tracefs};
+use crate::kernel::{
+    PROBES_OBJECT, ensure_tracefs,
+    pins::{self, Pins},
+};
 
 /// One finding.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -137,6 +140,7 @@ pub fn probe() -> Report {
     ));
 
     checks.extend(probe_bpf(scratch.as_ref().ok()));
+    checks.push(check("bpffs pins", true, probe_pins()));
     checks.push(check(
         "landlock",
         true,
@@ -210,6 +214,31 @@ where
 
 /// What one probe found: a detail when the feature works, why not else.
 type Probe = Result<String, String>;
+
+/// Pinning, end to end, as the tracer does it: bpffs mounted (or mounted
+/// now), a map of the probes pinned in this process's directory under
+/// `/sys/fs/bpf/mcpwarden`, opened back from its pin, and the directory
+/// removed. Also says what mcpwarden processes that are gone left pinned.
+fn probe_pins() -> Probe {
+    let pins = Pins::create().map_err(|e| e.to_string())?;
+    let ebpf = Ebpf::load(PROBES_OBJECT).map_err(|e| format!("cannot load probes: {e}"))?;
+    let map = ebpf.map("PROBE_RING").ok_or("no PROBE_RING")?;
+    let path = pins.map("probe", map).map_err(|e| e.to_string())?;
+    MapData::from_pin(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    drop(pins);
+    let stale = pins::instances()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|&(_, _, alive)| !alive)
+        .count();
+    Ok(match stale {
+        0 => "a map pinned and opened back".to_owned(),
+        n => format!(
+            "a map pinned and opened back; {n} left pinned by mcpwarden processes that are \
+             gone (the next session's start removes them)"
+        ),
+    })
+}
 
 /// Tracepoint + ring buffer, end to end: attach to getppid, call it, and
 /// read our own pid back. The ring is handed back for the next probe.

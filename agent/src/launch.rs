@@ -69,12 +69,33 @@ pub fn new_session(spec: &Spec) -> Result<Session, CgroupError> {
 }
 
 /// Kills and removes the session cgroups whose mcpwarden is gone (the pid
-/// their name starts with); returns their paths.
+/// their name starts with); returns their paths. Then, with nothing of
+/// those sessions left to enforce for, removes what the dead processes
+/// pinned in the kernel ([`crate::kernel::pins`]); that part is logged,
+/// not returned: a pin left behind holds no one's process.
 pub fn reap_stale() -> Result<Vec<std::path::PathBuf>, CgroupError> {
     let hierarchy = Hierarchy::discover()?;
     let controllers = Controllers::discover(&hierarchy)?;
     let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
-    hierarchy.reap_stale(&controllers, alive)
+    let reaped = hierarchy.reap_stale(&controllers, alive)?;
+    // The pins of a pid whose sessions are still there stay with them.
+    let owners: Vec<u32> = std::fs::read_dir(hierarchy.sessions_dir())
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| mcpwarden_sandbox::cgroup::owner_pid(entry.ok()?.file_name().to_str()?))
+        .collect();
+    match crate::kernel::pins::clean_stale(|pid| owners.contains(&pid)) {
+        Ok(cleaned) => {
+            for dir in cleaned {
+                tracing::warn!(
+                    "removed the kernel programs {} of an mcpwarden that is gone",
+                    dir.display()
+                );
+            }
+        }
+        Err(e) => tracing::error!("cannot remove kernel programs left behind: {e}"),
+    }
+    Ok(reaped)
 }
 
 /// The helper's command line: `mcpwarden sandbox-exec --spec JSON

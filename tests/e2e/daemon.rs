@@ -96,6 +96,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: the daemon dies at once, cleaning nothing up.
     pub fn kill_hard(&mut self) {
         self.child.kill().expect("SIGKILL the daemon");
@@ -344,6 +349,10 @@ pub fn register(d: &Daemon, name: &str, extra: &[&str]) -> String {
 
 #[test]
 fn the_daemon_serves_the_command_line_and_an_authenticated_api() {
+    // Serial like every test that starts a daemon or a session: each start
+    // reaps what a dead mcpwarden left, which another test may be looking
+    // at (see pins.rs).
+    let _serial = crate::support::serial();
     let mut d = Daemon::start();
     // A second daemon on the same socket is refused.
     let second = mcpwarden()
@@ -460,6 +469,7 @@ fn the_daemon_serves_the_command_line_and_an_authenticated_api() {
 
 #[test]
 fn the_daemon_speaks_systemds_notify_protocol() {
+    let _serial = crate::support::serial();
     // systemd's side of Type=notify: a datagram socket in NOTIFY_SOCKET.
     let dir = tempfile::tempdir().expect("tempdir");
     let notify = dir.path().join("notify.sock");

@@ -323,7 +323,7 @@ pub(crate) fn eventually(limit: Duration, mut what: impl FnMut() -> bool) -> boo
     what()
 }
 
-fn pids_in(cgroup: &Path) -> Vec<u32> {
+pub(crate) fn pids_in(cgroup: &Path) -> Vec<u32> {
     std::fs::read_to_string(cgroup.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()

@@ -19,6 +19,7 @@ mod http_hardening;
 mod identity;
 mod network;
 mod packaging;
+mod pins;
 mod policy;
 mod psi;
 mod registry;
@@ -56,6 +57,7 @@ fn doctor_probes_the_kernel_and_exits_by_what_is_missing() {
         "landlock",
         "seccomp",
         "seccomp notify",
+        "bpffs pins",
     ] {
         assert!(
             names.contains(&want),

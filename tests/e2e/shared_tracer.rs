@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Loaded programs named `name`, host-wide.
-fn loaded(name: &str) -> usize {
+pub(crate) fn loaded(name: &str) -> usize {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| p.name_as_str() == Some(name))

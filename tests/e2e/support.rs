@@ -438,6 +438,12 @@ pub fn assert_nothing_left_behind(cgroup: Option<&Path>) {
         "probe_lsm",
         "probe_fentry",
     ];
+    let pinned: Vec<PathBuf> = std::fs::read_dir("/sys/fs/bpf/mcpwarden")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .collect();
+    assert!(pinned.is_empty(), "kernel pins left behind: {pinned:?}");
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let left: Vec<String> = aya::programs::loaded_programs()

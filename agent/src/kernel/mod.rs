@@ -3,8 +3,11 @@
 //! One [`Tracer`] serves every live session of the process ([`shared`]):
 //! the sessions are entries in its maps, so N sessions cost the host's
 //! other processes what one does. It is loaded with the first session and
-//! dropped with the last. Dropping it detaches and unloads every program
-//! and frees every map: nothing stays in the kernel (nothing is pinned).
+//! dropped with the last. While loaded, its attachments and call tables are
+//! pinned ([`pins`]), so a killed mcpwarden's rules hold until its
+//! sandboxes are dead and the next start removes them. Dropping it removes
+//! the pins, detaches and unloads every program and frees every map:
+//! nothing stays in the kernel.
 //!
 //! The tracer attaches three programs: raw `sys_enter`, which tail-calls a
 //! handler per traced call ([`calls`]), and two sched tracepoints. The raw
@@ -20,6 +23,7 @@
 pub mod calls;
 pub mod event;
 pub(crate) mod notify;
+pub mod pins;
 pub mod shared;
 
 use std::{
@@ -36,8 +40,7 @@ use aya::{
     },
     programs::{
         CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramFd, RawTracePoint, TracePoint,
-        cgroup_sock_addr::CgroupSockAddrLinkId, raw_trace_point::RawTracePointLinkId,
-        trace_point::TracePointLinkId,
+        links::{FdLink, PinnedLink},
     },
 };
 use mcpwarden_common::{
@@ -109,6 +112,25 @@ pub enum KernelError {
     /// A deny prefix does not fit the kernel's key.
     #[error("deny prefix {0:?} is too long for the kernel's {DENY_PATH_LEN}-byte key")]
     PrefixTooLong(String),
+    /// bpffs is not mounted at /sys/fs/bpf and could not be.
+    #[error(
+        "bpffs is needed to pin the kernel programs (so their enforcement outlives a killed \
+         mcpwarden) and could not be mounted at /sys/fs/bpf ({what}): {source}"
+    )]
+    Bpffs {
+        /// The step that failed.
+        what: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// A program's attachment or map could not be pinned, or a pin removed.
+    #[error("pin {path}: {source}")]
+    Pin {
+        /// The pin (or its directory).
+        path: std::path::PathBuf,
+        /// Why.
+        source: io::Error,
+    },
     /// Two live sessions drew the same number (their map keys would mix).
     #[error("session number {0:08x} is already in use by a live session; start it again")]
     SessionInUse(u32),
@@ -255,18 +277,20 @@ pub struct SessionRules<'a> {
     pub results: bool,
 }
 
-/// The network programs' attachments to one session's cgroup.
-pub(crate) type NetLinks = Vec<(&'static str, CgroupSockAddrLinkId)>;
+/// The network programs' attachments to one session's cgroup (pinned).
+pub(crate) type NetLinks = Vec<PinnedLink>;
 
 /// The loaded and attached tracer: every program, every map.
 pub(crate) struct Tracer {
     ebpf: Ebpf,
     ring: RingBuf<MapData>,
-    /// The sched tracepoints' attachments, to detach them in parallel on
-    /// drop.
-    links: Vec<(&'static str, TracePointLinkId)>,
-    /// The raw syscall hooks' attachments, likewise.
-    hooks: Vec<(&'static str, RawTracePointLinkId)>,
+    /// The sched tracepoints' attachments, pinned, to detach them in
+    /// parallel on drop.
+    links: Vec<PinnedLink>,
+    /// The raw syscall hooks' attachments (by program), likewise.
+    hooks: Vec<(&'static str, PinnedLink)>,
+    /// Where they and the call tables are pinned; dropped last.
+    pins: pins::Pins,
 }
 
 /// The raw syscall hook attached at load, and the one attached only while
@@ -288,6 +312,8 @@ impl Tracer {
     /// lookup.
     pub(crate) fn load() -> Result<Self, KernelError> {
         ensure_tracefs()?;
+        // First: on an error below, dropping it detaches what was pinned.
+        let pins = pins::Pins::create()?;
         let (enter, exit) = (calls::traced(calls::enter()), calls::traced(calls::exit()));
         let mut ebpf = EbpfLoader::new()
             .override_global(mcpwarden_common::ENTER_TRACED, &enter, true)
@@ -295,20 +321,29 @@ impl Tracer {
             .load(TRACER_OBJECT)?;
         fill_calls(&mut ebpf, maps::ENTER_CALLS, calls::enter())?;
         fill_calls(&mut ebpf, maps::EXIT_CALLS, calls::exit())?;
+        // The kernel empties a call table when its last user reference
+        // goes: pinned, the hook keeps its handlers if this process dies.
+        for name in [maps::ENTER_CALLS, maps::EXIT_CALLS] {
+            let table = ebpf.map(name).ok_or(KernelError::MissingMap(name))?;
+            pins.map(name, table)?;
+        }
         let mut links = Vec::with_capacity(TRACEPOINTS.len());
         for &(name, category, tracepoint) in TRACEPOINTS {
             let program: &mut TracePoint = program(&mut ebpf, name)?;
             program.load().map_err(program_err(name, "load"))?;
-            let link = program.attach(category, tracepoint).map_err(program_err(
+            let id = program.attach(category, tracepoint).map_err(program_err(
                 name,
                 &format!("attach to {category}/{tracepoint}"),
             ))?;
-            links.push((name, link));
+            let link = program
+                .take_link(id)
+                .map_err(program_err(name, "take the link"))?;
+            links.push(pins.link(name, link)?);
         }
         // The hook goes last: with the tables full, the first call it sees
         // is traced.
         let mut hooks = Vec::with_capacity(SYSCALL_HOOKS.len());
-        hooks.push((ENTER_HOOK.0, attach_hook(&mut ebpf, ENTER_HOOK)?));
+        hooks.push((ENTER_HOOK.0, attach_hook(&mut ebpf, &pins, ENTER_HOOK)?));
         let ring = ebpf
             .take_map(maps::EVENTS)
             .ok_or(KernelError::MissingMap(maps::EVENTS))?;
@@ -318,6 +353,7 @@ impl Tracer {
             ring,
             links,
             hooks,
+            pins,
         })
     }
 
@@ -327,14 +363,13 @@ impl Tracer {
         let at = self.hooks.iter().position(|&(n, _)| n == name);
         match (on, at) {
             (true, None) => {
-                let link = attach_hook(&mut self.ebpf, EXIT_HOOK)?;
+                let link = attach_hook(&mut self.ebpf, &self.pins, EXIT_HOOK)?;
                 self.hooks.push((name, link));
             }
             (false, Some(at)) => {
-                let (_, id) = self.hooks.swap_remove(at);
-                program::<RawTracePoint>(&mut self.ebpf, name)?
-                    .detach(id)
-                    .map_err(program_err(name, "detach"))?;
+                let (_, link) = self.hooks.swap_remove(at);
+                // Detached here, once its pin is gone.
+                drop(pins::unpin(link));
             }
             _ => {}
         }
@@ -488,10 +523,11 @@ impl Tracer {
     /// kernel without cgroup `sock_addr` hooks fails exactly those, with the
     /// hook named in the error, and never silently downgrades them.
     /// Attachments made before a failure are put in `links` all the same, for
-    /// [`Tracer::detach_network`].
+    /// [`Tracer::detach_network`]. Each is pinned with `session`'s number.
     pub(crate) fn attach_network(
         &mut self,
         cgroup_dir: &Path,
+        session: u32,
         links: &mut NetLinks,
     ) -> Result<(), KernelError> {
         let dir = std::fs::File::open(cgroup_dir).map_err(|source| KernelError::OpenCgroup {
@@ -505,25 +541,25 @@ impl Tracer {
                     .load()
                     .map_err(program_err(name, &format!("load ({hook} hook)")))?;
             }
-            let link = program
+            let id = program
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(program_err(
                     name,
                     &format!("attach ({hook}) to {}", cgroup_dir.display()),
                 ))?;
-            links.push((name, link));
+            let link = program
+                .take_link(id)
+                .map_err(program_err(name, "take the link"))?;
+            links.push(self.pins.link(&format!("{name}-{session:08x}"), link)?);
         }
         Ok(())
     }
 
     /// Detaches a session's network programs from its cgroup.
-    pub(crate) fn detach_network(&mut self, links: NetLinks) {
-        for (name, link) in links {
-            let detached = program::<CgroupSockAddr>(&mut self.ebpf, name)
-                .and_then(|p| p.detach(link).map_err(program_err(name, "detach")));
-            if let Err(e) = detached {
-                tracing::warn!("{e}");
-            }
+    pub(crate) fn detach_network(links: NetLinks) {
+        // Each detaches as its pin goes and its descriptor is dropped.
+        for link in links {
+            drop(pins::unpin(link));
         }
     }
 
@@ -561,21 +597,11 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         // Each detach waits for grace periods; one thread per link lets
         // them overlap.
-        let mut owned: Vec<Box<dyn Send>> = Vec::with_capacity(4);
-        for (name, id) in self.hooks.drain(..) {
-            match program::<RawTracePoint>(&mut self.ebpf, name).map(|p| p.take_link(id)) {
-                Ok(Ok(link)) => owned.push(Box::new(link)),
-                Ok(Err(e)) => tracing::warn!("cannot take the link of {name} to detach it: {e}"),
-                Err(e) => tracing::warn!("cannot detach {name}: {e}"),
-            }
-        }
-        for (name, id) in self.links.drain(..) {
-            match program::<TracePoint>(&mut self.ebpf, name).map(|p| p.take_link(id)) {
-                Ok(Ok(link)) => owned.push(Box::new(link)),
-                Ok(Err(e)) => tracing::warn!("cannot take the link of {name} to detach it: {e}"),
-                Err(e) => tracing::warn!("cannot detach {name}: {e}"),
-            }
-        }
+        let pinned = self.hooks.drain(..).map(|(_, link)| link);
+        let owned: Vec<FdLink> = pinned
+            .chain(self.links.drain(..))
+            .filter_map(pins::unpin)
+            .collect();
         std::thread::scope(|scope| {
             for link in owned {
                 // Dropping a link detaches it; a thread that cannot start
@@ -586,22 +612,28 @@ impl Drop for Tracer {
                 }
             }
         });
-        // The programs themselves and the maps go with `ebpf`.
+        // The programs themselves and the maps go with `ebpf`, the pins of
+        // the call tables (and any pin left above) with `pins`.
     }
 }
 
-/// Loads and attaches the raw syscall hook `(program, tracepoint)`.
+/// Loads, attaches and pins the raw syscall hook `(program, tracepoint)`.
 fn attach_hook(
     ebpf: &mut Ebpf,
+    pins: &pins::Pins,
     (name, tracepoint): (&'static str, &str),
-) -> Result<RawTracePointLinkId, KernelError> {
+) -> Result<PinnedLink, KernelError> {
     let program: &mut RawTracePoint = program(ebpf, name)?;
     if program.fd().is_err() {
         program.load().map_err(program_err(name, "load"))?;
     }
-    program
+    let id = program
         .attach(tracepoint)
-        .map_err(program_err(name, &format!("attach to raw {tracepoint}")))
+        .map_err(program_err(name, &format!("attach to raw {tracepoint}")))?;
+    let link = program
+        .take_link(id)
+        .map_err(program_err(name, "take the link"))?;
+    pins.link(name, link)
 }
 
 /// Loads each handler of `calls` (once; a handler may serve several calls)

@@ -228,7 +228,9 @@ impl SessionTracer {
             .add_session(cgroup_id, rules)
             .and_then(|()| {
                 if rules.network.is_some() {
-                    state.tracer.attach_network(cgroup_dir, &mut this.net_links)
+                    state
+                        .tracer
+                        .attach_network(cgroup_dir, rules.session, &mut this.net_links)
                 } else {
                     Ok(())
                 }
@@ -338,8 +340,7 @@ impl Drop for SessionTracer {
                 "removing the session from the kernel maps: {e}"
             );
         }
-        let links = std::mem::take(&mut self.net_links);
-        state.tracer.detach_network(links);
+        Tracer::detach_network(std::mem::take(&mut self.net_links));
         // The last session's `hub` goes after this: the tracer is detached
         // and unloaded by the thread that ends that session.
     }
