@@ -229,7 +229,7 @@ fn probe_pins() -> Probe {
     let stale = pins::instances()
         .map_err(|e| e.to_string())?
         .into_iter()
-        .filter(|&(_, _, alive)| !alive)
+        .filter(|i| !i.alive)
         .count();
     Ok(match stale {
         0 => "a map pinned and opened back".to_owned(),

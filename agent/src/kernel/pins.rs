@@ -176,9 +176,19 @@ pub(crate) fn unpin(link: PinnedLink) -> Option<FdLink> {
     }
 }
 
-/// The pin directories under `ROOT`, each with its pid and whether the
-/// process that made it still runs.
-pub fn instances() -> Result<Vec<(PathBuf, u32, bool)>, KernelError> {
+/// One mcpwarden process's pin directory.
+#[derive(Debug)]
+pub struct Instance {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The process that made it.
+    pub pid: u32,
+    /// Whether that process still runs (the pid, with its start time).
+    pub alive: bool,
+}
+
+/// The pin directories under `ROOT`.
+pub fn instances() -> Result<Vec<Instance>, KernelError> {
     let err = |source| KernelError::Pin {
         path: ROOT.into(),
         source,
@@ -194,7 +204,11 @@ pub fn instances() -> Result<Vec<(PathBuf, u32, bool)>, KernelError> {
         let entry = entry.map_err(err)?;
         let name = entry.file_name();
         if let Some((pid, start)) = name.to_str().and_then(parse_instance) {
-            found.push((entry.path(), pid, start_time(pid) == Some(start)));
+            found.push(Instance {
+                dir: entry.path(),
+                pid,
+                alive: start_time(pid) == Some(start),
+            });
         }
     }
     Ok(found)
@@ -208,15 +222,15 @@ pub fn instances() -> Result<Vec<(PathBuf, u32, bool)>, KernelError> {
 /// removed.
 pub fn clean_stale(keep: impl Fn(u32) -> bool) -> Result<Vec<PathBuf>, KernelError> {
     let mut cleaned = Vec::new();
-    for (path, pid, alive) in instances()? {
+    for Instance { dir, pid, alive } in instances()? {
         if alive || keep(pid) {
             continue;
         }
-        fs::remove_dir_all(&path).map_err(|source| KernelError::Pin {
-            path: path.clone(),
+        fs::remove_dir_all(&dir).map_err(|source| KernelError::Pin {
+            path: dir.clone(),
             source,
         })?;
-        cleaned.push(path);
+        cleaned.push(dir);
     }
     Ok(cleaned)
 }
