@@ -176,7 +176,8 @@ def main():
         print(json.dumps({"trial": i, **result}), flush=True)
     # One last session: its start removes what the last trial left.
     subprocess.run([mcpw, "run", "--policy", policy, "--", "/bin/true"],
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=False)
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=False)
     done = [r for r in results if "error" not in r]
     gone = sorted(r["sandbox_gone_ms"] for r in done if r["sandbox_gone_ms"] is not None)
     print(f"{kind}: {len(done)} trials ({len(results) - len(done)} failed to start), "
