@@ -331,23 +331,25 @@ pub(crate) fn pids_in(cgroup: &Path) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn a_killed_daemon_takes_its_sandboxes_with_it_and_recovers_at_start() {
-    let _serial = serial();
-    let mut d = Daemon::start();
-    let fx = Fixture::new("enforce");
-    let go_on = fx.dir().join("go-on");
+/// A session of daemon `d` for fixture `fx`, live until `go_on` exists,
+/// through the SDK client as nobody, its stderr (and so `run`'s) kept: it
+/// cannot end cleanly once its server is gone, and says why. Returns the
+/// client, the session's label, its cgroup and the server's pids, once the
+/// session's record has no end and its cgroup has the server.
+pub(crate) fn live_session(
+    d: &Daemon,
+    fx: &Fixture,
+    go_on: &Path,
+) -> (std::process::Child, String, PathBuf, Vec<u32>) {
     let scenario = json!([
         {"call": "whoami", "args": {}},
         {"wait_file": go_on.display().to_string()},
     ]);
-    // The SDK client as nobody, its stderr (and so `run`'s) kept: it cannot
-    // end cleanly once its server is gone, and says why.
     let client = std::process::Command::new(python())
         .arg(repo().join("tests/e2e/client.py"))
         .arg(scenario.to_string())
         .arg("--")
-        .args(run_through(&fx))
+        .args(run_through(fx))
         .env("MCPWARDEN_SOCKET", &d.socket)
         .env("HOME", "/tmp")
         .uid_gid(65534)
@@ -355,14 +357,15 @@ fn a_killed_daemon_takes_its_sandboxes_with_it_and_recovers_at_start() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start the Python MCP client");
-
-    // The session is live: its record has no end, its cgroup has the server.
     let mut label = String::new();
     assert!(
         eventually(Duration::from_secs(30), || {
-            match sessions(&d).first() {
+            match sessions(d).first() {
                 Some(s) if s["outcome"].is_null() => {
-                    label = s["session"].as_str().unwrap_or_default().to_owned();
+                    s["session"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .clone_into(&mut label);
                     true
                 }
                 _ => false,
@@ -371,30 +374,50 @@ fn a_killed_daemon_takes_its_sandboxes_with_it_and_recovers_at_start() {
         "no live session appeared; daemon log:\n{}",
         d.log()
     );
-    let cgroup: PathBuf = cgroup_root().join("mcpwarden").join(&label);
+    let cgroup = cgroup_root().join("mcpwarden").join(&label);
     assert!(
         eventually(Duration::from_secs(10), || !pids_in(&cgroup).is_empty()),
         "the server never joined {}",
         cgroup.display()
     );
     let server = pids_in(&cgroup);
-    policy_seen_and_changed(&d, &label, &fx);
+    (client, label, cgroup, server)
+}
 
+/// SIGKILLs the daemon of a [`live_session`] and checks that its server
+/// dies with it, without anyone asking (fail-closed), and that the client
+/// is told why.
+pub(crate) fn kill_and_see_the_server_die(
+    d: &mut Daemon,
+    server: &[u32],
+    client: std::process::Child,
+    go_on: &Path,
+) {
     d.kill_hard();
-    // Fail-closed: the server dies with the daemon, without anyone asking.
     assert!(
         eventually(Duration::from_secs(5), || server
             .iter()
             .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())),
         "server pids {server:?} outlived the daemon"
     );
-    std::fs::write(&go_on, "").expect("let the client finish");
+    std::fs::write(go_on, "").expect("let the client finish");
     let out = client.wait_with_output().expect("the client ends");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
         said.contains("the daemon ended the session"),
         "the client was not told why its server went away:\n{said}"
     );
+}
+
+#[test]
+fn a_killed_daemon_takes_its_sandboxes_with_it_and_recovers_at_start() {
+    let _serial = serial();
+    let mut d = Daemon::start();
+    let fx = Fixture::new("enforce");
+    let go_on = fx.dir().join("go-on");
+    let (client, label, cgroup, server) = live_session(&d, &fx, &go_on);
+    policy_seen_and_changed(&d, &label, &fx);
+    kill_and_see_the_server_die(&mut d, &server, client, &go_on);
 
     // The next start removes the sandbox left behind and closes the record.
     d.restart();

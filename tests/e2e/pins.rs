@@ -4,19 +4,17 @@
 //! left there before it removes the pins (which unloads the programs).
 use std::{
     net::TcpListener,
-    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
-use serde_json::json;
-
 use crate::{
     daemon::Daemon,
-    daemon_sessions::{eventually, pids_in, run_through, sessions},
+    daemon_sessions::{eventually, kill_and_see_the_server_die, live_session, pids_in},
     shared_tracer::loaded,
-    support::{Fixture, assert_nothing_left_behind, cgroup_root, python, repo, serial},
+    support::{Fixture, assert_nothing_left_behind, python, serial},
 };
 
 const PINS: &str = "/sys/fs/bpf/mcpwarden";
@@ -79,53 +77,6 @@ fn connect_from(cgroup: Option<&Path>, port: u16) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// A session of daemon `d` for fixture `fx`, live until `go_on` exists:
-/// the client, the session's label, its cgroup and the server's pids.
-fn live_session(d: &Daemon, fx: &Fixture, go_on: &Path) -> (Child, String, PathBuf, Vec<u32>) {
-    let scenario = json!([
-        {"call": "whoami", "args": {}},
-        {"wait_file": go_on.display().to_string()},
-    ]);
-    let client = Command::new(python())
-        .arg(repo().join("tests/e2e/client.py"))
-        .arg(scenario.to_string())
-        .arg("--")
-        .args(run_through(fx))
-        .env("MCPWARDEN_SOCKET", &d.socket)
-        .env("HOME", "/tmp")
-        .uid(65534)
-        .gid(65534)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the Python MCP client");
-    let mut label = String::new();
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            match sessions(d).first() {
-                Some(s) if s["outcome"].is_null() => {
-                    s["session"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .clone_into(&mut label);
-                    true
-                }
-                _ => false,
-            }
-        }),
-        "no live session appeared; daemon log:\n{}",
-        d.log()
-    );
-    let cgroup = cgroup_root().join("mcpwarden").join(&label);
-    assert!(
-        eventually(Duration::from_secs(10), || !pids_in(&cgroup).is_empty()),
-        "the server never joined {}",
-        cgroup.display()
-    );
-    let server = pids_in(&cgroup);
-    (client, label, cgroup, server)
-}
-
 #[test]
 fn a_killed_daemons_rules_hold_until_the_next_start_removes_them() {
     let _serial = serial();
@@ -161,20 +112,7 @@ fn a_killed_daemons_rules_hold_until_the_next_start_removes_them() {
         "the exit hook is pinned, so attached, with no session asking: {names:?}"
     );
 
-    d.kill_hard();
-    assert!(
-        eventually(Duration::from_secs(5), || server
-            .iter()
-            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())),
-        "server pids {server:?} outlived the daemon"
-    );
-    std::fs::write(&go_on, "").expect("let the client finish");
-    let said = client.wait_with_output().expect("the client ends");
-    assert!(
-        String::from_utf8_lossy(&said.stderr).contains("the daemon ended the session"),
-        "{}",
-        String::from_utf8_lossy(&said.stderr)
-    );
+    kill_and_see_the_server_die(&mut d, &server, client, &go_on);
 
     // No mcpwarden runs now (every test that starts one is serial, as
     // each start reaps what a dead one left), and the programs are still
