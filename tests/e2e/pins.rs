@@ -151,7 +151,13 @@ fn a_killed_daemons_rules_hold_until_the_next_start_removes_them() {
     d.restart();
     let status = left.wait().expect("wait for sleep");
     assert_eq!(status.signal(), Some(9), "{status}");
-    assert!(!dir.exists(), "the restart left {}", dir.display());
+    // The daemon answers once it has recovered.
+    assert!(
+        !dir.exists(),
+        "the restart left {}; its log:\n{}",
+        dir.display(),
+        d.log()
+    );
     assert!(
         d.log().contains("removed the kernel programs"),
         "the restart did not say what it removed:\n{}",

@@ -106,6 +106,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // Watching starts before the socket answers: a daemon that answers is
     // one that watches.
     let watcher = crate::unmanaged::watch::Watcher::start(&opts.unmanaged, Arc::clone(&feed))?;
+    // Likewise, a daemon that answers has removed what a dead one left:
+    // its sandboxes, then its kernel programs.
+    let closed = sessions::recover(&db)?;
     let unix = bind_socket(&opts.socket)?;
     let tcp = match opts.api {
         Some(addr) => {
@@ -121,7 +124,6 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
         None => None,
     };
-    let closed = sessions::recover(&db)?;
     retention::apply_logged(&db, opts.retention);
     if closed > 0 {
         tracing::warn!(
