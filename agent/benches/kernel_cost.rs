@@ -1,8 +1,9 @@
 //! What the kernel programs cost and how fast they act, in one run:
 //! 1. processes outside any session: an open/close and a connect loop, a
-//!    gcc compile loop and `git status` on a 10,000-file tree, with no
-//!    session vs while one session is live (its syscall tracepoints
-//!    attached). With no session live nothing of mcpwarden is in the
+//!    gcc compile loop and `git status` on a 10,000-file tree (wall time,
+//!    and instructions retired, which this VM repeats where wall time
+//!    does not), with no session vs while one session is live (its
+//!    syscall tracepoints attached). With no session live nothing of mcpwarden is in the
 //!    kernel: programs load with a session and unload with it.
 //! 2. a process inside a session: the open/close loop in a session
 //!    (programs attached) vs in the same sandbox without them
@@ -26,6 +27,8 @@ use std::{
 };
 
 mod common;
+#[path = "kernel_cost/counters.rs"]
+mod counters;
 #[path = "kernel_cost/hooks.rs"]
 mod hooks;
 #[path = "kernel_cost/sessions.rs"]
@@ -198,12 +201,22 @@ fn outside(policy: &Path, results: &Path, dir: &Path) {
         }
     };
     let has_gcc = Command::new("gcc").arg("--version").output().is_ok();
+    // Millions of instructions of a workload and its children.
+    let instructions = |f: &dyn Fn()| match counters::instructions(f) {
+        Ok(n) => u32::try_from(n / 1_000).map_or(f64::NAN, |k| f64::from(k) / 1e3),
+        Err(e) => {
+            println!("  (no instruction count: {e})");
+            f64::NAN
+        }
+    };
     // Per row: no session, default session, call_results session.
     let mut rows: Vec<(&str, [Vec<f64>; 3])> = [
         "open+close (ns/op)",
         "connect refused (ns/op)",
         "gcc -O2 -c, 10 runs (ms)",
         "git status, 10k files, 5 runs (ms)",
+        "gcc -O2 -c, 10 runs (M instructions)",
+        "git status, 10k files, 5 runs (M instructions)",
     ]
     .into_iter()
     .map(|what| (what, Default::default()))
@@ -216,6 +229,12 @@ fn outside(policy: &Path, results: &Path, dir: &Path) {
                 here("connect", LOOPS / 10),
                 if has_gcc { wall(&gcc) } else { f64::NAN },
                 wall(&git),
+                if has_gcc {
+                    instructions(&gcc)
+                } else {
+                    f64::NAN
+                },
+                instructions(&git),
             ];
             for ((_, samples), v) in rows.iter_mut().zip(values) {
                 samples[state].push(v);
@@ -226,10 +245,23 @@ fn outside(policy: &Path, results: &Path, dir: &Path) {
         }
     }
     for (what, [off, on, exit]) in rows {
+        // The spread of each state's rounds, to tell a change from noise.
+        let spread = |v: &[f64]| {
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                    (lo.min(x), hi.max(x))
+                });
+            format!("[{lo:.1}-{hi:.1}]")
+        };
+        let spreads = [spread(&off), spread(&on), spread(&exit)];
         let (off, on, exit) = (median(off), median(on), median(exit));
         println!(
-            "  {what}: no session {off:.1} | session live {on:.1} {:+.1} % | with call_results {exit:.1} {:+.1} %",
+            "  {what}: no session {off:.1} {} | session live {on:.1} {} {:+.2} % | with call_results {exit:.1} {} {:+.2} %",
+            spreads[0],
+            spreads[1],
             (on - off) / off * 100.0,
+            spreads[2],
             (exit - off) / off * 100.0
         );
     }
