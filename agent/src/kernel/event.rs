@@ -515,6 +515,7 @@ mod tests {
             uid: 0,
             path2: [0; PATH_LEN],
             ret: 0,
+            lookup: [0; 2],
         }
     }
 

@@ -343,6 +343,7 @@ fn answer(listener: &OwnedFd, notif: &libc::seccomp_notif, rules: &Rules, sink: 
         fd2: args[2] as i32,
         uid,
         ret: -i64::from(libc::EPERM),
+        lookup: [0; 2],
         path: [0; PATH_LEN],
         path2: [0; PATH_LEN],
     };

@@ -397,6 +397,10 @@ pub struct Event {
     /// The call's return value, for events taken at syscall exit (a
     /// negative errno when it failed); 0 for the others.
     pub ret: i64,
+    /// Scratch for the kernel programs, meaningless to a reader: the head
+    /// of a `DENY` lookup key (prefix length, session), so that with the
+    /// path right after it the key is built in place, without a copy.
+    pub lookup: [u32; 2],
     /// Path opened or executed, or the unix socket path; NUL-terminated.
     pub path: [u8; PATH_LEN],
     /// Second path: rename and link targets, symlink contents; for exec,

@@ -11,7 +11,7 @@
 //! one load), then the task's cgroup against `SESSIONS` (a task outside
 //! every session leaves there), and only then tail-calls the handler of the
 //! call's number in [`ENTER_CALLS`] or [`EXIT_CALLS`] (filled by the
-//! agent). A tail call costs more than a comparison (kernel_cost part 6),
+//! agent), leaving it the session found ([`dispatched`]). A tail call costs more than a comparison (kernel_cost part 6),
 //! so outsiders never make one.
 //!
 //! The arguments are read from the task's saved user registers (x86-64
@@ -22,10 +22,10 @@ use aya_ebpf::{
     Global,
     helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
-    maps::ProgramArray,
+    maps::{PerCpuArray, ProgramArray},
     programs::RawTracePointContext,
 };
-use mcpwarden_common::{CALL_SLOTS, CALL_WORDS};
+use mcpwarden_common::{CALL_SLOTS, CALL_WORDS, SessionConfig};
 
 use crate::SESSIONS;
 
@@ -66,8 +66,29 @@ fn wanted(traced: &Global<[u64; CALL_WORDS]>, id: u64) -> bool {
     }
     // SAFETY: helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: only the presence of the key is used.
-    unsafe { SESSIONS.get(cgroup_id) }.is_some()
+    // SAFETY: the value is plain data copied out at once.
+    let Some(session) = (unsafe { SESSIONS.get(cgroup_id) }) else {
+        return false;
+    };
+    let Some(slot) = DISPATCHED.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU map memory; the handler this run tail-calls reads it
+    // before anything else can run a hook on this CPU.
+    unsafe { *slot = (cgroup_id, *session) };
+    true
+}
+
+/// The cgroup id and session of the task whose call a hook is handing to
+/// its handler: [`wanted`] writes it, the handler reads it (`begin_call`),
+/// so the handler does not repeat the hook's helper call and hash lookup.
+#[map]
+static DISPATCHED: PerCpuArray<(u64, SessionConfig)> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the hook that tail-called the running handler found.
+#[inline(always)]
+pub(crate) fn dispatched() -> Option<(u64, SessionConfig)> {
+    DISPATCHED.get(0).copied()
 }
 
 /// Raw `sys_enter`: `(struct pt_regs *regs, long id)`.

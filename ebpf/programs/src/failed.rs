@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use mcpwarden_common::kind;
 
-use crate::{begin, call::Call, submit};
+use crate::{begin_call, call::Call, submit};
 
 /// A failed call at its exit: its number, its error, and the path it was
 /// given (argument `path_arg`, if any). Calls that worked leave after one
@@ -18,7 +18,7 @@ fn on_failed(ctx: &RawTracePointContext, path_arg: Option<usize>) {
     if ret >= 0 {
         return;
     }
-    let Some((session, event)) = begin(kind::FAILED) else {
+    let Some((session, event)) = begin_call(kind::FAILED) else {
         return;
     };
     let call = Call::of(ctx);

@@ -1,13 +1,13 @@
 //! The session tracer.
 //!
 //! Two raw syscall hooks hand each traced call to its handler ([`call`]);
-//! two sched tracepoints see execs and forks. Each handler first looks up
-//! the current task's cgroup id in `SESSIONS`: tasks outside a managed
-//! cgroup leave after one hash lookup. For managed tasks the handler fills an
-//! [`Event`] in per-CPU scratch memory, checks opened and executed paths
-//! against the session's denied prefixes (`DENY`, an LPM trie keyed by
-//! session id + path), sends SIGKILL to the task in enforce mode, and copies
-//! the event to the `EVENTS` ring buffer.
+//! two sched tracepoints see execs and forks. The current task's cgroup id
+//! is looked up in `SESSIONS` once (by the hook, before it dispatches):
+//! tasks outside a managed cgroup leave after one hash lookup. For managed
+//! tasks the handler fills an [`Event`] in per-CPU scratch memory, checks
+//! opened and executed paths against the session's denied prefixes (`DENY`,
+//! an LPM trie keyed by session id + path), sends SIGKILL to the task in
+//! enforce mode, and copies the event to the `EVENTS` ring buffer.
 //!
 //! Here: processes and files. [`socket`]: connect, listen, accept, datagram
 //! destinations. [`privilege`]: ptrace, ids, modules, bpf, memfds,
@@ -118,7 +118,8 @@ mod netpolicy;
 mod privilege;
 mod socket;
 
-/// Shared start of every handler: the session of the current task, if any,
+/// Shared start of the programs the syscall hooks do not dispatch (sched
+/// tracepoints, cgroup programs): the session of the current task, if any,
 /// and the scratch event with its header filled in.
 #[inline(always)]
 pub(crate) fn begin(event_kind: u32) -> Option<(SessionConfig, &'static mut Event)> {
@@ -126,6 +127,24 @@ pub(crate) fn begin(event_kind: u32) -> Option<(SessionConfig, &'static mut Even
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is plain data copied out at once.
     let session = *unsafe { SESSIONS.get(cgroup_id) }?;
+    fill(cgroup_id, session, event_kind)
+}
+
+/// [`begin`] for a handler the syscall hooks tail-called: the hook has
+/// just looked the task's session up ([`call::dispatched`]).
+#[inline(always)]
+pub(crate) fn begin_call(event_kind: u32) -> Option<(SessionConfig, &'static mut Event)> {
+    let (cgroup_id, session) = call::dispatched()?;
+    fill(cgroup_id, session, event_kind)
+}
+
+/// The scratch event with its header filled in for a task of `session`.
+#[inline(always)]
+fn fill(
+    cgroup_id: u64,
+    session: SessionConfig,
+    event_kind: u32,
+) -> Option<(SessionConfig, &'static mut Event)> {
     let event = SCRATCH_EVENT.get_ptr_mut(0)?;
     // SAFETY: per-CPU map memory, valid for the whole program run and not
     // shared with any other program run on this CPU meanwhile.
@@ -154,22 +173,56 @@ pub(crate) fn begin(event_kind: u32) -> Option<(SessionConfig, &'static mut Even
     Some((session, event))
 }
 
-/// The session's denied rule whose prefix `path` starts with, at a
-/// component boundary.
+/// `DENY`'s key is the event's `lookup` and `path` fields, adjacent.
+const _: () = assert!(
+    core::mem::offset_of!(Event, path) == core::mem::offset_of!(Event, lookup) + 8
+        && size_of::<Key<DenyKey>>() == 8 + DENY_PATH_LEN
+);
+
+/// The session's denied rule whose prefix the event's path starts with, at
+/// a component boundary.
 #[inline(always)]
-fn deny_rule(session: &SessionConfig, path: &[u8; PATH_LEN]) -> Option<u32> {
+fn deny_rule(session: &SessionConfig, event: &mut Event) -> Option<u32> {
+    // The key is built in place: its head in `lookup`, its path the first
+    // DENY_PATH_LEN bytes of `path`. The path is NUL-terminated: bytes
+    // after the NUL can never match a stored prefix, since stored prefixes
+    // contain no NUL.
+    event.lookup = [
+        ((4 + DENY_PATH_LEN) * 8) as u32,
+        u32::from_ne_bytes(session.session.to_be_bytes()),
+    ];
+    // SAFETY: `Event` is `#[repr(C)]` and `lookup` is followed by `path`
+    // (asserted above), so these bytes are a valid `Key<DenyKey>`: plain
+    // integers and bytes, alignment 4. The pointer comes from the whole
+    // event, which it stays inside.
+    let key = unsafe {
+        &*core::ptr::from_mut(event)
+            .cast::<u8>()
+            .add(core::mem::offset_of!(Event, lookup))
+            .cast::<Key<DenyKey>>()
+    };
+    at_boundary(DENY.get(key)?, &event.path)
+}
+
+/// The session's denied rule whose prefix `path` starts with: like
+/// [`deny_rule`] for a path that is not the event's first (a copy).
+#[inline(always)]
+fn deny_rule_of(session: &SessionConfig, path: &[u8; PATH_LEN]) -> Option<u32> {
     let key = SCRATCH_KEY.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch memory, exclusive for this program run.
     let key = unsafe { &mut *key };
     key.prefix_len = ((4 + DENY_PATH_LEN) * 8) as u32;
     key.data.session = session.session.to_be_bytes();
-    // The path is NUL-terminated: bytes after the NUL can never match a
-    // stored prefix, since stored prefixes contain no NUL.
     // SAFETY: both buffers are valid kernel memory of at least
     // DENY_PATH_LEN bytes.
     unsafe { bpf_probe_read_kernel_buf(path.as_ptr(), &mut key.data.path) }.ok()?;
-    let rule = DENY.get(&*key)?;
-    // Require a component boundary right after the prefix.
+    at_boundary(DENY.get(&*key)?, path)
+}
+
+/// A matched rule applies only at a component boundary right after its
+/// prefix.
+#[inline(always)]
+fn at_boundary(rule: &DenyRule, path: &[u8; PATH_LEN]) -> Option<u32> {
     let next = path[rule.len as usize & (PATH_LEN - 1)];
     if next != 0 && next != b'/' {
         return None;
@@ -201,7 +254,7 @@ pub(crate) fn kill_or_alert(session: &SessionConfig, event: &mut Event) {
 /// match.
 #[inline(always)]
 fn check_deny(session: &SessionConfig, event: &mut Event) {
-    if let Some(rule) = deny_rule(session, &event.path) {
+    if let Some(rule) = deny_rule(session, event) {
         act_on_deny(session, event, rule);
     }
 }
@@ -284,7 +337,7 @@ pub(crate) fn submit(session: &SessionConfig, event: &Event) {
 /// one), the path (argument `name`) and the flags (argument `flags`).
 #[inline(always)]
 fn on_open(ctx: &RawTracePointContext, dfd: Option<usize>, name: usize, flags: Option<usize>) {
-    let Some((session, event)) = begin(kind::OPEN) else {
+    let Some((session, event)) = begin_call(kind::OPEN) else {
         return;
     };
     let call = Call::of(ctx);
@@ -323,12 +376,7 @@ pub fn mcpw_open(ctx: RawTracePointContext) -> i32 {
 /// managed tasks only.
 #[inline(always)]
 fn on_execve(ctx: &RawTracePointContext, argv: usize) {
-    // SAFETY: helper without arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: only the presence of the key is used.
-    if unsafe { SESSIONS.get(cgroup_id) }.is_none() {
-        return;
-    }
+    // The hook dispatches only tasks of a session.
     let Some(buf) = SCRATCH_ARGV.get_ptr_mut(0) else {
         return;
     };
@@ -431,7 +479,7 @@ struct PathOp {
 /// session's denied prefixes, like an open), and the call's argument.
 #[inline(always)]
 fn on_path_op(ctx: &RawTracePointContext, op: PathOp) {
-    let Some((session, event)) = begin(op.kind) else {
+    let Some((session, event)) = begin_call(op.kind) else {
         return;
     };
     let call = Call::of(ctx);
@@ -450,9 +498,9 @@ fn on_path_op(ctx: &RawTracePointContext, op: PathOp) {
     event.arg = op.arg.map_or(op.fixed_arg, |i| call.arg(i) as i64);
     // A rename or link into a denied directory is as denied as one out of
     // it: the second path (the destination) is checked too.
-    let rule = match deny_rule(&session, &event.path) {
+    let rule = match deny_rule(&session, event) {
         Some(rule) => Some(rule),
-        None if op.path2.is_some() => deny_rule(&session, &event.path2),
+        None if op.path2.is_some() => deny_rule_of(&session, &event.path2),
         None => None,
     };
     if let Some(rule) = rule {
@@ -630,7 +678,7 @@ pub fn mcpw_fork(ctx: TracePointContext) -> u32 {
 
 #[raw_tracepoint]
 pub fn mcpw_exit(ctx: RawTracePointContext) -> i32 {
-    let Some((session, event)) = begin(kind::EXIT) else {
+    let Some((session, event)) = begin_call(kind::EXIT) else {
         return 0;
     };
     event.arg = (Call::of(&ctx).arg(0) & 0xff) as i64;

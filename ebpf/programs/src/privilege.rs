@@ -8,7 +8,7 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use mcpwarden_common::{Event, PATH_LEN, SESSION_ARMED, SessionConfig, kill, kind};
 
-use crate::{MEMFDS, begin, call::Call, kill_or_alert, submit};
+use crate::{MEMFDS, begin_call, call::Call, kill_or_alert, submit};
 
 /// `PROT_EXEC`, `MAP_ANONYMOUS` (asm-generic/mman-common.h).
 const PROT_EXEC: u64 = 4;
@@ -38,7 +38,7 @@ pub fn mcpw_mprotect(ctx: RawTracePointContext) -> i32 {
     if prot & PROT_EXEC == 0 {
         return 0;
     }
-    let Some((session, event)) = begin(kind::EXEC_MEMORY) else {
+    let Some((session, event)) = begin_call(kind::EXEC_MEMORY) else {
         return 0;
     };
     event.flags = prot as u32;
@@ -58,7 +58,7 @@ pub fn mcpw_mmap(ctx: RawTracePointContext) -> i32 {
     if prot & PROT_EXEC == 0 {
         return 0;
     }
-    let Some((session, event)) = begin(kind::EXEC_MEMORY) else {
+    let Some((session, event)) = begin_call(kind::EXEC_MEMORY) else {
         return 0;
     };
     let flags = call.arg(3);

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use mcpwarden_common::{DnsPeer, Event, SESSION_NET_POLICY, SessionConfig, kind, send};
 
-use crate::{AF_INET, AF_INET6, AF_UNIX, begin, call::Call, submit};
+use crate::{AF_INET, AF_INET6, AF_UNIX, begin_call, call::Call, submit};
 
 const DNS_PORT: u16 = 53;
 
@@ -122,7 +122,7 @@ fn keep_dns_head(event: &mut Event, payload: *const u8) {
 /// `connect(fd, addr, addrlen)`.
 #[raw_tracepoint]
 pub fn mcpw_connect(ctx: RawTracePointContext) -> i32 {
-    let Some((session, event)) = begin(kind::CONNECT) else {
+    let Some((session, event)) = begin_call(kind::CONNECT) else {
         return 0;
     };
     let call = Call::of(&ctx);
@@ -143,7 +143,7 @@ pub fn mcpw_connect(ctx: RawTracePointContext) -> i32 {
 /// `listen(fd, backlog)`.
 #[raw_tracepoint]
 pub fn mcpw_listen(ctx: RawTracePointContext) -> i32 {
-    let Some((session, event)) = begin(kind::LISTEN) else {
+    let Some((session, event)) = begin_call(kind::LISTEN) else {
         return 0;
     };
     let call = Call::of(&ctx);
@@ -162,7 +162,7 @@ pub fn mcpw_accept(ctx: RawTracePointContext) -> i32 {
     if ret < 0 {
         return 0;
     }
-    let Some((session, event)) = begin(kind::ACCEPT) else {
+    let Some((session, event)) = begin_call(kind::ACCEPT) else {
         return 0;
     };
     event.ret = ret;
@@ -195,7 +195,7 @@ fn destination(session: &SessionConfig, event: &mut Event, addr: u64) -> Option<
 /// `sendto(fd, buff, len, flags, addr, addrlen)`.
 #[raw_tracepoint]
 pub fn mcpw_sendto(ctx: RawTracePointContext) -> i32 {
-    let Some((session, event)) = begin(kind::SEND) else {
+    let Some((session, event)) = begin_call(kind::SEND) else {
         return 0;
     };
     let call = Call::of(&ctx);
@@ -245,7 +245,7 @@ fn on_msghdr(session: &SessionConfig, event: &mut Event, msg: *const u64) -> boo
 /// `sendmsg(fd, msg, flags)`.
 #[raw_tracepoint]
 pub fn mcpw_sendmsg(ctx: RawTracePointContext) -> i32 {
-    let Some((session, event)) = begin(kind::SEND) else {
+    let Some((session, event)) = begin_call(kind::SEND) else {
         return 0;
     };
     let call = Call::of(&ctx);
@@ -266,7 +266,7 @@ pub fn mcpw_sendmmsg(ctx: RawTracePointContext) -> i32 {
     /// `struct mmsghdr`: a 56-byte `user_msghdr` and its 4-byte result,
     /// padded to 64 bytes (8 u64).
     const MMSGHDR_U64S: usize = 8;
-    let Some((session, event)) = begin(kind::SEND) else {
+    let Some((session, event)) = begin_call(kind::SEND) else {
         return 0;
     };
     let call = Call::of(&ctx);
