@@ -332,3 +332,80 @@ fn listen_accept_and_datagram_destinations_are_events_with_dns_questions() {
     }
     assert_nothing_left_behind(Some(&cgroup));
 }
+
+/// Python run by the server's `run` tool: an IPv4 and an IPv6 listener,
+/// each accepting one connection from the same process; prints the two
+/// peers' ports.
+const ACCEPTS: &str = r#"
+import socket, sys
+ports = []
+for family, host, port in ((socket.AF_INET, "127.0.0.1", int(sys.argv[1])),
+                           (socket.AF_INET6, "::1", int(sys.argv[2]))):
+    srv = socket.socket(family)
+    srv.bind((host, port))
+    srv.listen(3)
+    client = socket.create_connection((host, port))
+    conn, peer = srv.accept()
+    ports.append(str(peer[1]))
+print(" ".join(ports))
+"#;
+
+#[test]
+fn accepted_peers_are_reported_without_the_exit_hook() {
+    let _guard = serial();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port()
+    };
+    let (v4, v6) = (free(), free());
+    // No `[kernel] call_results`: the exit hook stays detached, and the
+    // cgroup's sock_ops program reports the accepted peers.
+    let fx = Fixture::with_sandbox(
+        "enforce",
+        &format!("[sandbox.network]\nbind = [{v4}, {v6}]\nconnect = [{v4}, {v6}]\n"),
+    );
+    let code = json!({"call": "run", "args": {"argv": [
+        crate::support::VENV_PYTHON, "-c", ACCEPTS, v4.to_string(), v6.to_string()
+    ]}});
+    // A host process listening and accepting on loopback meanwhile: not
+    // the session's, so not reported.
+    let host = "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen(1)\n\
+                c = socket.create_connection(s.getsockname())\ns.accept()\n";
+    let run = Run::through_mcpwarden(
+        &fx,
+        &json!([{"call": "whoami"}, code, {"host_run": ["python3", "-c", host]}]),
+    );
+    assert_eq!(run.step(2)["host_run"], 0, "{}", run.raw);
+    let cgroup = run.session_cgroup(0);
+    let peers: Vec<u16> = run
+        .text(1)
+        .split_whitespace()
+        .map(|p| p.parse().expect("a peer port"))
+        .collect();
+    assert_eq!(peers.len(), 2, "{}", run.raw);
+    let all = events(&fx.events);
+    let accepted: Vec<&Value> = all.iter().filter(|e| e["kind"] == "accepted").collect();
+    assert_eq!(
+        accepted.len(),
+        2,
+        "one per listener, none for the host's: {accepted:#?}"
+    );
+    let id = run.call_id("run", 0);
+    for (e, (addr, local)) in accepted.iter().zip([
+        (format!("127.0.0.1:{}", peers[0]), v4),
+        (format!("[::1]:{}", peers[1]), v6),
+    ]) {
+        assert_eq!(e["addr"], addr, "the peer: {e}");
+        assert_eq!(e["local_port"], local, "the listener's port: {e}");
+        assert_eq!(e["request_id"], id, "{e}");
+        assert_eq!(e["action"], "allow", "{e}");
+        assert_eq!(e["pid"], 0, "seen in the network stack, not a task: {e}");
+    }
+    assert!(
+        !all.iter().any(|e| e["kind"] == "accept"),
+        "the exit hook was attached without call_results"
+    );
+    assert_nothing_left_behind(Some(&cgroup));
+}

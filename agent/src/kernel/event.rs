@@ -50,6 +50,10 @@ pub enum EventKind {
     Listen,
     /// Accepted a connection.
     Accept,
+    /// A TCP connection to a listener of the session completed its
+    /// handshake (seen in the kernel's network stack, not in a task: no
+    /// pid).
+    Accepted,
     /// Sent a datagram or message to an explicit destination.
     Send,
     /// A file, exec or connect call failed (its error in `ret`), reported
@@ -84,6 +88,7 @@ impl EventKind {
             Self::ExecMemory => "exec_memory",
             Self::Listen => "listen",
             Self::Accept => "accept",
+            Self::Accepted => "accepted",
             Self::Send => "send",
             Self::Failed => "failed",
         }
@@ -109,7 +114,10 @@ impl EventKind {
     /// `[network]` rules in the kernel).
     #[must_use]
     pub fn is_socket(self) -> bool {
-        matches!(self, Self::Connect | Self::Bind | Self::Accept | Self::Send)
+        matches!(
+            self,
+            Self::Connect | Self::Bind | Self::Accept | Self::Accepted | Self::Send
+        )
     }
 
     /// Whether `path` names a file this call touches (checked against the
@@ -233,6 +241,7 @@ impl KernelEvent {
             kind::EXEC_MEMORY => EventKind::ExecMemory,
             kind::LISTEN => EventKind::Listen,
             kind::ACCEPT => EventKind::Accept,
+            kind::ACCEPTED => EventKind::Accepted,
             kind::SEND => EventKind::Send,
             kind::FAILED => EventKind::Failed,
             _ => return None,

@@ -10,8 +10,10 @@
 //! nothing stays in the kernel.
 //!
 //! The tracer attaches three programs: raw `sys_enter`, which tail-calls a
-//! handler per traced call ([`calls`]), and two sched tracepoints. The raw
-//! `sys_exit` hook (failed calls with their error, accepted peers) runs a
+//! handler per traced call ([`calls`]), and two sched tracepoints; each
+//! session's cgroup gets a `sock_ops` program (accepted connections' peers)
+//! and, with a `[network]` policy, the `sock_addr` programs. The raw
+//! `sys_exit` hook (failed calls with their error, `accept` calls) runs a
 //! program at every syscall exit of every task on the host, so it is
 //! attached only while a live session's policy asks for it
 //! (`[kernel] call_results`). The privilege calls, which the sandbox's
@@ -39,14 +41,15 @@ use aya::{
         lpm_trie::Key,
     },
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramFd, RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramFd, RawTracePoint, SockOps,
+        TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
 use mcpwarden_common::{
-    DENY_PATH_LEN, DROPPED_FULL, DenyKey, DenyRule, DnsPeer, NET_PORTS, NetKey4, NetKey6, NetRule,
-    RateState, SESSION_ENFORCE, SESSION_NET_POLICY, SOCK_PROGRAMS, SYSCALL_HOOKS, SessionConfig,
-    TRACEPOINTS, maps,
+    ACCEPTED_PROGRAM, DENY_PATH_LEN, DROPPED_FULL, DenyKey, DenyRule, DnsPeer, NET_PORTS, NetKey4,
+    NetKey6, NetRule, RateState, SESSION_ENFORCE, SESSION_NET_POLICY, SOCK_PROGRAMS, SYSCALL_HOOKS,
+    SessionConfig, TRACEPOINTS, maps,
 };
 
 use crate::policy::network::NetAllow;
@@ -62,6 +65,10 @@ static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 /// that the kernel_cost bench attaches).
 pub static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcpwarden-probes"));
+
+/// `BPF_CGROUP_SOCK_OPS` of linux/bpf.h's `enum bpf_attach_type`: half of
+/// a cgroup storage key.
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
 
 /// Errors of loading and driving kernel programs.
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +284,8 @@ pub struct SessionRules<'a> {
     pub results: bool,
 }
 
-/// The network programs' attachments to one session's cgroup (pinned).
+/// The cgroup programs' attachments to one session's cgroup (pinned): the
+/// network policy's and the accepted-connection program's.
 pub(crate) type NetLinks = Vec<PinnedLink>;
 
 /// The loaded and attached tracer: every program, every map.
@@ -551,6 +559,60 @@ impl Tracer {
                 .take_link(id)
                 .map_err(program_err(name, "take the link"))?;
             links.push(self.pins.link(&format!("{name}-{session:08x}"), link)?);
+        }
+        Ok(())
+    }
+
+    /// Loads (once) and attaches the accepted-connection program to a
+    /// session's cgroup directory, and tells it the cgroup id it serves:
+    /// from then on the peers of the TCP connections the session's
+    /// listeners accept are reported, without the exit hook. The link goes
+    /// in `links`, pinned with `session`'s number, like the network
+    /// programs'.
+    pub(crate) fn attach_accepts(
+        &mut self,
+        cgroup_dir: &Path,
+        cgroup_id: u64,
+        session: u32,
+        links: &mut NetLinks,
+    ) -> Result<(), KernelError> {
+        let name = ACCEPTED_PROGRAM;
+        let dir = std::fs::File::open(cgroup_dir).map_err(|source| KernelError::OpenCgroup {
+            path: cgroup_dir.to_owned(),
+            source,
+        })?;
+        let program: &mut SockOps = program(&mut self.ebpf, name)?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(program_err(name, "load (sock_ops hook)"))?;
+        }
+        let id = program
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(program_err(
+                name,
+                &format!("attach (sock_ops) to {}", cgroup_dir.display()),
+            ))?;
+        let link = program
+            .take_link(id)
+            .map_err(program_err(name, "take the link"))?;
+        links.push(self.pins.link(&format!("{name}-{session:08x}"), link)?);
+        // The kernel made the attachment's storage (zero: nothing is
+        // reported) with the link; now it learns its cgroup.
+        #[expect(
+            deprecated,
+            reason = "the kernel object's sock_ops program uses the attach-keyed cgroup storage"
+        )]
+        {
+            use aya::maps::{CgroupStorage, CgroupStorageKey};
+            let mut storage: CgroupStorage<_, u64> = map_mut(&mut self.ebpf, maps::ACCEPT_CGROUP)?;
+            storage
+                .insert(
+                    CgroupStorageKey::new(cgroup_id, BPF_CGROUP_SOCK_OPS),
+                    cgroup_id,
+                    0,
+                )
+                .map_err(map_err(maps::ACCEPT_CGROUP))?;
         }
         Ok(())
     }

@@ -227,6 +227,14 @@ impl SessionTracer {
             .tracer
             .add_session(cgroup_id, rules)
             .and_then(|()| {
+                state.tracer.attach_accepts(
+                    cgroup_dir,
+                    cgroup_id,
+                    rules.session,
+                    &mut this.net_links,
+                )
+            })
+            .and_then(|()| {
                 if rules.network.is_some() {
                     state
                         .tracer

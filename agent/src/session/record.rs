@@ -101,6 +101,7 @@ impl Verdict {
             | EventKind::ExecMemory
             | EventKind::Listen
             | EventKind::Accept
+            | EventKind::Accepted
             | EventKind::Send
             | EventKind::Failed => "acted on",
         };
@@ -341,6 +342,9 @@ fn call_fields(event: &KernelEvent, o: &mut Map<String, Value>) {
         }
         EventKind::Accept => {
             o.insert("fd".into(), json!(event.fd));
+        }
+        EventKind::Accepted => {
+            o.insert("local_port".into(), json!(event.arg));
         }
         EventKind::Send => {
             o.insert("fd".into(), json!(event.fd));

@@ -30,6 +30,9 @@ pub mod maps {
     pub const DROPPED: &str = "DROPPED";
     /// `PerCpuHashMap<u32 session, RateState>`: rate limit buckets.
     pub const RATE: &str = "RATE";
+    /// Cgroup storage of `u64`: the cgroup id each attachment of
+    /// [`crate::ACCEPTED_PROGRAM`] serves.
+    pub const ACCEPT_CGROUP: &str = "ACCEPT_CGROUP";
     /// `LpmTrie<NetKey4, NetRule>`: allowed IPv4 destinations per session.
     pub const NET4: &str = "NET4";
     /// `LpmTrie<NetKey6, NetRule>`: allowed IPv6 destinations per session.
@@ -87,6 +90,10 @@ pub const SOCK_PROGRAMS: &[(&str, &str)] = &[
     ("mcpw_bind4", "bind4"),
     ("mcpw_bind6", "bind6"),
 ];
+
+/// The cgroup `sock_ops` program attached to every session's cgroup: it
+/// reports the peers of the connections the session's listeners accept.
+pub const ACCEPTED_PROGRAM: &str = "mcpw_accepted";
 
 /// Ports one [`NetRule`] can list.
 pub const NET_PORTS: usize = 8;
@@ -223,6 +230,11 @@ pub mod kind {
     /// A watched call failed (`flags`: its number; `ret`: the error;
     /// `path`: the path it was given, or the unix socket of a connect).
     pub const FAILED: u32 = 24;
+    /// A TCP connection to a session's listening socket completed its
+    /// handshake, seen by the session cgroup's `sock_ops` program, not in
+    /// a task's context: `pid`, `tid`, `comm` and `uid` are 0. The peer's
+    /// address like a connect's; `arg`: the local port.
+    pub const ACCEPTED: u32 = 25;
 }
 
 /// `Event::flags` bit of an exec: the program came from a memfd (a file

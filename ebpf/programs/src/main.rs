@@ -14,6 +14,8 @@
 //! executable memory (at syscall exit, past seccomp). [`failed`]: refused
 //! file, exec and connect calls with their error. [`netpolicy`]: the
 //! cgroup `sock_addr` programs that refuse what `[network]` does not allow.
+//! [`accepted`]: the cgroup `sock_ops` program that reports the peers of
+//! the connections a session's listeners accept.
 #![no_std]
 #![no_main]
 #![expect(
@@ -111,6 +113,7 @@ pub(crate) const AF_UNIX: u16 = 1;
 pub(crate) const AF_INET: u16 = 2;
 pub(crate) const AF_INET6: u16 = 10;
 
+mod accepted;
 mod call;
 use call::Call;
 mod failed;
