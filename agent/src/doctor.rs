@@ -12,7 +12,8 @@ use aya::{
     Btf, Ebpf,
     maps::{MapData, ProgramArray, RingBuf},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, FEntry, Lsm, RawTracePoint, TracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, FEntry, Lsm, RawTracePoint, SockOps,
+        TracePoint,
     },
 };
 use mcpwarden_sandbox::{Hierarchy, SessionCgroup};
@@ -21,6 +22,7 @@ use serde::Serialize;
 use crate::kernel::{
     PROBES_OBJECT, ensure_tracefs,
     pins::{self, Pins},
+    set_sock_ops_storage,
 };
 
 /// One finding.
@@ -158,12 +160,13 @@ pub fn probe() -> Report {
     Report { checks }
 }
 
-const BPF_CHECKS: [(&str, bool); 8] = [
+const BPF_CHECKS: [(&str, bool); 9] = [
     ("tracepoints", true),
     ("ring buffer", true),
     ("bpf_send_signal", true),
     ("raw syscall hooks", true),
     ("cgroup sock_addr", true),
+    ("cgroup sock_ops", true),
     ("BPF-LSM", false),
     ("fentry", false),
     ("BTF tracepoints", false),
@@ -193,6 +196,7 @@ fn probe_bpf(cgroup: Option<&SessionCgroup>) -> Vec<Check> {
         probe_signal(&mut ebpf),
         raw,
         probe_sock_addr(&mut ebpf, cgroup),
+        probe_sock_ops(&mut ebpf, cgroup),
         btf.clone().and_then(|btf| probe_lsm(&mut ebpf, &btf)),
         btf.clone().and_then(|btf| probe_fentry(&mut ebpf, &btf)),
         btf.and_then(|btf| probe_tp_btf(&mut ebpf, &btf)),
@@ -336,6 +340,25 @@ fn probe_sock_addr(ebpf: &mut Ebpf, cgroup: Option<&SessionCgroup>) -> Result<St
         .map_err(|e| format!("attach: {e}"))?;
     prog.detach(link).map_err(|e| format!("detach: {e}"))?;
     Ok("connect4 attached to a cgroup".into())
+}
+
+/// The tracer's accepted-connection program's kind: a `sock_ops` program
+/// with cgroup storage, attached to a cgroup, its storage written from
+/// here as the tracer writes it.
+fn probe_sock_ops(ebpf: &mut Ebpf, cgroup: Option<&SessionCgroup>) -> Result<String, String> {
+    let prog = program::<SockOps>(ebpf, "probe_sock_ops")?;
+    prog.load().map_err(|e| format!("load: {e}"))?;
+    let cg = cgroup.ok_or("no scratch cgroup to attach to")?;
+    let dir =
+        fs::File::open(cg.path()).map_err(|e| format!("open {}: {e}", cg.path().display()))?;
+    let link = prog
+        .attach(dir.as_fd(), CgroupAttachMode::Single)
+        .map_err(|e| format!("attach: {e}"))?;
+    let stored = set_sock_ops_storage(ebpf, "PROBE_CGROUP", cg.id(), 1)
+        .map_err(|e| format!("cgroup storage: {e}"));
+    let prog = program::<SockOps>(ebpf, "probe_sock_ops")?;
+    prog.detach(link).map_err(|e| format!("detach: {e}"))?;
+    stored.map(|()| "attached to a cgroup, its cgroup storage written".into())
 }
 
 fn probe_lsm(ebpf: &mut Ebpf, btf: &Btf) -> Result<String, String> {

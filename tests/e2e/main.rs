@@ -52,6 +52,7 @@ fn doctor_probes_the_kernel_and_exits_by_what_is_missing() {
         "bpf_send_signal",
         "raw syscall hooks",
         "cgroup sock_addr",
+        "cgroup sock_ops",
         "BPF-LSM",
         "fentry",
         "landlock",

@@ -172,6 +172,32 @@ where
     M::try_from(map).map_err(map_err(name))
 }
 
+/// Writes `value` to the cgroup storage map `name` for cgroup `cgroup_id`,
+/// whose entry the kernel made when a `sock_ops` program using the map was
+/// attached to that cgroup.
+pub(crate) fn set_sock_ops_storage(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup_id: u64,
+    value: u64,
+) -> Result<(), KernelError> {
+    #[expect(
+        deprecated,
+        reason = "sock_ops programs get no cgroup pointer for BPF_MAP_TYPE_CGRP_STORAGE"
+    )]
+    {
+        use aya::maps::{CgroupStorage, CgroupStorageKey};
+        let mut storage: CgroupStorage<_, u64> = map_mut(ebpf, name)?;
+        storage
+            .insert(
+                CgroupStorageKey::new(cgroup_id, BPF_CGROUP_SOCK_OPS),
+                value,
+                0,
+            )
+            .map_err(map_err(name))
+    }
+}
+
 /// The map `name` of an object, as map type `M`, to read.
 fn map_ref<'a, M>(ebpf: &'a Ebpf, name: &'static str) -> Result<M, KernelError>
 where
@@ -599,22 +625,7 @@ impl Tracer {
         links.push(self.pins.link(&format!("{name}-{session:08x}"), link)?);
         // The kernel made the attachment's storage (zero: nothing is
         // reported) with the link; now it learns its cgroup.
-        #[expect(
-            deprecated,
-            reason = "the kernel object's sock_ops program uses the attach-keyed cgroup storage"
-        )]
-        {
-            use aya::maps::{CgroupStorage, CgroupStorageKey};
-            let mut storage: CgroupStorage<_, u64> = map_mut(&mut self.ebpf, maps::ACCEPT_CGROUP)?;
-            storage
-                .insert(
-                    CgroupStorageKey::new(cgroup_id, BPF_CGROUP_SOCK_OPS),
-                    cgroup_id,
-                    0,
-                )
-                .map_err(map_err(maps::ACCEPT_CGROUP))?;
-        }
-        Ok(())
+        set_sock_ops_storage(&mut self.ebpf, maps::ACCEPT_CGROUP, cgroup_id, cgroup_id)
     }
 
     /// Detaches a session's network programs from its cgroup.

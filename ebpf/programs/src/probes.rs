@@ -13,11 +13,13 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::bpf_send_signal,
     },
-    macros::{btf_tracepoint, cgroup_sock_addr, fentry, lsm, map, raw_tracepoint, tracepoint},
+    macros::{
+        btf_tracepoint, cgroup_sock_addr, fentry, lsm, map, raw_tracepoint, sock_ops, tracepoint,
+    },
     maps::{HashMap, ProgramArray, RingBuf},
     programs::{
         BtfTracePointContext, FEntryContext, LsmContext, RawTracePointContext, SockAddrContext,
-        TracePointContext,
+        SockOpsContext, TracePointContext,
     },
 };
 
@@ -71,6 +73,26 @@ pub fn probe_raw_call(_ctx: RawTracePointContext) -> i32 {
 /// Attached to a throw-away cgroup: cgroup `sock_addr` hooks work.
 #[cgroup_sock_addr(connect4)]
 pub fn probe_connect4(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+/// The cgroup storage the tracer's `sock_ops` program reads its session
+/// from: the probe uses one too, so attaching it proves both.
+#[expect(
+    deprecated,
+    reason = "the tracer's sock_ops program uses the attach-keyed cgroup storage"
+)]
+#[map]
+static PROBE_CGROUP: aya_ebpf::maps::CgroupStorage<u64> = aya_ebpf::maps::CgroupStorage::new();
+
+/// Attached to a throw-away cgroup: cgroup `sock_ops` hooks with cgroup
+/// storage work (the tracer's accepted-connection program).
+#[sock_ops]
+pub fn probe_sock_ops(_ctx: SockOpsContext) -> u32 {
+    let storage = PROBE_CGROUP.get_ptr_mut();
+    // SAFETY: the storage of the cgroup the program is attached to, valid
+    // for the program run.
+    unsafe { *storage += 1 };
     1
 }
 
