@@ -11,8 +11,9 @@
 //! one load), then the task's cgroup against `SESSIONS` (a task outside
 //! every session leaves there), and only then tail-calls the handler of the
 //! call's number in [`ENTER_CALLS`] or [`EXIT_CALLS`] (filled by the
-//! agent), leaving it the session found ([`dispatched`]). A tail call costs more than a comparison (kernel_cost part 6),
-//! so outsiders never make one.
+//! agent), leaving it the session found ([`dispatched`]). A tail call
+//! costs more than a comparison (kernel_cost part 6), so outsiders never
+//! make one.
 //!
 //! The arguments are read from the task's saved user registers (x86-64
 //! `struct pt_regs`), which raw syscall tracepoints pass as their first
