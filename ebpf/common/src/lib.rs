@@ -476,7 +476,13 @@ mod tests {
         assert_eq!(core::mem::size_of::<Event>() % 8, 0);
         assert_eq!(
             core::mem::size_of::<Event>(),
-            8 + 8 + 4 * 7 + 2 + 2 + 16 + 16 + PATH_LEN + 8 + 4 + 4 + PATH_LEN + 8
+            8 + 8 + 4 * 7 + 2 + 2 + 16 + 16 + 8 + 4 + 4 + 8 + 8 + PATH_LEN + PATH_LEN
+        );
+        // The deny check builds its trie key in place: `lookup`, then the
+        // path's first bytes.
+        assert_eq!(
+            core::mem::offset_of!(Event, path),
+            core::mem::offset_of!(Event, lookup) + 8
         );
     }
 }
