@@ -329,12 +329,18 @@ fn probe_signal(ebpf: &mut Ebpf) -> Result<String, String> {
     Ok("accepted by the verifier in tracepoints".into())
 }
 
-fn probe_sock_addr(ebpf: &mut Ebpf, cgroup: Option<&SessionCgroup>) -> Result<String, String> {
-    let prog = program::<CgroupSockAddr>(ebpf, "probe_connect4")?;
-    prog.load().map_err(|e| format!("load: {e}"))?;
+/// The scratch cgroup and its directory, opened to attach to.
+fn scratch_dir(cgroup: Option<&SessionCgroup>) -> Result<(&SessionCgroup, fs::File), String> {
     let cg = cgroup.ok_or("no scratch cgroup to attach to")?;
     let dir =
         fs::File::open(cg.path()).map_err(|e| format!("open {}: {e}", cg.path().display()))?;
+    Ok((cg, dir))
+}
+
+fn probe_sock_addr(ebpf: &mut Ebpf, cgroup: Option<&SessionCgroup>) -> Result<String, String> {
+    let prog = program::<CgroupSockAddr>(ebpf, "probe_connect4")?;
+    prog.load().map_err(|e| format!("load: {e}"))?;
+    let (_, dir) = scratch_dir(cgroup)?;
     let link = prog
         .attach(dir.as_fd(), CgroupAttachMode::Single)
         .map_err(|e| format!("attach: {e}"))?;
@@ -348,9 +354,7 @@ fn probe_sock_addr(ebpf: &mut Ebpf, cgroup: Option<&SessionCgroup>) -> Result<St
 fn probe_sock_ops(ebpf: &mut Ebpf, cgroup: Option<&SessionCgroup>) -> Result<String, String> {
     let prog = program::<SockOps>(ebpf, "probe_sock_ops")?;
     prog.load().map_err(|e| format!("load: {e}"))?;
-    let cg = cgroup.ok_or("no scratch cgroup to attach to")?;
-    let dir =
-        fs::File::open(cg.path()).map_err(|e| format!("open {}: {e}", cg.path().display()))?;
+    let (cg, dir) = scratch_dir(cgroup)?;
     let link = prog
         .attach(dir.as_fd(), CgroupAttachMode::Single)
         .map_err(|e| format!("attach: {e}"))?;

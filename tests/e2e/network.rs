@@ -4,7 +4,7 @@
 //! every local address its `[network] bind` does not list.
 use serde_json::{Value, json};
 
-use crate::support::{Fixture, Run, assert_nothing_left_behind, events, serial};
+use crate::support::{Fixture, Run, assert_nothing_left_behind, events, free_port, serial};
 
 /// Loopback listeners: one the policy allows, one it does not. The sandbox
 /// (landlock) grants both ports, so only the kernel programs tell them apart.
@@ -142,13 +142,7 @@ fn binds_are_limited_to_the_listed_local_addresses() {
     // `[network] bind` lists what the server may listen on; the sandbox
     // (landlock) grants both ports, so only the kernel programs decide.
     let _guard = serial();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port()
-    };
-    let (p, q) = (free(), free());
+    let (p, q) = (free_port(), free_port());
     let extra = format!(
         "[sandbox.network]\nbind = [{p}, {q}]\n[network]\nallow = []\nbind = [\"127.0.0.1:{p}\"]\n"
     );
@@ -240,10 +234,7 @@ print(peer[1])
 #[test]
 fn listen_accept_and_datagram_destinations_are_events_with_dns_questions() {
     let _guard = serial();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = free_port();
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
     let udp_port = udp.local_addr().expect("addr").port();
     // No `[network]` table: nothing refused, everything reported.
@@ -353,13 +344,7 @@ print(" ".join(ports))
 #[test]
 fn accepted_peers_are_reported_without_the_exit_hook() {
     let _guard = serial();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port()
-    };
-    let (v4, v6) = (free(), free());
+    let (v4, v6) = (free_port(), free_port());
     // No `[kernel] call_results`: the exit hook stays detached, and the
     // cgroup's sock_ops program reports the accepted peers.
     let fx = Fixture::with_sandbox(

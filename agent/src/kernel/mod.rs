@@ -106,7 +106,7 @@ pub enum KernelError {
     )]
     Tracefs(io::Error),
     /// A session's cgroup directory could not be opened to attach to it.
-    #[error("cannot open cgroup {path} to attach network programs: {source}")]
+    #[error("cannot open cgroup {path} to attach programs to it: {source}")]
     OpenCgroup {
         /// The cgroup directory.
         path: std::path::PathBuf,
@@ -170,6 +170,14 @@ where
 {
     let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))?;
     M::try_from(map).map_err(map_err(name))
+}
+
+/// A session's cgroup directory, opened to attach programs to it.
+fn open_cgroup(cgroup_dir: &Path) -> Result<std::fs::File, KernelError> {
+    std::fs::File::open(cgroup_dir).map_err(|source| KernelError::OpenCgroup {
+        path: cgroup_dir.to_owned(),
+        source,
+    })
 }
 
 /// Writes `value` to the cgroup storage map `name` for cgroup `cgroup_id`,
@@ -564,10 +572,7 @@ impl Tracer {
         session: u32,
         links: &mut NetLinks,
     ) -> Result<(), KernelError> {
-        let dir = std::fs::File::open(cgroup_dir).map_err(|source| KernelError::OpenCgroup {
-            path: cgroup_dir.to_owned(),
-            source,
-        })?;
+        let dir = open_cgroup(cgroup_dir)?;
         for &(name, hook) in SOCK_PROGRAMS {
             let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             if program.fd().is_err() {
@@ -603,10 +608,7 @@ impl Tracer {
         links: &mut NetLinks,
     ) -> Result<(), KernelError> {
         let name = ACCEPTED_PROGRAM;
-        let dir = std::fs::File::open(cgroup_dir).map_err(|source| KernelError::OpenCgroup {
-            path: cgroup_dir.to_owned(),
-            source,
-        })?;
+        let dir = open_cgroup(cgroup_dir)?;
         let program: &mut SockOps = program(&mut self.ebpf, name)?;
         if program.fd().is_err() {
             program
