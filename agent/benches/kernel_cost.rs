@@ -8,8 +8,9 @@
 //! 2. a process inside a session: the open/close loop in a session
 //!    (programs attached) vs in the same sandbox without them
 //!    (`mcpwarden sandbox run`);
-//! 3. sustained event throughput: two open/close loops in one session, the
-//!    events mcpwarden received per second and the kernel's lost counter;
+//! 3. sustained event throughput: two loops in one session (open/close, then
+//!    failing opens: one syscall per event), the events mcpwarden received
+//!    per second and the kernel's lost counter;
 //! 4. time from a forbidden open to the process gone (kernel event time to
 //!    pidfd readable);
 //! 5. processes outside any session while 0, 1 or 4 sessions of one daemon
@@ -33,8 +34,12 @@ mod counters;
 mod hooks;
 #[path = "kernel_cost/sessions.rs"]
 mod sessions;
+#[path = "kernel_cost/throughput.rs"]
+mod throughput;
 
 const LOOPS: u64 = 300_000;
+/// A path that does not exist, for the one-syscall-per-event loop.
+const MISSING: &str = "/usr/lib/mcpwarden-bench-missing";
 
 /// Runs `n` iterations of the open/close (`open`) or refused-connect
 /// (`connect`) loop; returns how long they took.
@@ -43,6 +48,12 @@ fn syscall_loop(kind: &str, n: u64) -> Duration {
     if kind == "open" {
         for _ in 0..n {
             drop(std::fs::File::open("/dev/null").expect("open"));
+        }
+    } else if kind == "missing" {
+        // One syscall per event: an open that fails (ENOENT) is still
+        // reported, at syscall entry.
+        for _ in 0..n {
+            assert!(std::fs::File::open(MISSING).is_err(), "{MISSING} exists");
         }
     } else {
         let closed = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
@@ -61,7 +72,7 @@ fn per_op(took: Duration, n: u64) -> f64 {
 /// The worker: runs inside or outside a session, prints one result line.
 fn worker(args: &[String]) {
     match args {
-        [kind, n] if kind == "open" || kind == "connect" => {
+        [kind, n] if ["open", "missing", "connect"].contains(&kind.as_str()) => {
             let n: u64 = n.parse().expect("count");
             let took = syscall_loop(kind, n);
             eprintln!(
@@ -362,7 +373,7 @@ fn read_until_worker_done(stderr: ChildStderr) -> Vec<String> {
     out
 }
 
-fn strip_ansi(s: &str) -> String {
+pub(crate) fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -431,65 +442,6 @@ fn inside(policy: &Path, worker_bin: &Path) {
             per_run.len()
         );
     }
-}
-
-fn throughput(policy: &Path, dir: &Path, worker_bin: &Path) {
-    println!("3. sustained events: two open/close loops in one session");
-    let script = dir.join("two.sh");
-    let bin = worker_bin.display();
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n{bin} --worker open {LOOPS}0 &\n{bin} --worker open {LOOPS}0\nwait\nexec /bin/sleep 3600\n"
-        ),
-    )
-    .expect("script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcpwarden"))
-        .args(["run", "--policy"])
-        .arg(policy)
-        .arg("--")
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut reader = BufReader::new(stderr);
-    let mut elapsed_ms: u64 = 0;
-    let mut done = 0;
-    let mut line = String::new();
-    while done < 2 && reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-        if let Some(rest) = line.strip_prefix("worker: ") {
-            done += 1;
-            let ms = rest.split_whitespace().nth(2).and_then(|m| m.parse().ok());
-            elapsed_ms = elapsed_ms.max(ms.unwrap_or(0));
-        }
-        line.clear();
-    }
-    drop(child.stdin.take());
-    common::stop(&mut child);
-    let mut log = String::new();
-    let _ = std::io::Read::read_to_string(&mut reader, &mut log);
-    let log = strip_ansi(&log);
-    let field = |name: &str| -> u64 {
-        log.lines()
-            .filter(|l| l.contains("session ended"))
-            .find_map(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or_else(|| panic!("no {name}= in the session log"))
-    };
-    let (events, dropped) = (field("events"), field("dropped"));
-    let as_f64 = |v: u64| f64::from(u32::try_from(v).unwrap_or(u32::MAX));
-    let secs = as_f64(elapsed_ms) / 1e3;
-    println!(
-        "  {events} events received in {secs:.2} s: {:.0} events/s; lost in the kernel: {dropped}",
-        as_f64(events) / secs
-    );
 }
 
 fn kill_latency(dir: &Path, worker_bin: &Path) {
@@ -635,7 +587,7 @@ fn main() {
         inside(&policy, &worker_bin);
     }
     if part("3") {
-        throughput(&policy, dir.path(), &worker_bin);
+        throughput::sustained(&policy, dir.path(), &worker_bin);
     }
     if part("4") {
         kill_latency(dir.path(), &worker_bin);
