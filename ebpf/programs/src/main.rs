@@ -9,7 +9,8 @@
 //! an LPM trie keyed by session id + path), sends SIGKILL to the task in
 //! enforce mode, and copies the event to the `EVENTS` ring buffer.
 //!
-//! Here: processes and files. [`socket`]: connect, listen, accept, datagram
+//! Here: processes, opens and execs. [`files`]: unlink, rename, mkdir,
+//! chmod, chown, truncate, symlink and link. [`socket`]: connect, listen, accept, datagram
 //! destinations. [`privilege`]: ptrace, ids, modules, bpf, memfds,
 //! executable memory (at syscall exit, past seccomp). [`failed`]: refused
 //! file, exec and connect calls with their error. [`netpolicy`]: the
@@ -108,7 +109,6 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 /// Unread bytes in `EVENTS` past which every event wakes the reader.
 const WAKE_AT: u64 = 1 << 22;
 const AT_FDCWD: i32 = -100;
-const AT_REMOVEDIR: i64 = 0x200;
 pub(crate) const AF_UNIX: u16 = 1;
 pub(crate) const AF_INET: u16 = 2;
 pub(crate) const AF_INET6: u16 = 10;
@@ -117,6 +117,7 @@ mod accepted;
 mod call;
 use call::Call;
 mod failed;
+mod files;
 mod netpolicy;
 mod privilege;
 mod socket;
@@ -463,210 +464,6 @@ pub fn mcpw_exec(ctx: TracePointContext) -> u32 {
     submit(&session, event);
     0
 }
-
-/// Which of a path operation's arguments (from 0) are what.
-#[derive(Clone, Copy)]
-struct PathOp {
-    kind: u32,
-    dfd: Option<usize>,
-    path: usize,
-    dfd2: Option<usize>,
-    path2: Option<usize>,
-    arg: Option<usize>,
-    /// `arg` when the record has none to read.
-    fixed_arg: i64,
-}
-
-/// Unlink, rename, mkdir, chmod, chown, truncate, symlink, link: the path
-/// and, where the call has one, the second path (both checked against the
-/// session's denied prefixes, like an open), and the call's argument.
-#[inline(always)]
-fn on_path_op(ctx: &RawTracePointContext, op: PathOp) {
-    let Some((session, event)) = begin_call(op.kind) else {
-        return;
-    };
-    let call = Call::of(ctx);
-    event.fd = op.dfd.map_or(AT_FDCWD, |i| call.int(i));
-    event.fd2 = op.dfd2.map_or(AT_FDCWD, |i| call.int(i));
-    // SAFETY: user pointer read through the fault-tolerant helper.
-    if unsafe { bpf_probe_read_user_str_bytes(call.ptr(op.path), &mut event.path) }.is_err() {
-        event.path[0] = 0;
-    }
-    if let Some(i) = op.path2
-        // SAFETY: as above.
-        && unsafe { bpf_probe_read_user_str_bytes(call.ptr(i), &mut event.path2) }.is_err()
-    {
-        event.path2[0] = 0;
-    }
-    event.arg = op.arg.map_or(op.fixed_arg, |i| call.arg(i) as i64);
-    // A rename or link into a denied directory is as denied as one out of
-    // it: the second path (the destination) is checked too.
-    let rule = match deny_rule(&session, event) {
-        Some(rule) => Some(rule),
-        None if op.path2.is_some() => deny_rule_of(&session, &event.path2),
-        None => None,
-    };
-    if let Some(rule) = rule {
-        act_on_deny(&session, event, rule);
-    }
-    submit(&session, event);
-}
-
-const fn op(kind: u32, path: usize) -> PathOp {
-    PathOp {
-        kind,
-        dfd: None,
-        path,
-        dfd2: None,
-        path2: None,
-        arg: None,
-        fixed_arg: 0,
-    }
-}
-
-macro_rules! path_op {
-    ($name:ident, $op:expr) => {
-        #[raw_tracepoint]
-        pub fn $name(ctx: RawTracePointContext) -> i32 {
-            on_path_op(&ctx, $op);
-            0
-        }
-    };
-}
-
-path_op!(
-    mcpw_unlinkat,
-    PathOp {
-        dfd: Some(0),
-        arg: Some(2),
-        ..op(kind::UNLINK, 1)
-    }
-);
-path_op!(mcpw_unlink, op(kind::UNLINK, 0));
-path_op!(
-    mcpw_rmdir,
-    PathOp {
-        fixed_arg: AT_REMOVEDIR,
-        ..op(kind::UNLINK, 0)
-    }
-);
-path_op!(
-    mcpw_rename,
-    PathOp {
-        path2: Some(1),
-        ..op(kind::RENAME, 0)
-    }
-);
-path_op!(
-    mcpw_renameat,
-    PathOp {
-        dfd: Some(0),
-        dfd2: Some(2),
-        path2: Some(3),
-        ..op(kind::RENAME, 1)
-    }
-);
-path_op!(
-    mcpw_renameat2,
-    PathOp {
-        dfd: Some(0),
-        dfd2: Some(2),
-        path2: Some(3),
-        ..op(kind::RENAME, 1)
-    }
-);
-path_op!(
-    mcpw_mkdir,
-    PathOp {
-        arg: Some(1),
-        ..op(kind::MKDIR, 0)
-    }
-);
-path_op!(
-    mcpw_mkdirat,
-    PathOp {
-        dfd: Some(0),
-        arg: Some(2),
-        ..op(kind::MKDIR, 1)
-    }
-);
-path_op!(
-    mcpw_chmod,
-    PathOp {
-        arg: Some(1),
-        ..op(kind::CHMOD, 0)
-    }
-);
-path_op!(
-    mcpw_fchmodat,
-    PathOp {
-        dfd: Some(0),
-        arg: Some(2),
-        ..op(kind::CHMOD, 1)
-    }
-);
-path_op!(
-    mcpw_fchmodat2,
-    PathOp {
-        dfd: Some(0),
-        arg: Some(2),
-        ..op(kind::CHMOD, 1)
-    }
-);
-path_op!(
-    mcpw_chown,
-    PathOp {
-        arg: Some(1),
-        ..op(kind::CHOWN, 0)
-    }
-);
-path_op!(
-    mcpw_fchownat,
-    PathOp {
-        dfd: Some(0),
-        arg: Some(2),
-        ..op(kind::CHOWN, 1)
-    }
-);
-path_op!(
-    mcpw_truncate,
-    PathOp {
-        arg: Some(1),
-        ..op(kind::TRUNCATE, 0)
-    }
-);
-// A symlink's new name is what it creates; its contents go in path2.
-path_op!(
-    mcpw_symlink,
-    PathOp {
-        path2: Some(0),
-        ..op(kind::SYMLINK, 1)
-    }
-);
-path_op!(
-    mcpw_symlinkat,
-    PathOp {
-        dfd: Some(1),
-        path2: Some(0),
-        ..op(kind::SYMLINK, 2)
-    }
-);
-path_op!(
-    mcpw_link,
-    PathOp {
-        path2: Some(1),
-        ..op(kind::LINK, 0)
-    }
-);
-path_op!(
-    mcpw_linkat,
-    PathOp {
-        dfd: Some(0),
-        dfd2: Some(2),
-        path2: Some(3),
-        ..op(kind::LINK, 1)
-    }
-);
 
 #[tracepoint]
 pub fn mcpw_fork(ctx: TracePointContext) -> u32 {
