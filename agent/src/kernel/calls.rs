@@ -133,6 +133,60 @@ pub fn program_names() -> Vec<&'static str> {
     names
 }
 
+/// The name of the calls the exit programs watch, by number.
+pub(crate) fn name(nr: i64) -> &'static str {
+    const CALLS: &[(i64, &str)] = &[
+        (libc::SYS_ptrace, "ptrace"),
+        (libc::SYS_process_vm_readv, "process_vm_readv"),
+        (libc::SYS_process_vm_writev, "process_vm_writev"),
+        (libc::SYS_setuid, "setuid"),
+        (libc::SYS_setgid, "setgid"),
+        (libc::SYS_setreuid, "setreuid"),
+        (libc::SYS_setregid, "setregid"),
+        (libc::SYS_setresuid, "setresuid"),
+        (libc::SYS_setresgid, "setresgid"),
+        (libc::SYS_setfsuid, "setfsuid"),
+        (libc::SYS_setfsgid, "setfsgid"),
+        (libc::SYS_setgroups, "setgroups"),
+        (libc::SYS_capset, "capset"),
+        (libc::SYS_init_module, "init_module"),
+        (libc::SYS_finit_module, "finit_module"),
+        (libc::SYS_delete_module, "delete_module"),
+        (libc::SYS_bpf, "bpf"),
+        (libc::SYS_memfd_create, "memfd_create"),
+        (libc::SYS_accept, "accept"),
+        (libc::SYS_accept4, "accept4"),
+        (libc::SYS_open, "open"),
+        (libc::SYS_openat, "openat"),
+        (libc::SYS_openat2, "openat2"),
+        (libc::SYS_unlink, "unlink"),
+        (libc::SYS_unlinkat, "unlinkat"),
+        (libc::SYS_rmdir, "rmdir"),
+        (libc::SYS_rename, "rename"),
+        (libc::SYS_renameat, "renameat"),
+        (libc::SYS_renameat2, "renameat2"),
+        (libc::SYS_mkdir, "mkdir"),
+        (libc::SYS_mkdirat, "mkdirat"),
+        (libc::SYS_chmod, "chmod"),
+        (libc::SYS_fchmodat, "fchmodat"),
+        (libc::SYS_fchmodat2, "fchmodat2"),
+        (libc::SYS_chown, "chown"),
+        (libc::SYS_fchownat, "fchownat"),
+        (libc::SYS_truncate, "truncate"),
+        (libc::SYS_symlink, "symlink"),
+        (libc::SYS_symlinkat, "symlinkat"),
+        (libc::SYS_link, "link"),
+        (libc::SYS_linkat, "linkat"),
+        (libc::SYS_execve, "execve"),
+        (libc::SYS_execveat, "execveat"),
+        (libc::SYS_connect, "connect"),
+    ];
+    CALLS
+        .iter()
+        .find(|(n, _)| *n == nr)
+        .map_or("?", |(_, name)| name)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

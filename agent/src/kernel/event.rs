@@ -338,7 +338,7 @@ impl KernelEvent {
         if !self.kind.at_exit() {
             return None;
         }
-        Some(syscall_name(i64::from(self.flags as i32)))
+        Some(super::calls::name(i64::from(self.flags as i32)))
     }
 
     /// The action's name in event logs.
@@ -381,129 +381,13 @@ fn dns_question(message: &[u8]) -> Option<String> {
     (!labels.is_empty()).then(|| labels.join("."))
 }
 
-/// Gives each failure (a [`EventKind::Failed`] event) to the event of the
-/// same call in `batch`, as its `ret`: the entry event of the same thread,
-/// of the call's kind, just before it (a thread makes one call at a time,
-/// and the ring keeps each thread's order). A failure whose entry event is
-/// not in the batch (drained earlier, or left out by the rate limit) stays
-/// an event of its own.
-pub fn attach_failures(batch: &mut Vec<KernelEvent>) {
-    let mut last: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
-    let mut keep = vec![true; batch.len()];
-    for i in 0..batch.len() {
-        let event = &batch[i];
-        if event.kind != EventKind::Failed {
-            last.insert(event.tid, i);
-            continue;
-        }
-        let entry_kind = failed_call_kind(i64::from(event.flags as i32));
-        if let Some(&j) = last.get(&event.tid)
-            && entry_kind == Some(batch[j].kind)
-            && batch[j].ret.is_none()
-        {
-            batch[j].ret = event.ret;
-            keep[i] = false;
-        }
-    }
-    let mut flags = keep.into_iter();
-    batch.retain(|_| flags.next().unwrap_or(true));
-}
-
-/// The entry event a failed call's failure belongs to. A failed exec has
-/// none (exec events come from the kernel's report of a successful one).
-fn failed_call_kind(nr: i64) -> Option<EventKind> {
-    use libc as c;
-    const CALLS: &[(&[i64], EventKind)] = &[
-        (
-            &[c::SYS_open, c::SYS_openat, c::SYS_openat2],
-            EventKind::Open,
-        ),
-        (
-            &[c::SYS_unlink, c::SYS_unlinkat, c::SYS_rmdir],
-            EventKind::Unlink,
-        ),
-        (
-            &[c::SYS_rename, c::SYS_renameat, c::SYS_renameat2],
-            EventKind::Rename,
-        ),
-        (&[c::SYS_mkdir, c::SYS_mkdirat], EventKind::Mkdir),
-        (
-            &[c::SYS_chmod, c::SYS_fchmodat, c::SYS_fchmodat2],
-            EventKind::Chmod,
-        ),
-        (&[c::SYS_chown, c::SYS_fchownat], EventKind::Chown),
-        (&[c::SYS_truncate], EventKind::Truncate),
-        (&[c::SYS_symlink, c::SYS_symlinkat], EventKind::Symlink),
-        (&[c::SYS_link, c::SYS_linkat], EventKind::Link),
-        (&[c::SYS_connect], EventKind::Connect),
-    ];
-    CALLS
-        .iter()
-        .find(|(calls, _)| calls.contains(&nr))
-        .map(|&(_, kind)| kind)
-}
-
-/// The name of the calls the exit programs watch, by number.
-fn syscall_name(nr: i64) -> &'static str {
-    const CALLS: &[(i64, &str)] = &[
-        (libc::SYS_ptrace, "ptrace"),
-        (libc::SYS_process_vm_readv, "process_vm_readv"),
-        (libc::SYS_process_vm_writev, "process_vm_writev"),
-        (libc::SYS_setuid, "setuid"),
-        (libc::SYS_setgid, "setgid"),
-        (libc::SYS_setreuid, "setreuid"),
-        (libc::SYS_setregid, "setregid"),
-        (libc::SYS_setresuid, "setresuid"),
-        (libc::SYS_setresgid, "setresgid"),
-        (libc::SYS_setfsuid, "setfsuid"),
-        (libc::SYS_setfsgid, "setfsgid"),
-        (libc::SYS_setgroups, "setgroups"),
-        (libc::SYS_capset, "capset"),
-        (libc::SYS_init_module, "init_module"),
-        (libc::SYS_finit_module, "finit_module"),
-        (libc::SYS_delete_module, "delete_module"),
-        (libc::SYS_bpf, "bpf"),
-        (libc::SYS_memfd_create, "memfd_create"),
-        (libc::SYS_accept, "accept"),
-        (libc::SYS_accept4, "accept4"),
-        (libc::SYS_open, "open"),
-        (libc::SYS_openat, "openat"),
-        (libc::SYS_openat2, "openat2"),
-        (libc::SYS_unlink, "unlink"),
-        (libc::SYS_unlinkat, "unlinkat"),
-        (libc::SYS_rmdir, "rmdir"),
-        (libc::SYS_rename, "rename"),
-        (libc::SYS_renameat, "renameat"),
-        (libc::SYS_renameat2, "renameat2"),
-        (libc::SYS_mkdir, "mkdir"),
-        (libc::SYS_mkdirat, "mkdirat"),
-        (libc::SYS_chmod, "chmod"),
-        (libc::SYS_fchmodat, "fchmodat"),
-        (libc::SYS_fchmodat2, "fchmodat2"),
-        (libc::SYS_chown, "chown"),
-        (libc::SYS_fchownat, "fchownat"),
-        (libc::SYS_truncate, "truncate"),
-        (libc::SYS_symlink, "symlink"),
-        (libc::SYS_symlinkat, "symlinkat"),
-        (libc::SYS_link, "link"),
-        (libc::SYS_linkat, "linkat"),
-        (libc::SYS_execve, "execve"),
-        (libc::SYS_execveat, "execveat"),
-        (libc::SYS_connect, "connect"),
-    ];
-    CALLS
-        .iter()
-        .find(|(n, _)| *n == nr)
-        .map_or("?", |(_, name)| name)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use mcpwarden_common::{COMM_LEN, PATH_LEN};
 
     use super::*;
 
-    fn raw(kind: u32) -> Event {
+    pub(crate) fn raw(kind: u32) -> Event {
         Event {
             ts_ns: 5,
             cgroup_id: 9,
@@ -528,7 +412,7 @@ mod tests {
         }
     }
 
-    fn bytes(e: &Event) -> Vec<u8> {
+    pub(crate) fn bytes(e: &Event) -> Vec<u8> {
         // SAFETY: reading the bytes of a plain-data struct with no padding.
         unsafe {
             std::slice::from_raw_parts(std::ptr::from_ref(e).cast::<u8>(), size_of::<Event>())
@@ -652,42 +536,6 @@ mod tests {
         e.flags = send::SENDMMSG | send::CONNECTED;
         assert_eq!(call(&e), Some("sendmmsg"));
         assert_eq!(call(&raw(kind::OPEN)), None, "entry events have no call");
-    }
-
-    #[test]
-    fn failures_go_to_their_call_or_stand_alone() {
-        let decode = |e: &Event| KernelEvent::decode(&bytes(e)).expect("decodes");
-        let mut open = raw(kind::OPEN);
-        open.path[..4].copy_from_slice(b"/nop");
-        let mut other_thread = raw(kind::OPEN);
-        other_thread.tid = 99;
-        let mut failed = raw(kind::FAILED);
-        failed.flags = libc::SYS_openat as u32;
-        failed.ret = -2;
-        failed.path[..4].copy_from_slice(b"/nop");
-        let mut exec_failed = raw(kind::FAILED);
-        exec_failed.flags = libc::SYS_execve as u32;
-        exec_failed.ret = -13;
-        let mut batch = vec![
-            decode(&open),
-            decode(&other_thread),
-            decode(&failed),
-            decode(&exec_failed),
-            decode(&failed),
-        ];
-        attach_failures(&mut batch);
-        let kinds: Vec<(EventKind, Option<i64>)> = batch.iter().map(|e| (e.kind, e.ret)).collect();
-        assert_eq!(
-            kinds,
-            [
-                (EventKind::Open, Some(-2)),
-                (EventKind::Open, None),
-                (EventKind::Failed, Some(-13)),
-                // The open already has its result: a second failure stands.
-                (EventKind::Failed, Some(-2)),
-            ]
-        );
-        assert_eq!(batch[2].call_name(), Some("execve"));
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! about 37 ms each here, so ending the last session took seconds.
 pub mod calls;
 pub mod event;
+pub mod failures;
 pub(crate) mod notify;
 pub mod pins;
 pub mod shared;

@@ -495,7 +495,7 @@ impl Core {
         if let Some(confined) = &mut self.confined {
             confined.tracer.drain(|e| batch.push(e));
         }
-        crate::kernel::event::attach_failures(&mut batch);
+        crate::kernel::failures::attach_failures(&mut batch);
         let mut out = std::mem::take(&mut self.pending);
         for event in batch {
             out.extend(self.on_event(&event));
