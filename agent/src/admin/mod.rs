@@ -320,7 +320,7 @@ fn store_op(db: &Db, state: &Path, actor: &audit::Actor, op: Op) -> Result<Value
             Ok(json!({"subject": subject, "was": was}))
         }
         Op::Audit { last } => Ok(serde_json::to_value(audit::tail(db, last)?).unwrap_or_default()),
-        Op::Sessions { last } => Ok(serde_json::to_value(crate::daemon::sessions::history(
+        Op::Sessions { last } => Ok(serde_json::to_value(crate::daemon::records::history(
             db, last,
         )?)
         .unwrap_or_default()),

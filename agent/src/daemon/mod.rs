@@ -10,6 +10,7 @@ pub mod config;
 pub mod dashboard;
 pub mod events;
 pub mod policies;
+pub mod records;
 pub mod retention;
 pub mod sessions;
 
@@ -108,7 +109,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let watcher = crate::unmanaged::watch::Watcher::start(&opts.unmanaged, Arc::clone(&feed))?;
     // Likewise, a daemon that answers has removed what a dead one left:
     // its sandboxes, then its kernel programs.
-    let closed = sessions::recover(&db)?;
+    let closed = records::recover(&db)?;
     let unix = bind_socket(&opts.socket)?;
     let tcp = match opts.api {
         Some(addr) => {

@@ -3,7 +3,7 @@
 //! oldest records beyond the counts.
 use std::time::Duration;
 
-use super::{config::Retention, sessions};
+use super::{config::Retention, records};
 use crate::store::{Db, StoreError, audit, unix_now};
 
 /// How often the limits are applied while the daemon runs.
@@ -21,7 +21,7 @@ pub struct Removed {
 pub fn apply(db: &Db, limits: Retention) -> Result<Removed, StoreError> {
     let before = (limits.days > 0).then(|| unix_now().saturating_sub(limits.days * 86_400));
     let nonzero = |n: u64| (n > 0).then_some(n);
-    let sessions = sessions::prune(
+    let sessions = records::prune(
         db,
         before,
         nonzero(limits.sessions).map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
@@ -60,7 +60,7 @@ mod tests {
         let db = Db::open(dir.path()).expect("open");
         let tree = db.tree("sessions").expect("tree");
         for i in 0..6u64 {
-            let record = sessions::SessionRecord {
+            let record = records::SessionRecord {
                 session: format!("session-{i}"),
                 uid: 1000,
                 pid: 1,
@@ -103,7 +103,7 @@ mod tests {
                 verdicts: 0,
             }
         );
-        let left = sessions::history(&db, 100).expect("history");
+        let left = records::history(&db, 100).expect("history");
         let names: Vec<&str> = left.iter().map(|r| r.session.as_str()).collect();
         assert_eq!(names, ["session-5", "session-4"], "the running one stays");
         assert!(matches!(
@@ -119,7 +119,7 @@ mod tests {
         let tree = db.tree("sessions").expect("tree");
         let now = unix_now();
         for (name, ended) in [("old", now - 3 * 86_400), ("new", now - 60)] {
-            let record = sessions::SessionRecord {
+            let record = records::SessionRecord {
                 session: name.into(),
                 uid: 0,
                 pid: 1,
@@ -138,7 +138,7 @@ mod tests {
             verdicts: 0,
         };
         assert_eq!(apply(&db, limits).expect("apply").sessions, 1);
-        let left = sessions::history(&db, 10).expect("history");
+        let left = records::history(&db, 10).expect("history");
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].session, "new");
     }
