@@ -56,13 +56,14 @@ train: setup
 eval: setup
 	cargo run --release -- scan --eval models/data/test.jsonl
 
-# Fuzz the message parser, the request tracker and the SSE decoder
+# Fuzz the message parser, the request tracker, the SSE decoder and the
+# policy parser (documents and tool-rule conditions)
 # (nightly, cargo-fuzz).
 # New inputs go to target/fuzz-corpus; the checked-in seeds stay as they are.
 FUZZ_SECONDS ?= 240
 fuzz: setup
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
-	for t in parse tracker sse; do \
+	for t in parse tracker sse policy; do \
 		mkdir -p target/fuzz-corpus/$$t && \
 		(cd agent/fuzz && cargo +nightly fuzz run $$t ../../target/fuzz-corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
 	done
