@@ -102,6 +102,7 @@ fn servers_started_outside_mcpwarden_are_killed_or_reported() {
         .find(|e| e["pid"] == pid)
         .unwrap_or_else(|| panic!("no record of {pid}: {found:?}\n{}", d.log()));
     assert_eq!(kill["action"], "killed", "{kill}");
+    assert_eq!(kill["found"], "exec", "{kill}");
     assert_eq!(kill["uid"], 0);
     assert!(
         kill["cmdline"]
@@ -143,4 +144,52 @@ fn servers_started_outside_mcpwarden_are_killed_or_reported() {
     );
     server.kill().expect("kill");
     server.wait().expect("wait");
+}
+
+/// Waits until `pid` runs node (the script's second exec), so its command
+/// line is the server's.
+fn wait_for_node(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_link(format!("/proc/{pid}/exe"))
+        .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "node"))
+    {
+        assert!(Instant::now() < deadline, "{pid} never ran node");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn servers_already_running_when_the_daemon_starts_are_found() {
+    let _serial = serial();
+    let fx = Fixture::new("enforce");
+    // Started while no daemon watches (before this one starts).
+    let mut server = start_unmanaged(&fx);
+    let pid = server.id();
+    wait_for_node(pid);
+    let d = daemon(&fx, "kill");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server that was running still runs\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(9), "killed with SIGKILL: {status}");
+    let found = sightings(&d, "/api/v1/alerts?kind=unmanaged_server", pid);
+    let kill = found
+        .iter()
+        .find(|e| e["pid"] == pid)
+        .unwrap_or_else(|| panic!("no record of {pid}: {found:?}\n{}", d.log()));
+    assert_eq!(kill["action"], "killed", "{kill}");
+    assert_eq!(kill["found"], "start", "{kill}");
+    assert_eq!(
+        found.iter().filter(|e| e["pid"] == pid).count(),
+        1,
+        "reported once: {found:?}"
+    );
 }

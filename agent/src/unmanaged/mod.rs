@@ -4,7 +4,10 @@
 //! each new program, and matches it against the patterns of MCP servers in
 //! its settings (`[unmanaged]`). A match that is not one of mcpwarden's own
 //! sessions is recorded, alerted on, or killed with its descendants: fleet
-//! hosts may allow only managed tool servers.
+//! hosts may allow only managed tool servers. When the watch begins, the
+//! processes already running are judged the same way: a server started
+//! while no daemon watched (it was stopped, or not yet installed) is found
+//! at the next start.
 pub mod watch;
 
 use std::{
@@ -63,6 +66,50 @@ impl Default for Settings {
             patterns: DEFAULT_PATTERNS.iter().map(|p| (*p).to_owned()).collect(),
         }
     }
+}
+
+/// How the watcher came upon a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Its exec, while the watcher ran.
+    Exec,
+    /// Already running when the watcher started (it was started while no
+    /// daemon watched, or before this one was installed).
+    Start,
+}
+
+impl Found {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Start => "start",
+        }
+    }
+}
+
+/// The processes running now, with their real uid: every `/proc/PID`
+/// directory whose status can still be read.
+#[must_use]
+pub fn running() -> Vec<(u32, u32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((pid, uid))
+        })
+        .collect()
 }
 
 /// What the watcher learnt about one new program.
@@ -156,9 +203,10 @@ impl Judge {
 
     /// The event line for the feed.
     #[must_use]
-    pub fn event_line(&self, s: &Sighting, action: &str) -> String {
+    pub fn event_line(&self, s: &Sighting, action: &str, found: Found) -> String {
         json!({
             "kind": "unmanaged_server",
+            "found": found.as_str(),
             "session": "",
             "unix_ns": std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -272,9 +320,22 @@ mod tests {
         child.kill().expect("kill");
         child.wait().expect("wait");
         let line: serde_json::Value =
-            serde_json::from_str(&j.event_line(&s, "alert")).expect("json");
+            serde_json::from_str(&j.event_line(&s, "alert", Found::Exec)).expect("json");
         assert_eq!(line["kind"], "unmanaged_server");
         assert_eq!(line["rule"], "unmanaged.patterns[0] \"*sleep*\"");
         assert_eq!(line["action"], "alert");
+        assert_eq!(line["found"], "exec");
+    }
+
+    #[test]
+    fn running_lists_this_process_with_its_real_uid() {
+        let me = std::process::id();
+        let uid = nix::unistd::getuid().as_raw();
+        let all = running();
+        assert!(
+            all.contains(&(me, uid)),
+            "{me} (uid {uid}) not in {} processes",
+            all.len()
+        );
     }
 }

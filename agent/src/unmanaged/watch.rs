@@ -18,7 +18,7 @@ use aya::{
 };
 use mcpwarden_common::{HostExec, watch};
 
-use super::{Action, Judge, Settings, Sighting};
+use super::{Action, Found, Judge, Settings, Sighting, running};
 use crate::{
     daemon::events::Feed,
     kernel::{KernelError, ensure_tracefs, program},
@@ -112,6 +112,9 @@ struct State {
 
 impl State {
     fn run(&mut self, stop: &AtomicBool) {
+        // The program is attached: what starts from now on is in the ring.
+        // What runs already was started while nothing watched.
+        self.sweep();
         let fd = self.ring.as_fd().as_raw_fd();
         while !stop.load(Ordering::Relaxed) {
             let mut pfd = [libc::pollfd {
@@ -136,40 +139,59 @@ impl State {
             }
             for exec in execs {
                 if let Some(s) = self.judge.look(exec.pid, exec.uid) {
-                    self.act(&s);
+                    self.act(&s, Found::Exec);
                 }
             }
             self.check_drops();
         }
     }
 
-    fn act(&mut self, s: &Sighting) {
+    /// Judges every process running when the watch begins.
+    fn sweep(&mut self) {
+        let mut found = 0;
+        for (pid, uid) in running() {
+            if let Some(s) = self.judge.look(pid, uid) {
+                self.act(&s, Found::Start);
+                found += 1;
+            }
+        }
+        tracing::info!(
+            found,
+            "looked for unmanaged MCP servers among the running processes"
+        );
+    }
+
+    fn act(&mut self, s: &Sighting, found: Found) {
+        let when = match found {
+            Found::Exec => "was started",
+            Found::Start => "was running when the watch began",
+        };
         let action = match self.action {
             Action::Kill => {
                 let killed = kill_tree(s.pid);
                 self.judge.forget(s.pid);
                 tracing::error!(
                     pid = s.pid, uid = s.uid, killed, cmdline = %s.cmdline,
-                    "killed an MCP server started outside mcpwarden"
+                    "killed an MCP server outside mcpwarden (it {when})"
                 );
                 "killed"
             }
             Action::Alert => {
                 tracing::warn!(
                     pid = s.pid, uid = s.uid, cmdline = %s.cmdline,
-                    "an MCP server was started outside mcpwarden"
+                    "an MCP server outside mcpwarden {when}"
                 );
                 "alert"
             }
             Action::Record | Action::Off => {
                 tracing::info!(
                     pid = s.pid, uid = s.uid, cmdline = %s.cmdline,
-                    "an MCP server was started outside mcpwarden"
+                    "an MCP server outside mcpwarden {when}"
                 );
                 "allow"
             }
         };
-        self.feed.publish(&self.judge.event_line(s, action));
+        self.feed.publish(&self.judge.event_line(s, action, found));
     }
 
     /// Logs execs the kernel could not report (ring full), once per new
