@@ -66,6 +66,33 @@ fn sightings(d: &Daemon, path: &str, pid: u32) -> Vec<Value> {
     }
 }
 
+/// Waits for the daemon to kill `server` with SIGKILL; returns its kill
+/// record and every `unmanaged_server` record.
+fn killed(d: &Daemon, server: &mut Child) -> (Value, Vec<Value>) {
+    let pid = server.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the unmanaged server still runs\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(9), "killed with SIGKILL: {status}");
+    let found = sightings(d, "/api/v1/alerts?kind=unmanaged_server", pid);
+    let kill = found
+        .iter()
+        .find(|e| e["pid"] == pid)
+        .unwrap_or_else(|| panic!("no record of {pid}: {found:?}\n{}", d.log()))
+        .clone();
+    assert_eq!(kill["action"], "killed", "{kill}");
+    (kill, found)
+}
+
 #[test]
 fn servers_started_outside_mcpwarden_are_killed_or_reported() {
     let _serial = serial();
@@ -86,22 +113,7 @@ fn servers_started_outside_mcpwarden_are_killed_or_reported() {
 
     // The same directory given to the npm server started by hand.
     let mut server = start_unmanaged(&fx);
-    let pid = server.id();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = server.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the unmanaged server still runs");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.signal(), Some(9), "killed with SIGKILL: {status}");
-    let found = sightings(&d, "/api/v1/alerts?kind=unmanaged_server", pid);
-    let kill = found
-        .iter()
-        .find(|e| e["pid"] == pid)
-        .unwrap_or_else(|| panic!("no record of {pid}: {found:?}\n{}", d.log()));
-    assert_eq!(kill["action"], "killed", "{kill}");
+    let (kill, found) = killed(&d, &mut server);
     assert_eq!(kill["found"], "exec", "{kill}");
     assert_eq!(kill["uid"], 0);
     assert!(
@@ -167,25 +179,7 @@ fn servers_already_running_when_the_daemon_starts_are_found() {
     let pid = server.id();
     wait_for_node(pid);
     let d = daemon(&fx, "kill");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = server.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server that was running still runs\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.signal(), Some(9), "killed with SIGKILL: {status}");
-    let found = sightings(&d, "/api/v1/alerts?kind=unmanaged_server", pid);
-    let kill = found
-        .iter()
-        .find(|e| e["pid"] == pid)
-        .unwrap_or_else(|| panic!("no record of {pid}: {found:?}\n{}", d.log()));
-    assert_eq!(kill["action"], "killed", "{kill}");
+    let (kill, found) = killed(&d, &mut server);
     assert_eq!(kill["found"], "start", "{kill}");
     assert_eq!(
         found.iter().filter(|e| e["pid"] == pid).count(),
