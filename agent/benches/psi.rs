@@ -3,7 +3,9 @@
 //! with an injection inside, the cost per extra 1k tokens, the pre-filter
 //! alone, and the resident memory of the loaded model.
 //!
-//! `cargo bench --bench psi` (needs ./setup.sh's model files).
+//! `cargo bench --bench psi` (needs ./setup.sh's model files);
+//! `PSI_THREADS=N` sets ONNX Runtime's intra-op threads (default 2, as the
+//! proxy uses).
 #![allow(
     clippy::cast_precision_loss,
     reason = "token counts and run counts far below 2^52"
@@ -68,7 +70,13 @@ fn time(inspector: &Inspector, text: &str, runs: usize) -> (f64, f64, bool) {
 fn main() {
     let before = self_rss_kib();
     let t = Instant::now();
-    let inspector = Inspector::load_default(2).expect("PSI model (run ./setup.sh)");
+    let inspector = Inspector::load_default(
+        std::env::var("PSI_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(2),
+    )
+    .expect("PSI model (run ./setup.sh)");
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     // Warm up ONNX Runtime (first runs allocate).
     for _ in 0..5 {
