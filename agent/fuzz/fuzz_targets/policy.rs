@@ -4,8 +4,8 @@
 //! The first byte chooses what the rest is:
 //! - even: a whole policy document. It parses or is refused; the error
 //!   renders (with its line and column). A policy that parses answers the
-//!   questions a session asks of it: warnings, deny matches, rule names,
-//!   and a decision on a call, the same one twice.
+//!   questions a session asks of it: warnings, deny matches, its server's
+//!   name, and a decision on a call (explained), the same one twice.
 //! - odd: a tool rule's condition, then a newline, then the call's
 //!   arguments as JSON. The condition compiles or is refused with an
 //!   offset inside it; one that compiles evaluates the same way twice.
