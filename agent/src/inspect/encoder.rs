@@ -1,6 +1,7 @@
-//! The sentence encoder: all-MiniLM-L6-v2 (int8 ONNX) run by ONNX Runtime,
-//! loaded at run time from the files `setup.sh` unpacks (see
-//! `models/packages.txt`). Text is tokenized once, without padding or
+//! The sentence encoder: all-MiniLM-L6-v2 run by ONNX Runtime, with int8
+//! weights and int8 activations in every dense layer, loaded at run time
+//! from the files `setup.sh` unpacks and quantises (see
+//! `models/packages.txt` and `models/quantize.py`). Text is tokenized once, without padding or
 //! truncation, and cut into overlapping windows so that the end of a long
 //! document is read as closely as its start.
 
@@ -223,8 +224,14 @@ impl Encoder {
         Ok(out)
     }
 
-    /// For each window (one batch), an L2-normalised mean of the encoder's
-    /// states over each of `spans(len)` (content tokens only).
+    /// For each window, an L2-normalised mean of the encoder's states over
+    /// each of `spans(len)` (content tokens only).
+    ///
+    /// Each window is a run of its own, not a row of a batch: the encoder
+    /// quantises activations with one scale per run, so a batched window's
+    /// states would depend on its neighbours (and on their padding), and a
+    /// document could blur its injection's window by what it puts in the
+    /// others. Batching saved about 5 % (`models/quantize.py`).
     ///
     /// # Errors
     /// [`EncoderError::Run`] if ONNX Runtime fails.
@@ -234,48 +241,18 @@ impl Encoder {
         span: usize,
         stride: usize,
     ) -> Result<Vec<Vec<Vec<f32>>>, EncoderError> {
-        if windows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let n = windows.iter().map(|w| w.ids.len()).max().unwrap_or(0) + 2;
-        let b = windows.len();
-        let mut ids = vec![0i64; b * n];
-        let mut mask = vec![0i64; b * n];
-        for (r, w) in windows.iter().enumerate() {
-            let row = &mut ids[r * n..(r + 1) * n];
-            row[0] = self.cls;
-            row[1..=w.ids.len()].copy_from_slice(&w.ids);
-            row[w.ids.len() + 1] = self.sep;
-            mask[r * n..r * n + w.ids.len() + 2].fill(1);
-        }
-        let run = |e: ort::Error| EncoderError::Run(e.to_string());
-        let shape = [b, n];
-        let inputs = ort::inputs![
-            "input_ids" => Tensor::from_array((shape, ids)).map_err(run)?,
-            "attention_mask" => Tensor::from_array((shape, mask)).map_err(run)?,
-            "token_type_ids" => Tensor::from_array((shape, vec![0i64; b * n])).map_err(run)?,
-        ];
         let mut session = self
             .session
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let outputs = session.run(inputs).map_err(run)?;
-        let (out_shape, hidden) = outputs["last_hidden_state"]
-            .try_extract_tensor::<f32>()
-            .map_err(run)?;
-        let dim = self.dim;
-        if out_shape.len() != 3 || out_shape[2] as usize != dim || hidden.len() != b * n * dim {
-            return Err(EncoderError::Run(format!(
-                "unexpected output shape {out_shape:?}"
-            )));
-        }
-        Ok(windows
+        windows
             .iter()
-            .enumerate()
-            .map(|(r, w)| {
-                // Content token t of row r is at position t + 1 ([CLS] first).
-                let state = |t: usize| &hidden[(r * n + t + 1) * dim..(r * n + t + 2) * dim];
-                spans(w.ids.len(), span, stride)
+            .map(|w| {
+                let states = self.states(&mut session, w)?;
+                let dim = self.dim;
+                // Content token t is at position t + 1 ([CLS] first).
+                let state = |t: usize| &states[(t + 1) * dim..(t + 2) * dim];
+                Ok(spans(w.ids.len(), span, stride)
                     .into_iter()
                     .map(|(a, b)| {
                         let mut v = vec![0f32; dim];
@@ -292,9 +269,37 @@ impl Encoder {
                         }
                         v
                     })
-                    .collect()
+                    .collect())
             })
-            .collect())
+            .collect()
+    }
+
+    /// The encoder's states for `[CLS] window [SEP]`, one row of `dim` per
+    /// token.
+    fn states(&self, session: &mut Session, w: &Window) -> Result<Vec<f32>, EncoderError> {
+        let n = w.ids.len() + 2;
+        let mut ids = Vec::with_capacity(n);
+        ids.push(self.cls);
+        ids.extend_from_slice(&w.ids);
+        ids.push(self.sep);
+        let run = |e: ort::Error| EncoderError::Run(e.to_string());
+        let shape = [1, n];
+        let inputs = ort::inputs![
+            "input_ids" => Tensor::from_array((shape, ids)).map_err(run)?,
+            "attention_mask" => Tensor::from_array((shape, vec![1i64; n])).map_err(run)?,
+            "token_type_ids" => Tensor::from_array((shape, vec![0i64; n])).map_err(run)?,
+        ];
+        let outputs = session.run(inputs).map_err(run)?;
+        let (out_shape, hidden) = outputs["last_hidden_state"]
+            .try_extract_tensor::<f32>()
+            .map_err(run)?;
+        if out_shape.len() != 3 || out_shape[2] as usize != self.dim || hidden.len() != n * self.dim
+        {
+            return Err(EncoderError::Run(format!(
+                "unexpected output shape {out_shape:?}"
+            )));
+        }
+        Ok(hidden.to_vec())
     }
 }
 

@@ -6,7 +6,7 @@
 //! base64, hex). The text is then cut into overlapping windows of the
 //! encoder's tokens; a hashed n-gram pre-filter ([`prefilter`]) scores
 //! each window in microseconds, and only windows it cannot clear go to the
-//! transformer ([`encoder`]: all-MiniLM-L6-v2, int8, through ONNX Runtime)
+//! transformer ([`encoder`]: all-MiniLM-L6-v2, int8 products, through ONNX Runtime)
 //! and the trained head ([`weights`]). A text's score is its highest
 //! window's; the model files come from registry packages (`setup.sh`), the
 //! weights are trained by `models/train.py` and embedded here.
@@ -32,8 +32,6 @@ use weights::Weights;
 /// needs a few words, and the model is not trained on (and not reliable
 /// for) single names such as a schema title `whoamiArguments`.
 pub const MIN_WORDS: usize = 3;
-/// Windows run through the transformer together.
-const BATCH: usize = 8;
 /// The most windows of one message the transformer reads; the rest are
 /// judged by the pre-filter alone (reported in [`Verdict::unscored`]).
 pub const MAX_MODEL_WINDOWS: usize = 64;
@@ -186,13 +184,12 @@ impl Inspector {
     /// When ONNX Runtime fails.
     pub fn head_scores(&self, windows: &[&Window]) -> Result<Vec<Vec<f32>>, EncoderError> {
         let h = &self.weights.header;
-        let mut out = Vec::with_capacity(windows.len());
-        for chunk in windows.chunks(BATCH) {
-            for spans in self.encoder.embed(chunk, h.span, h.span_stride)? {
-                out.push(spans.iter().map(|v| self.head(v)).collect());
-            }
-        }
-        Ok(out)
+        Ok(self
+            .encoder
+            .embed(windows, h.span, h.span_stride)?
+            .iter()
+            .map(|spans| spans.iter().map(|v| self.head(v)).collect())
+            .collect())
     }
 
     /// A span's score from its pre-filter and head probabilities.
