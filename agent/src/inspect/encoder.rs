@@ -1,9 +1,9 @@
 //! The sentence encoder: all-MiniLM-L6-v2 run by ONNX Runtime, with int8
 //! weights and int8 activations in every dense layer, loaded at run time
 //! from the files `setup.sh` unpacks and quantises (see
-//! `models/packages.txt` and `models/quantize.py`). Text is tokenized once, without padding or
-//! truncation, and cut into overlapping windows so that the end of a long
-//! document is read as closely as its start.
+//! `models/packages.txt` and `models/quantize.py`). Text is tokenized
+//! once, without padding or truncation, and cut into overlapping windows
+//! so that the end of a long document is read as closely as its start.
 
 use std::{
     path::{Path, PathBuf},
@@ -231,7 +231,8 @@ impl Encoder {
     /// quantises activations with one scale per run, so a batched window's
     /// states would depend on its neighbours (and on their padding), and a
     /// document could blur its injection's window by what it puts in the
-    /// others. Batching saved about 5 % (`models/quantize.py`).
+    /// others. Batching five windows would save about a fifth of their
+    /// time (`BENCHMARKS.md`, "Int8 products").
     ///
     /// # Errors
     /// [`EncoderError::Run`] if ONNX Runtime fails.
