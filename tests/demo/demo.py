@@ -51,12 +51,18 @@ async def main():
     notes.write_text("Q3 plan: ship the walking skeleton.\n")
     server = Path(shutil.copy(SERVER, work / "server.py"))
     events = work / "events.jsonl"
+    # The tool registry's pins (the server's executable, its tools) live in
+    # the demo's own state directory: a run leaves the host's
+    # /var/lib/mcpwarden alone, and the next run, whose server.py is in
+    # another work directory, is not refused as a changed executable.
+    state = work / "state"
     venv = Path(sys.executable).parent.parent
     policy = work / "policy.toml"
     policy.write_text(POLICY.read_text() + f'\n[spec.sandbox]\nread = ["{work}", "{venv}"]\n')
     params = StdioServerParameters(
         command=str(MCPWARDEN),
-        args=["run", "--policy", str(policy), "--events", str(events), "--", sys.executable, str(server)],
+        args=["run", "--policy", str(policy), "--events", str(events), "--state", str(state),
+              "--", sys.executable, str(server)],
         env=dict(os.environ),
     )
     print(f"{DIM}policy {POLICY} + [spec.sandbox] read grants of {work} and {venv}; events {events}{END}")
