@@ -36,6 +36,15 @@ import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 
+def fold(source, out):
+    """ONNX Runtime's basic graph optimisations (constant folding): the
+    registry's int8 weights, cast and scaled, become float32 constants."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = out
+    ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("source", help="the registry's model.onnx")
@@ -46,10 +55,7 @@ def main():
     logging.getLogger().setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         folded = os.path.join(tmp, "folded.onnx")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        opts.optimized_model_filepath = folded
-        ort.InferenceSession(args.source, opts, providers=["CPUExecutionProvider"])
+        fold(args.source, folded)
         quantize_dynamic(
             folded,
             args.out,
