@@ -65,10 +65,9 @@ def main():
     # cache never holds test windows.
     val = Split(tok, enc, T.load("val", DATA), prefilter, head)
     test = Split(tok, T.Encoder(f"/tmp/mcpwarden-psi-test-spans-{sha[:16]}.npz"), T.load("test", DATA), prefilter, head)
-    mem = {id(s): (top1(s.x, pos), top1(s.x, neg)) for s in (val, test)}
-
     report("blend", val, test)
-    report("blend + memory", val, test, mem[id(val)], mem[id(test)])
+    report("blend + memory", val, test, (top1(val.x, pos), top1(val.x, neg)), (top1(test.x, pos), top1(test.x, neg)))
+
 
 if __name__ == "__main__":
     main()
