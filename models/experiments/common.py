@@ -53,6 +53,15 @@ class Scored:
         return (doc[self.label == 1] > np.quantile(doc[self.benign_docs], 1 - fpr)).mean()
 
 
+def memory(x, labels):
+    """The memory's two banks, as float32 rows of x: every injection span,
+    and 150,000 benign spans drawn with seed 0 (labels None: neither)."""
+    lab = np.array([-1 if v is None else v for v in labels])
+    benign = np.where(lab == 0)[0]
+    pick = np.random.default_rng(0).choice(benign, min(len(benign), 150000), replace=False)
+    return x[lab == 1].astype(np.float32), x[pick].astype(np.float32)
+
+
 def top1(x, bank):
     """Each row's highest cosine to the bank (rows of both unit length)."""
     out = np.zeros(len(x), np.float32)

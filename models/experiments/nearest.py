@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import train as T  # noqa: E402
-from experiments.common import Scored, report, top1  # noqa: E402
+from experiments.common import Scored, memory, report, top1  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data")
 
@@ -55,9 +55,7 @@ def main():
     pw, pb = T.train_prefilter([f for f, k in zip(f_tr, keep) if k], y_tr[keep])
     prefilter = (pw.astype(np.float16).astype(np.float64), pb)
     head = T.train_head(x_tr[keep], y_tr[keep])
-    pos = x_tr[keep & (y_tr == 1)].astype(np.float32)
-    negi = np.where(keep & (y_tr == 0))[0]
-    neg = x_tr[np.random.default_rng(0).choice(negi, min(len(negi), 150000), replace=False)].astype(np.float32)
+    pos, neg = memory(x_tr, l_tr)
     print(f"memory: {len(pos)} injection spans, {len(neg)} benign spans")
     del x_tr, f_tr
 

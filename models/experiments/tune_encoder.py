@@ -46,7 +46,7 @@ from onnx import numpy_helper
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import train as T  # noqa: E402
-from experiments.common import Scored, report, top1  # noqa: E402
+from experiments.common import Scored, memory, report, top1  # noqa: E402
 from quantize import fold  # noqa: E402
 
 DATA = os.path.join(HERE, "..", "data")
@@ -320,7 +320,7 @@ def main():
     h = {k: np.asarray(v, np.float64) for k, v in params["head"].items()}
 
     def head(v):
-        return T.sigmoid(np.maximum(v @ h["w1"] + h["b1"], 0) @ h["w2"] + h["b2"][0])
+        return T.head_scores((h["w1"], h["b1"], h["w2"], h["b2"][0]), v)
 
     val = Split(tok, T.load("val", DATA), meta, arr, embed, head)
     test = Split(tok, T.load("test", DATA), meta, arr, embed, head) if args.test else None
@@ -330,10 +330,7 @@ def main():
     # nearest.py's memory, of the tuned model's vectors.
     train = T.load("train", DATA) + T.load("train-extra", DATA)
     x_tr = embed(train)
-    y = np.array([-1 if lab is None else lab for lab in T.prepare(tok, NoVectors(), train)[2]])
-    pos = x_tr[y == 1]
-    negi = np.where(y == 0)[0]
-    neg = x_tr[np.random.default_rng(0).choice(negi, min(len(negi), 150000), replace=False)]
+    pos, neg = memory(x_tr, T.prepare(tok, NoVectors(), train)[2])
     print(f"memory: {len(pos)} injection spans, {len(neg)} benign spans", flush=True)
     report("tuned + memory", val, test, (top1(val.vec, pos), top1(val.vec, neg)),
            (top1(test.vec, pos), top1(test.vec, neg)) if test else ())
