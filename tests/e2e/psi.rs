@@ -382,9 +382,12 @@ fn process_reports_with_session_numbers_are_not_injections() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("reports.jsonl");
     std::fs::write(&path, file).expect("write the reports");
+    let scores = dir.path().join("scores.jsonl");
     let out = mcpwarden()
         .args(["scan", "--eval"])
         .arg(&path)
+        .arg("--scores")
+        .arg(&scores)
         .output()
         .expect("scan --eval");
     assert!(
@@ -396,4 +399,30 @@ fn process_reports_with_session_numbers_are_not_injections() {
     let fpr = &report["false_positive_rate"];
     assert_eq!(fpr["counts"]["tool_outputs"], 300, "{report}");
     assert_eq!(fpr["benign_tool_outputs"], 0.0, "{report}");
+    // --scores: one verdict per record, in the file's order.
+    let rows: Vec<Value> = std::fs::read_to_string(&scores)
+        .expect("scores file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(rows.len(), 300);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["line"], i + 1, "{row}");
+        assert_eq!(row["label"], 0, "{row}");
+        assert_eq!(row["verdict"]["flagged"], false, "{row}");
+        assert!(row["verdict"]["score"].is_number(), "{row}");
+    }
+    // A scores file that cannot be written is an error, not a lost report.
+    let out = mcpwarden()
+        .args(["scan", "--eval"])
+        .arg(&path)
+        .args(["--scores", "/nonexistent-dir/scores.jsonl"])
+        .output()
+        .expect("scan --eval");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent-dir/scores.jsonl: cannot write"),
+        "{err}"
+    );
 }

@@ -27,6 +27,10 @@ pub struct ScanArgs {
     /// With --eval: only the first N records.
     #[arg(long, requires = "eval")]
     limit: Option<usize>,
+    /// With --eval: also write each record's verdict to this file, one
+    /// JSON line per record (its line number, label, kind and verdict).
+    #[arg(long, value_name = "FILE", requires = "eval")]
+    scores: Option<PathBuf>,
 }
 
 impl ScanArgs {
@@ -39,6 +43,7 @@ impl ScanArgs {
             self.threshold,
             self.eval.as_deref(),
             self.limit,
+            self.scores.as_deref(),
         )
     }
 }
@@ -49,6 +54,7 @@ fn scan(
     threshold: Option<f32>,
     eval_file: Option<&Path>,
     limit: Option<usize>,
+    scores: Option<&Path>,
 ) -> ExitCode {
     if let Some(t) = threshold
         && !(t > 0.0 && t <= 1.0)
@@ -68,7 +74,7 @@ fn scan(
         None => inspector,
     };
     if let Some(path) = eval_file {
-        return match eval::evaluate(&inspector, path, limit) {
+        return match eval::evaluate(&inspector, path, limit, scores) {
             Ok(report) => {
                 out(&serde_json::to_string_pretty(&report).unwrap_or_default());
                 ExitCode::SUCCESS

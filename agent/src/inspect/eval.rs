@@ -3,7 +3,11 @@
 //! `models/build_data.py`. Runs the same code as the proxy, message by
 //! message, and reports recall, false-positive rates, AUROC and latency.
 
-use std::{io::BufRead, path::Path, time::Instant};
+use std::{
+    io::{BufRead, Write},
+    path::Path,
+    time::Instant,
+};
 
 use serde::Deserialize;
 use serde_json::json;
@@ -21,6 +25,11 @@ struct Record {
 pub enum EvalError {
     #[error("{path}: {source}")]
     Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot write: {source}")]
+    Write {
         path: String,
         source: std::io::Error,
     },
@@ -97,16 +106,29 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Runs the evaluation; returns the report as JSON (also printed as text
-/// by the caller).
+/// by the caller). With `verdicts_to`, each record's verdict is written there
+/// as a JSON line, for comparing runs record by record.
 ///
 /// # Errors
-/// Unreadable file, malformed record, or a model failure.
+/// Unreadable file, malformed record, unwritable scores file, or a model
+/// failure.
 pub fn evaluate(
     inspector: &Inspector,
     path: &Path,
     limit: Option<usize>,
+    verdicts_to: Option<&Path>,
 ) -> Result<serde_json::Value, EvalError> {
     let name = path.display().to_string();
+    let write_err = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| EvalError::Write { path, source }
+    };
+    let mut sink = match verdicts_to {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(write_err(p))?,
+        )),
+        None => None,
+    };
     let file = std::fs::File::open(path).map_err(|source| EvalError::Read {
         path: name.clone(),
         source,
@@ -131,6 +153,10 @@ pub fn evaluate(
         let started = Instant::now();
         let v = inspector.inspect(&r.text)?;
         let micros = started.elapsed().as_secs_f64() * 1e6;
+        if let (Some(w), Some(p)) = (sink.as_mut(), verdicts_to) {
+            let row = json!({"line": n + 1, "label": r.label, "kind": r.kind, "verdict": v});
+            writeln!(w, "{row}").map_err(write_err(p))?;
+        }
         let tokens = inspector
             .windows(&r.text)?
             .iter()
@@ -144,6 +170,9 @@ pub fn evaluate(
             micros,
             tokens,
         });
+    }
+    if let (Some(mut w), Some(p)) = (sink, verdicts_to) {
+        w.flush().map_err(write_err(p))?;
     }
     Ok(report(&scored))
 }
