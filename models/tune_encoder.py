@@ -210,11 +210,11 @@ def tensors(exs, length, idx):
     return ids, mask, spans, y, known
 
 
-def training_set(exs, rng):
+def training_set(exs, rng, budget):
     """Every prompt window, then document windows with and without an
     injection, each up to half of the remaining token budget."""
     prompts = [j for j, e in enumerate(exs) if e[3] == "prompt"]
-    half = (BUDGET - sum(len(exs[j][0]) for j in prompts)) / 2
+    half = (budget - sum(len(exs[j][0]) for j in prompts)) / 2
 
     def take(cands):
         out, used = [], 0
@@ -235,9 +235,9 @@ def training_set(exs, rng):
 # -------------------------------------------------------------- training
 
 
-def tune(exs, params, frozen, eps):
+def tune(exs, params, frozen, eps, budget=BUDGET):
     rng = np.random.default_rng(SEED)
-    exs = training_set(exs, rng)
+    exs = training_set(exs, rng, budget)
     labels = np.array([lab for e in exs for lab in e[2] if lab is not None], float)
     w_pos, w_neg = 0.5 / labels.mean(), 0.5 / (1 - labels.mean())
     plan = batches(exs, rng)
@@ -322,6 +322,8 @@ def main():
     ap.add_argument("--test", action="store_true", help="also score the test split (once per experiment)")
     ap.add_argument("--memory", action="store_true", help="also with nearest.py's memory, of the tuned vectors (17 more minutes)")
     ap.add_argument("--params", default="/tmp/mcpwarden-tuned-encoder.pkl", help="tuned weights: reused if present")
+    ap.add_argument("--budget", type=int, default=BUDGET,
+                    help=f"training tokens (default {BUDGET:,}, what ships; 6000000 takes every window)")
     ap.add_argument("--export", help="write the tuning quantize.py applies (encoder-tuning.npz) and score that")
     args = ap.parse_args()
     p, eps, names = load_weights(args.registry_model)
@@ -337,7 +339,7 @@ def main():
                   "head": {"w1": jnp.asarray(arr["w1"].reshape(384, hidden), jnp.float32), "b1": jnp.asarray(arr["b1"], jnp.float32),
                            "w2": jnp.asarray(arr["w2"], jnp.float32), "b2": jnp.asarray(arr["b2"], jnp.float32)}}
         train = T.load("train", DATA) + T.load("train-extra", DATA)
-        params = tune(examples(tok, train), params, frozen, eps)
+        params = tune(examples(tok, train), params, frozen, eps, args.budget)
         with open(args.params, "wb") as f:
             pickle.dump(jax.tree_util.tree_map(np.asarray, params), f)
     if args.export:
