@@ -124,8 +124,9 @@ pub fn evaluate(
         move |source| EvalError::Write { path, source }
     };
     let mut sink = match verdicts_to {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).map_err(write_err(p))?,
+        Some(p) => Some((
+            std::io::BufWriter::new(std::fs::File::create(p).map_err(write_err(p))?),
+            p,
         )),
         None => None,
     };
@@ -153,7 +154,7 @@ pub fn evaluate(
         let started = Instant::now();
         let v = inspector.inspect(&r.text)?;
         let micros = started.elapsed().as_secs_f64() * 1e6;
-        if let (Some(w), Some(p)) = (sink.as_mut(), verdicts_to) {
+        if let Some((w, p)) = sink.as_mut() {
             let row = json!({"line": n + 1, "label": r.label, "kind": r.kind, "verdict": v});
             writeln!(w, "{row}").map_err(write_err(p))?;
         }
@@ -171,7 +172,7 @@ pub fn evaluate(
             tokens,
         });
     }
-    if let (Some(mut w), Some(p)) = (sink, verdicts_to) {
+    if let Some((mut w, p)) = sink {
         w.flush().map_err(write_err(p))?;
     }
     Ok(report(&scored))
