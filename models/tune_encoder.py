@@ -13,9 +13,11 @@ tune-start-head.bin: the head train.py made on the registry's encoder
 (stop 25), kept so this run can be repeated after psi-head.bin moves on.
 
 One epoch of all 5.07 M training tokens takes over an hour on our two
-cores, so it trains on every prompt window and on an equal number of
-tokens of document windows with and without an injection, 2 M tokens in
-all (seeded), about 30 minutes.
+cores, so it trains on a budget of 4 M tokens: every prompt window, then
+document windows with and without an injection, up to half of the rest
+each (all 10,698 windows with an injection fit, and 17,192 without),
+seeded; 1,951 steps, about 50 minutes. Stop 26's budget of 2 M gave
+0.56 points less on validation at 2 % FPR (BENCHMARKS.md, stop 27).
 
 --export writes what ships, encoder-tuning.npz: each block's change of
 weights, the matrices as rank-32 factors (float16; validation keeps all
@@ -61,7 +63,7 @@ from quantize import apply_tuning, fold  # noqa: E402
 DATA = os.path.join(HERE, "data")
 RANK = 32
 SEED = 20261123
-BUDGET = 2_000_000
+BUDGET = 4_000_000
 BUCKETS = (34, 66, 128)
 BATCH_TOKENS = 2048
 MAX_SPANS = 12
@@ -323,7 +325,7 @@ def main():
     ap.add_argument("--memory", action="store_true", help="also with nearest.py's memory, of the tuned vectors (17 more minutes)")
     ap.add_argument("--params", default="/tmp/mcpwarden-tuned-encoder.pkl", help="tuned weights: reused if present")
     ap.add_argument("--budget", type=int, default=BUDGET,
-                    help=f"training tokens (default {BUDGET:,}, what ships; 6000000 takes every window)")
+                    help=f"training tokens (default {BUDGET:,}, what ships; 10000000 takes every window)")
     ap.add_argument("--export", help="write the tuning quantize.py applies (encoder-tuning.npz) and score that")
     args = ap.parse_args()
     p, eps, names = load_weights(args.registry_model)
