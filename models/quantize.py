@@ -77,7 +77,9 @@ def tune(folded, tuning_path, out):
     m = onnx.load(folded)
     inits = {i.name: i for i in m.graph.initializer}
     with np.load(tuning_path) as tuning:
-        new = apply_tuning({k: numpy_helper.to_array(v) for k, v in inits.items()}, tuning)
+        # Only the weights the tuning names (a missing one is apply_tuning's error).
+        named = {key.split(":", 1)[1] for key in tuning.files} & inits.keys()
+        new = apply_tuning({k: numpy_helper.to_array(inits[k]) for k in named}, tuning)
     for name, w in new.items():
         inits[name].CopyFrom(numpy_helper.from_array(w, name))
     onnx.save(m, out)

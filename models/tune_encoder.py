@@ -20,10 +20,10 @@ seeded; 1,951 steps, about 50 minutes. Stop 26's budget of 2 M gave
 0.56 points less on validation at 2 % FPR (BENCHMARKS.md, stop 27).
 
 --export writes what ships, encoder-tuning.npz: each block's change of
-weights, the matrices as rank-32 factors (float16; validation keeps all
-but 0.26 points of the gain at 2 % FPR), the vectors whole.
+weights, the matrices as rank-32 factors (float16; on validation at 2 %
+FPR they give 0.35 points less than the whole change), the vectors whole.
 quantize.py adds it to the registry's weights before quantising, so the
-repository holds 2.7 MB instead of a 23 MB model.
+repository holds 2.8 MB instead of a 23 MB model.
 
 Then it scores validation (and with --test, the test split) with the
 tuned model in float32 and runs train.py's blend, gate and threshold over
@@ -150,7 +150,7 @@ def span_logits(params, frozen, eps, ids, mask, spans):
     return jax.nn.relu(v @ h["w1"] + h["b1"]) @ h["w2"] + h["b2"][0]
 
 
-def shipped_weights():
+def start_head():
     with open(os.path.join(HERE, "tune-start-head.bin"), "rb") as f:
         b = f.read()
     n = struct.unpack("<I", b[8:12])[0]
@@ -309,7 +309,7 @@ class NoVectors:
 
 
 class Split(Scored):
-    """A split's spans with the shipped pre-filter's scores and the tuned head's."""
+    """A split's spans with the start head's pre-filter scores and the tuned head's."""
 
     def __init__(self, tok, recs, meta, arr, embed, head):
         feats, _, labels, span_win, owner = T.prepare(tok, NoVectors(), recs)
@@ -330,7 +330,7 @@ def main():
     args = ap.parse_args()
     p, eps, names = load_weights(args.registry_model)
     frozen = {k: jnp.asarray(v) for k, v in p.items() if k.startswith("embeddings.")}
-    meta, arr = shipped_weights()
+    meta, arr = start_head()
     tok = T.make_tokenizer()
     if os.path.exists(args.params):
         with open(args.params, "rb") as f:
