@@ -386,6 +386,55 @@ def small_json(n):
     return out
 
 
+def words(py, rust, man, n):
+    """One- and two-word strings as tools pass and return them: names of
+    functions, classes and arguments (and the `<name>Arguments` titles the
+    MCP Python SDK gives input schemas), command names, paths, two-word
+    pieces of man pages, numbers, ids and dates. (key, text), n of each
+    family; a text is split by its own hash, as it stands for itself."""
+    import ast
+
+    fams = {}
+    names = []
+    for path in py[:400]:
+        try:
+            tree = ast.parse(read_text(path) or "")
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.append(node.name)
+                if rng_for(path + node.name).random() < 0.2:
+                    names.append(node.name + "Arguments")
+            elif isinstance(node, ast.arg):
+                names.append(node.arg)
+    for path in rust[:400]:
+        names += re.findall(r"\b(?:fn|struct|enum|trait|mod|let(?: mut)?|const) ([A-Za-z_]\w*)", read_text(path) or "")
+    fams["word-name"] = names
+    fams["word-command"] = [os.path.basename(p) for d in ("/usr/bin", "/usr/sbin") for p in glob.glob(d + "/*")]
+    paths = walk("/usr/share/doc", lambda p: True, 4) + py
+    fams["word-path"] = paths + ["/".join(p.split("/")[-2:]) for p in paths]
+    pairs = []
+    for path in man[:600]:
+        w = (man_text(path) or "").split()
+        rng = rng_for("pairs:" + path)
+        pairs += [" ".join(w[i:i + rng.choice((1, 2))]) for i in range(0, max(0, len(w) - 2), 97)]
+    fams["word-man"] = pairs
+    rng = rng_for("scalars")
+    fams["word-value"] = [rng.choice([
+        str(rng.randint(0, 10 ** rng.randint(1, 10))), f"{rng.getrandbits(32):08x}", f"{rng.getrandbits(160):040x}",
+        f"{rng.getrandbits(28):07x}", oct(rng.choice([0o100644, 0o100755, 0o40755, 0o120777])), f"{rng.random() * 100:.2f}",
+        f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}",
+        rng.choice(["true", "false", "null", "OK", "ok", "done", "Done.", "success", "exited", "running", "main", "HEAD", "-1", "0"]),
+        f"v{rng.randint(0, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 99)}", f"{rng.randint(1, 999)} KiB", f"{rng.randint(2, 99999)} ms",
+    ]) for _ in range(n * 4)]
+    out = []
+    for fam, texts in fams.items():
+        texts = sorted({t for t in texts if t and len(t) <= 80 and 1 <= len(t.split()) <= 2}, key=lambda t: keyed(fam + t))
+        out += [(fam, t) for t in texts[:n]]
+    return out
+
+
 # --------------------------------------------------------------- injection
 
 DISGUISES = [
@@ -462,6 +511,11 @@ def main():
         short[split_of(path)].append(("short-man", text))
     for path, text in small_json(800):
         short[split_of(path)].append(("short-json", text))
+    # One or two words (kind "word"): scored by the proxy like any text,
+    # reported apart from the documents whose FPR sets the threshold.
+    word = {"train": [], "val": [], "test": []}
+    for fam, text in words(py, fams["rust"][0], man, 1500):
+        word[split_of(text)].append((fam, text))
 
     for split in records:
         pool = attacks[split]
@@ -475,23 +529,31 @@ def main():
                 records[split].append({"text": text, "label": 1, "kind": "indirect", "source": f"{fam}+{source}", "span": span})
         for fam, text in short[split]:
             records[split].append({"text": text, "label": 0, "kind": "doc", "source": fam, "span": None})
+        for fam, text in word[split]:
+            records[split].append({"text": text, "label": 0, "kind": "word", "source": fam, "span": None})
         records[split].sort(key=lambda r: keyed(r["kind"] + r["text"]))
 
     os.makedirs(args.out, exist_ok=True)
     # The committed test split is what every published number refers to,
     # and the machine text it was cut from changes over time: it is kept
     # unless asked, and nothing in it may reach train or validation.
-    test_path = os.path.join(args.out, "test.jsonl")
-    if os.path.exists(test_path) and not args.new_test:
-        with open(test_path) as f:
-            kept = [json.loads(line) for line in f]
-        held = {r["text"] for r in kept}
-        for split in ("train", "val"):
-            before = len(records[split])
-            records[split] = [r for r in records[split] if r["text"] not in held]
-            print(f"{split}: {before - len(records[split])} texts of the committed test split left out")
-        del records["test"]
-        print(f"test: the committed {test_path} is kept ({len(kept)} records; --new-test replaces it)")
+    # The one- and two-word strings came later (stop 28) and have a test
+    # file of their own, test-words.jsonl, kept the same way.
+    test_words = [r for r in records["test"] if r["kind"] == "word"]
+    records["test"] = [r for r in records["test"] if r["kind"] != "word"]
+    for name, fresh in (("test", records.pop("test")), ("test-words", test_words)):
+        path = os.path.join(args.out, f"{name}.jsonl")
+        if os.path.exists(path) and not args.new_test:
+            with open(path) as f:
+                kept = [json.loads(line) for line in f]
+            held = {r["text"] for r in kept}
+            for split in ("train", "val"):
+                before = len(records[split])
+                records[split] = [r for r in records[split] if r["text"] not in held]
+                print(f"{split}: {before - len(records[split])} texts of the committed {name} split left out")
+            print(f"{name}: the committed {path} is kept ({len(kept)} records; --new-test replaces it)")
+        else:
+            records[name] = fresh
     for split, recs in records.items():
         path = os.path.join(args.out, f"{split}.jsonl")
         with open(path, "w") as f:

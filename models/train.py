@@ -409,10 +409,12 @@ def main():
     kinds = np.array([r["kind"] for r in val])
     recall_ind = (doc[kinds == "indirect"] >= threshold).mean()
     fpr_docs = (doc[benign_docs] >= threshold).mean()
-    fpr_prompts = (doc[(label == 0) & ~benign_docs] >= threshold).mean()
+    fpr_prompts = (doc[(label == 0) & (kinds == "prompt")] >= threshold).mean()
+    # One- and two-word strings: not in the threshold's FPR, reported apart.
+    fpr_words = (doc[kinds == "word"] >= threshold).mean()
     share = (pre_win >= gate)[~pos_win].mean()
     print(f"val: gate {gate:.4f} (passes {share:.1%} of benign windows), threshold {threshold:.4f}")
-    print(f"val: recall {recall:.4f} (indirect {recall_ind:.4f}), FPR tool outputs {fpr_docs:.4f}, FPR prompts {fpr_prompts:.4f}, "
+    print(f"val: recall {recall:.4f} (indirect {recall_ind:.4f}), FPR tool outputs {fpr_docs:.4f}, FPR prompts {fpr_prompts:.4f}, words {fpr_words:.4f}, "
           f"AUROC {auroc(doc[label == 1], doc[label == 0]):.4f}")
 
     meta = {
@@ -440,7 +442,7 @@ def main():
         for r in fixture:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     with open(os.path.join(HERE, "train-metrics.json"), "w") as f:
-        json.dump({"val": {"recall": recall, "recall_indirect": recall_ind, "fpr_tool_outputs": fpr_docs, "fpr_prompts": fpr_prompts,
+        json.dump({"val": {"recall": recall, "recall_indirect": recall_ind, "fpr_tool_outputs": fpr_docs, "fpr_prompts": fpr_prompts, "fpr_words": fpr_words,
                            "auroc": auroc(doc[label == 1], doc[label == 0]), "gate": gate,
                            "gate_pass_benign_windows": share, "threshold": threshold}}, f, indent=2, sort_keys=True)
     print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes)")
