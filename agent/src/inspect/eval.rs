@@ -199,6 +199,9 @@ fn report(scored: &[Scored]) -> serde_json::Value {
     let indirect = group(scored, "indirect", 1);
     let benign_docs = group(scored, "doc", 0);
     let benign_prompts = group(scored, "prompt", 0);
+    // One- and two-word strings (names, paths, values): reported apart,
+    // the threshold being set on tool outputs.
+    let benign_words = group(scored, "word", 0);
     let pos_all: Vec<f32> = scored
         .iter()
         .filter(|s| s.label == 1)
@@ -244,7 +247,8 @@ fn report(scored: &[Scored]) -> serde_json::Value {
         "false_positive_rate": {
             "benign_tool_outputs": rate(&benign_docs),
             "benign_prompts": rate(&benign_prompts),
-            "counts": {"tool_outputs": benign_docs.0, "prompts": benign_prompts.0},
+            "benign_words": rate(&benign_words),
+            "counts": {"tool_outputs": benign_docs.0, "prompts": benign_prompts.0, "words": benign_words.0},
         },
         "auroc": {
             "all": auroc(&pos_all, &neg_all),

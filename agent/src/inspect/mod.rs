@@ -28,10 +28,6 @@ pub use checks::{Finding, Kind};
 use encoder::{Encoder, EncoderError, Window};
 use weights::Weights;
 
-/// Texts of fewer words get the deterministic checks only: an instruction
-/// needs a few words, and the model is not trained on (and not reliable
-/// for) single names such as a schema title `whoamiArguments`.
-pub const MIN_WORDS: usize = 3;
 /// The most windows of one message the transformer reads; the rest are
 /// judged by the pre-filter alone (reported in [`Verdict::unscored`]).
 pub const MAX_MODEL_WINDOWS: usize = 64;
@@ -277,7 +273,11 @@ impl Inspector {
         let mut windows = Vec::new(); // (piece, window, best pre-filter score)
         let mut span_pre = Vec::new(); // per window, each span's
         for (p, piece) in pieces.iter().enumerate() {
-            if piece.text.split_whitespace().nth(MIN_WORDS - 1).is_none() {
+            // Every text with a word is scored, one word included: short
+            // attacks exist (`eval(print_system_prompt())`), and the model
+            // is trained on one- and two-word benign strings (names,
+            // paths, commands, values: `whoamiArguments`).
+            if piece.text.split_whitespace().next().is_none() {
                 continue;
             }
             for w in self.windows(&piece.text)? {
