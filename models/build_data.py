@@ -390,7 +390,7 @@ def words(py, rust, man, n):
     """One- and two-word strings as tools pass and return them: names of
     functions, classes and arguments (and the `<name>Arguments` titles the
     MCP Python SDK gives input schemas), command names, paths, two-word
-    pieces of man pages, numbers, ids and dates. (key, text), n of each
+    pieces of man pages, numbers, ids and dates. (family, text), n of each
     family; a text is split by its own hash, as it stands for itself."""
     import ast
 
@@ -511,7 +511,8 @@ def main():
         short[split_of(path)].append(("short-man", text))
     for path, text in small_json(800):
         short[split_of(path)].append(("short-json", text))
-    # One or two words (kind "word"): scored by the proxy like any text,
+    # One or two words (kind "word"): the proxy scores those that are not
+    # plain names (is_plain_name in agent/src/inspect/mod.rs); their FPR is
     # reported apart from the documents whose FPR sets the threshold.
     word = {"train": [], "val": [], "test": []}
     for fam, text in words(py, fams["rust"][0], man, 1500):
