@@ -540,9 +540,9 @@ def main():
     # unless asked, and nothing in it may reach train or validation.
     # The one- and two-word strings came later (stop 28) and have a test
     # file of their own, test-words.jsonl, kept the same way.
-    test_words = [r for r in records["test"] if r["kind"] == "word"]
-    records["test"] = [r for r in records["test"] if r["kind"] != "word"]
-    for name, fresh in (("test", records.pop("test")), ("test-words", test_words)):
+    test = records.pop("test")
+    held_out = {"test": [r for r in test if r["kind"] != "word"], "test-words": [r for r in test if r["kind"] == "word"]}
+    for name, fresh in held_out.items():
         path = os.path.join(args.out, f"{name}.jsonl")
         if os.path.exists(path) and not args.new_test:
             with open(path) as f:

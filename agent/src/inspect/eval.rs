@@ -1,5 +1,5 @@
 //! `mcpwarden scan --eval FILE`: PSI's numbers on a labelled JSON-lines
-//! file (`text`, `label` 0/1, `kind` prompt/doc/indirect), as written by
+//! file (`text`, `label` 0/1, `kind` prompt/doc/indirect/word), as written by
 //! `models/build_data.py`. Runs the same code as the proxy, message by
 //! message, and reports recall, false-positive rates, AUROC and latency.
 
