@@ -544,17 +544,19 @@ def main():
     held_out = {"test": [r for r in test if r["kind"] != "word"], "test-words": [r for r in test if r["kind"] == "word"]}
     for name, fresh in held_out.items():
         path = os.path.join(args.out, f"{name}.jsonl")
-        if os.path.exists(path) and not args.new_test:
+        keep = os.path.exists(path) and not args.new_test
+        if keep:
             with open(path) as f:
-                kept = [json.loads(line) for line in f]
-            held = {r["text"] for r in kept}
-            for split in ("train", "val"):
-                before = len(records[split])
-                records[split] = [r for r in records[split] if r["text"] not in held]
-                print(f"{split}: {before - len(records[split])} texts of the committed {name} split left out")
-            print(f"{name}: the committed {path} is kept ({len(kept)} records; --new-test replaces it)")
+                fresh = [json.loads(line) for line in f]
         else:
             records[name] = fresh
+        held = {r["text"] for r in fresh}
+        for split in ("train", "val"):
+            before = len(records[split])
+            records[split] = [r for r in records[split] if r["text"] not in held]
+            print(f"{split}: {before - len(records[split])} texts of the {name} split left out")
+        if keep:
+            print(f"{name}: the committed {path} is kept ({len(fresh)} records; --new-test replaces it)")
     for split, recs in records.items():
         path = os.path.join(args.out, f"{split}.jsonl")
         with open(path, "w") as f:
