@@ -53,10 +53,12 @@ train: setup
 	$(PSI_VENV)/bin/python models/augment.py
 	$(PSI_VENV)/bin/python models/train.py
 
-# test-words.jsonl: one- and two-word benign strings (FPR only).
+# test-words.jsonl: one- and two-word benign strings (FPR only);
+# test-descriptions.jsonl: SDK descriptions, clean and poisoned.
 eval: setup
 	cargo run --release -- scan --eval models/data/test.jsonl
 	cargo run --release -- scan --eval models/data/test-words.jsonl
+	cargo run --release -- scan --eval models/data/test-descriptions.jsonl
 
 # Fuzz the message parser, the request tracker, the SSE decoder and the
 # policy parser (documents and tool-rule conditions)

@@ -19,7 +19,8 @@ window goes through:
      of both (and their product), fitted on the validation split: the
      pre-filter knows the words of attacks, the head their meaning.
 
-A message's score is the highest span score (0 for a gated window). The
+A message's score is the highest span score (0 for a gated window; 0 for
+a plain name, which the proxy does not score either). The
 gate is set on the validation split so that it keeps 98 % of the injection
 windows (99 % let twice as many benign windows through for the same
 recall); the alert threshold so that at most 1.5 % of the benign tool outputs
@@ -329,6 +330,14 @@ def window_max(span_win, n, scores):
     return out
 
 
+def is_plain_name(text):
+    """Fewer than three words, all of ASCII letters, digits, whitespace and
+    `_-./`: the proxy leaves such a text to its deterministic checks
+    (is_plain_name in agent/src/inspect/mod.rs), so here it scores 0."""
+    return len(text.split()) < 3 and all(
+        (c.isascii() and c.isalnum()) or c in " \t\n\x0c\r_-./" for c in text)
+
+
 def doc_scores(owner, n, win_scores):
     out = np.zeros(n)
     np.maximum.at(out, owner, win_scores)
@@ -401,6 +410,7 @@ def main():
     gate = float(np.quantile(pre_win[pos_win], GATE_MISS))
     gated = np.where(pre_win >= gate, head_win, 0.0)
     doc = doc_scores(o_va, len(val), gated)
+    doc[np.array([is_plain_name(r["text"]) for r in val])] = 0.0
     label = np.array([r["label"] for r in val])
     benign_docs = np.array([r["kind"] == "doc" for r in val])
     threshold = float(np.quantile(doc[benign_docs], 1 - VAL_FPR)) + 1e-6
@@ -412,9 +422,10 @@ def main():
     fpr_prompts = (doc[(label == 0) & (kinds == "prompt")] >= threshold).mean()
     # One- and two-word strings: not in the threshold's FPR, reported apart.
     fpr_words = (doc[kinds == "word"] >= threshold).mean()
+    fpr_descriptions = (doc[kinds == "description"] >= threshold).mean()
     share = (pre_win >= gate)[~pos_win].mean()
     print(f"val: gate {gate:.4f} (passes {share:.1%} of benign windows), threshold {threshold:.4f}")
-    print(f"val: recall {recall:.4f} (indirect {recall_ind:.4f}), FPR tool outputs {fpr_docs:.4f}, FPR prompts {fpr_prompts:.4f}, words {fpr_words:.4f}, "
+    print(f"val: recall {recall:.4f} (indirect {recall_ind:.4f}), FPR tool outputs {fpr_docs:.4f}, FPR prompts {fpr_prompts:.4f}, words {fpr_words:.4f}, descriptions {fpr_descriptions:.4f}, "
           f"AUROC {auroc(doc[label == 1], doc[label == 0]):.4f}")
 
     meta = {
@@ -442,7 +453,7 @@ def main():
         for r in fixture:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     with open(os.path.join(HERE, "train-metrics.json"), "w") as f:
-        json.dump({"val": {"recall": recall, "recall_indirect": recall_ind, "fpr_tool_outputs": fpr_docs, "fpr_prompts": fpr_prompts, "fpr_words": fpr_words,
+        json.dump({"val": {"recall": recall, "recall_indirect": recall_ind, "fpr_tool_outputs": fpr_docs, "fpr_prompts": fpr_prompts, "fpr_words": fpr_words, "fpr_descriptions": fpr_descriptions,
                            "auroc": auroc(doc[label == 1], doc[label == 0]), "gate": gate,
                            "gate_pass_benign_windows": share, "threshold": threshold}}, f, indent=2, sort_keys=True)
     print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes)")

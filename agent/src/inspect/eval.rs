@@ -1,7 +1,8 @@
 //! `mcpwarden scan --eval FILE`: PSI's numbers on a labelled JSON-lines
-//! file (`text`, `label` 0/1, `kind` prompt/doc/indirect/word), as written by
-//! `models/build_data.py`. Runs the same code as the proxy, message by
-//! message, and reports recall, false-positive rates, AUROC and latency.
+//! file (`text`, `label` 0/1, `kind` prompt/doc/indirect/word/description),
+//! as written by `models/build_data.py`. Runs the same code as the proxy,
+//! message by message, and reports recall, false-positive rates, AUROC and
+//! latency.
 
 use std::{
     io::{BufRead, Write},
@@ -202,6 +203,8 @@ fn report(scored: &[Scored]) -> serde_json::Value {
     // One- and two-word strings (names, paths, values): reported apart,
     // the threshold being set on tool outputs.
     let benign_words = group(scored, "word", 0);
+    // SDK docstrings and field descriptions, also apart.
+    let benign_descriptions = group(scored, "description", 0);
     let pos_all: Vec<f32> = scored
         .iter()
         .filter(|s| s.label == 1)
@@ -248,12 +251,19 @@ fn report(scored: &[Scored]) -> serde_json::Value {
             "benign_tool_outputs": rate(&benign_docs),
             "benign_prompts": rate(&benign_prompts),
             "benign_words": rate(&benign_words),
-            "counts": {"tool_outputs": benign_docs.0, "prompts": benign_prompts.0, "words": benign_words.0},
+            "benign_descriptions": rate(&benign_descriptions),
+            "counts": {
+                "tool_outputs": benign_docs.0,
+                "prompts": benign_prompts.0,
+                "words": benign_words.0,
+                "descriptions": benign_descriptions.0,
+            },
         },
         "auroc": {
             "all": auroc(&pos_all, &neg_all),
             "indirect_vs_benign_tool_outputs": auroc(&indirect.2, &benign_docs.2),
             "direct_vs_benign_prompts": auroc(&direct.2, &benign_prompts.2),
+            "indirect_vs_benign_descriptions": auroc(&indirect.2, &benign_descriptions.2),
         },
         // The ROC curve at 1 % and 2 % of this file's benign tool outputs
         // (not the deployed threshold, which validation sets).
