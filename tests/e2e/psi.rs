@@ -161,6 +161,34 @@ fn a_poisoned_tool_description_is_stopped_at_tools_list() {
     assert!(path.ends_with("/description"), "{path}");
 }
 
+/// A model gateway's tools name prompts, system prompts, instructions,
+/// keys and secrets in their descriptions without asking for them: under a
+/// blocking policy its tools/list reaches the client as the server sent it.
+/// (One more description of the probes these were taken from, "Developer
+/// instructions prepended to every request.", is still flagged: stop 29
+/// in BENCHMARKS.md.)
+#[test]
+fn a_model_gateways_descriptions_pass_tools_list() {
+    let _guard = serial();
+    let fx = fixture("");
+    let mut server = fx.server_cmd();
+    server.push("--model-tools".into());
+    let scenario = json!([{"list_tools": true}]);
+    let direct = Run::client(&scenario, server.clone());
+    let events = fx.events.display().to_string();
+    let run = Run::through_mcpwarden_with(&fx, &scenario, &["--events", &events], server);
+    let tools = &run.step(0)["list_tools"]["tools"];
+    assert_eq!(tools, &direct.step(0)["list_tools"]["tools"]);
+    let text = tools.to_string();
+    for said in [
+        "System prompt for the model",
+        "Name of the secret to read from the vault.",
+    ] {
+        assert!(text.contains(said), "{said}: {text}");
+    }
+    assert_eq!(psi_records(&fx), Vec::<Value>::new());
+}
+
 #[test]
 fn an_injection_in_call_arguments_never_reaches_the_server() {
     let _guard = serial();

@@ -131,15 +131,62 @@ def add_poisoned_tool():
     )
 
 
+def add_model_tools():
+    """Tools of a model gateway, described as such servers describe theirs:
+    prompts, system prompts, instructions, keys and secrets, named and not
+    asked for. PSI must let their tools/list through."""
+    from typing import Annotated
+
+    from pydantic import Field
+
+    def complete(
+        prompt: Annotated[str, Field(description="The prompt to send to the language model.")],
+        system: Annotated[str, Field(description="System prompt for the model")] = "",
+        temperature: Annotated[float, Field(description="Override the default temperature (0-2).")] = 1.0,
+    ) -> str:
+        return prompt
+
+    def set_instructions(
+        instructions: Annotated[
+            str, Field(description="Instructions for the summarizer, e.g. 'keep it under 100 words'.")
+        ],
+    ) -> str:
+        return "ok"
+
+    def get_secret(
+        name: Annotated[str, Field(description="Name of the secret to read from the vault.")],
+        api_key: Annotated[str, Field(description="API key used to authenticate with the provider. Never logged.")],
+    ) -> str:
+        return "***"
+
+    def send_mail(
+        to: str,
+        password: Annotated[str, Field(description="Password for the SMTP server.")],
+    ) -> str:
+        return "sent"
+
+    def system_prompt() -> str:
+        return "You are a helpful assistant."
+
+    server.add_tool(complete, name="complete")
+    server.add_tool(set_instructions, name="set_instructions")
+    server.add_tool(get_secret, name="get_secret")
+    server.add_tool(send_mail, name="send_mail")
+    server.add_tool(system_prompt, name="system_prompt", description="Returns the system prompt configured for this agent.")
+
+
 if __name__ == "__main__":
-    # server.py [--http PORT [--json]] [--poisoned-tool] [--rug-pull]:
-    # Streamable HTTP on 127.0.0.1:PORT/mcp (SSE answers, or JSON ones with
-    # --json) instead of stdio; a poisoned tool description; read_file
-    # re-described.
+    # server.py [--http PORT [--json]] [--poisoned-tool] [--model-tools]
+    # [--rug-pull]: Streamable HTTP on 127.0.0.1:PORT/mcp (SSE answers, or
+    # JSON ones with --json) instead of stdio; a poisoned tool description;
+    # a model gateway's tools; read_file re-described.
     import sys
 
     if "--poisoned-tool" in sys.argv:
         add_poisoned_tool()
+
+    if "--model-tools" in sys.argv:
+        add_model_tools()
 
     if "--rug-pull" in sys.argv:
         # The same tool, re-described after its user approved it.
