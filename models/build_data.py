@@ -629,6 +629,18 @@ def embed(rng, doc, attack):
     return text, [start, start + len(attack)]
 
 
+def with_poisoned(out, pool, kind, source, text, seed, share, embed_with):
+    """Appends the benign record of `text` and, for a `share` of them (a
+    draw seeded by `seed` and the text), the same text with an attack of
+    `pool` put in by `embed_with(rng, text, attack)` (kind "indirect")."""
+    out.append({"text": text, "label": 0, "kind": kind, "source": source, "span": None})
+    rng = rng_for(f"{seed}:{text}")
+    if pool and rng.random() < share:
+        attack_source, attack = rng.choice(pool)
+        poisoned, span = embed_with(rng, text, attack)
+        out.append({"text": poisoned, "label": 1, "kind": "indirect", "source": f"{source}+{attack_source}", "span": span})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "data"))
@@ -699,25 +711,15 @@ def main():
 
     for split in records:
         pool = attacks[split]
+        # About as many indirect injections as clean documents.
         for fam, doc in docs[split]:
-            records[split].append({"text": doc, "label": 0, "kind": "doc", "source": fam, "span": None})
-            # About as many indirect injections as clean documents.
-            rng = rng_for(f"embed:{doc}")
-            if pool and rng.random() < 0.9:
-                source, attack = rng.choice(pool)
-                text, span = embed(rng, doc, attack)
-                records[split].append({"text": text, "label": 1, "kind": "indirect", "source": f"{fam}+{source}", "span": span})
+            with_poisoned(records[split], pool, "doc", fam, doc, "embed", 0.9, embed)
         for fam, text in short[split]:
             records[split].append({"text": text, "label": 0, "kind": "doc", "source": fam, "span": None})
         for fam, text in word[split]:
             records[split].append({"text": text, "label": 0, "kind": "word", "source": fam, "span": None})
         for fam, text in desc[split]:
-            records[split].append({"text": text, "label": 0, "kind": "description", "source": fam, "span": None})
-            rng = rng_for(f"embed-description:{text}")
-            if pool and rng.random() < 0.5:
-                source, attack = rng.choice(pool)
-                poisoned, span = embed_description(rng, text, attack)
-                records[split].append({"text": poisoned, "label": 1, "kind": "indirect", "source": f"{fam}+{source}", "span": span})
+            with_poisoned(records[split], pool, "description", fam, text, "embed-description", 0.5, embed_description)
         records[split].sort(key=lambda r: keyed(r["kind"] + r["text"]))
 
     os.makedirs(args.out, exist_ok=True)

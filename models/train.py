@@ -44,6 +44,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from build_data import is_plain_name
+
 MODELS = "/opt/mcpwarden-dev/models"
 MODEL = f"{MODELS}/encoder/model.onnx"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -328,14 +330,6 @@ def window_max(span_win, n, scores):
     out = np.zeros(n)
     np.maximum.at(out, span_win, scores)
     return out
-
-
-def is_plain_name(text):
-    """Fewer than three words, all of ASCII letters, digits, whitespace and
-    `_-./`: the proxy leaves such a text to its deterministic checks
-    (is_plain_name in agent/src/inspect/mod.rs), so here it scores 0."""
-    return len(text.split()) < 3 and all(
-        (c.isascii() and c.isalnum()) or c in " \t\n\x0c\r_-./" for c in text)
 
 
 def doc_scores(owner, n, win_scores):
