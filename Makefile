@@ -54,7 +54,8 @@ train: setup
 	$(PSI_VENV)/bin/python models/train.py
 
 # test-words.jsonl: one- and two-word benign strings (FPR only);
-# test-descriptions.jsonl: SDK descriptions, clean and poisoned.
+# test-descriptions.jsonl: SDK and written gateway descriptions, clean
+# and poisoned.
 eval: setup
 	cargo run --release -- scan --eval models/data/test.jsonl
 	cargo run --release -- scan --eval models/data/test-words.jsonl

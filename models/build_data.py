@@ -36,6 +36,7 @@ files on this machine.
 """
 
 import argparse
+import ast
 import csv
 import glob
 import gzip
@@ -45,6 +46,7 @@ import os
 import random
 import re
 import subprocess
+import textwrap
 
 import pyarrow.parquet as pq
 
@@ -470,9 +472,6 @@ def sdk_descriptions(sdk, n):
     ("system: System prompt." gives "System prompt."); code examples and
     plain names (which the proxy does not score) are left out. Each text
     is taken once."""
-    import ast
-    import textwrap
-
     found = {}
     for path in sorted(glob.glob(f"{SDKS}/{sdk}/**/*.py", recursive=True)):
         try:
@@ -730,10 +729,10 @@ def main():
     # descriptions later still (stop 29): each has a test file of its own,
     # test-words.jsonl and test-descriptions.jsonl, kept the same way.
     test = records.pop("test")
-    def held(r):
+    def held_file(r):
         return "test-words" if r["kind"] == "word" else "test-descriptions" if r["source"].startswith("desc-") else "test"
 
-    held_out = {name: [r for r in test if held(r) == name] for name in ("test", "test-words", "test-descriptions")}
+    held_out = {name: [r for r in test if held_file(r) == name] for name in ("test", "test-words", "test-descriptions")}
     for name, fresh in held_out.items():
         path = os.path.join(args.out, f"{name}.jsonl")
         keep = os.path.exists(path) and not args.new_test

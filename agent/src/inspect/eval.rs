@@ -203,7 +203,8 @@ fn report(scored: &[Scored]) -> serde_json::Value {
     // One- and two-word strings (names, paths, values): reported apart,
     // the threshold being set on tool outputs.
     let benign_words = group(scored, "word", 0);
-    // SDK docstrings and field descriptions, also apart.
+    // Tool and field descriptions (SDK docstrings, written gateway
+    // fields), also apart.
     let benign_descriptions = group(scored, "description", 0);
     let pos_all: Vec<f32> = scored
         .iter()
