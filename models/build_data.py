@@ -48,8 +48,6 @@ import re
 import subprocess
 import textwrap
 
-import pyarrow.parquet as pq
-
 CORPORA = "/opt/mcpwarden-dev/models/corpora"
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SEED = 20261122
@@ -86,6 +84,10 @@ def norm(text):
 
 def corpus_prompts():
     """(split, label, source, text) from the labelled corpora."""
+    # Here, not at the top: train.py imports is_plain_name from this file,
+    # and tune_encoder.py's venv has no pyarrow.
+    import pyarrow.parquet as pq
+
     out = []
     for split, fname in (("train", "train"), ("val", "validation"), ("test", "test")):
         with open(f"{CORPORA}/s-labs/{fname}.csv", newline="") as f:
