@@ -12,18 +12,21 @@ epoch); the embedding tables stay frozen. The head starts from
 tune-start-head.bin: the head train.py made on the registry's encoder
 (stop 25), kept so this run can be repeated after psi-head.bin moves on.
 
-One epoch of all 5.07 M training tokens takes over an hour on our two
-cores, so it trains on a budget of 4 M tokens: every prompt window, then
-document windows with and without an injection, up to half of the rest
-each (all 10,698 windows with an injection fit, and 17,192 without),
-seeded; 1,951 steps, about 50 minutes. Stop 26's budget of 2 M gave
-0.56 points less on validation at 2 % FPR (BENCHMARKS.md, stop 27).
+It trains on every training window (--budget 10000000 reaches past
+all of them): 17,726 prompt windows, 10,750 document windows with an
+injection and 35,123 without, 2,931 steps, 48 minutes on our two cores
+(stop 30). --budget takes fewer: every prompt window, then document
+windows with and without an injection, up to half of the rest each,
+seeded. Stop 27 shipped a 4 M budget (1,951 steps); stop 26's 2 M gave
+0.56 points less than it on validation at 2 % FPR (BENCHMARKS.md).
 
 --export writes what ships, encoder-tuning.npz: each block's change of
-weights, the matrices as rank-32 factors (float16; on validation at 2 %
-FPR they give 0.35 points less than the whole change), the vectors whole.
-quantize.py adds it to the registry's weights before quantising, so the
-repository holds 2.8 MB instead of a 23 MB model.
+weights, the matrices as rank-128 factors (float16; --rank picks
+another), the vectors whole. On validation at 1 / 1.5 / 2 % FPR the
+whole change gives 95.49 / 96.38 / 96.89 %, rank 128 95.39 / 96.41 /
+96.82 %, rank 32 95.14 / 96.28 / 96.66 % (stop 30). quantize.py adds it
+to the registry's weights before quantising, so the repository holds
+10.8 MB instead of a 23 MB model.
 
 Then it scores validation (and with --test, the test split) with the
 tuned model in float32 and runs train.py's blend, gate and threshold over
@@ -61,9 +64,9 @@ from experiments.common import Scored, memory, report, top1  # noqa: E402
 from quantize import apply_tuning, fold  # noqa: E402
 
 DATA = os.path.join(HERE, "data")
-RANK = 32
+RANK = 128
 SEED = 20261123
-BUDGET = 4_000_000
+BUDGET = 10_000_000
 BUCKETS = (34, 66, 128)
 BATCH_TOKENS = 2048
 MAX_SPANS = 12
@@ -278,9 +281,9 @@ def tune(exs, params, frozen, eps, budget=BUDGET):
 # ---------------------------------------------------------------- export
 
 
-def export(path, base, names, tuned):
+def export(path, base, names, tuned, rank=RANK):
     """The change of every tuned weight, keyed by its initializer name in
-    the folded graph: matrices as their best rank-RANK factors ("u:" and
+    the folded graph: matrices as their best rank-`rank` factors ("u:" and
     "v:", float16, the singular values split evenly between them), vectors
     whole ("d:", float32)."""
     out = {}
@@ -289,13 +292,13 @@ def export(path, base, names, tuned):
         name = names[role]
         if d.ndim == 2:
             u, s, vt = np.linalg.svd(d, full_matrices=False)
-            root = np.sqrt(s[:RANK])
-            out["u:" + name] = (u[:, :RANK] * root).astype(np.float16)
-            out["v:" + name] = (root[:, None] * vt[:RANK]).astype(np.float16)
+            root = np.sqrt(s[:rank])
+            out["u:" + name] = (u[:, :rank] * root).astype(np.float16)
+            out["v:" + name] = (root[:, None] * vt[:rank]).astype(np.float16)
         else:
             out["d:" + name] = d.astype(np.float32)
     np.savez(path, **out)
-    print(f"wrote {path}: {len(tuned)} tuned weights, matrices at rank {RANK}", flush=True)
+    print(f"wrote {path}: {len(tuned)} tuned weights, matrices at rank {rank}", flush=True)
 
 
 # ------------------------------------------------------------ evaluation
@@ -325,8 +328,9 @@ def main():
     ap.add_argument("--memory", action="store_true", help="also with nearest.py's memory, of the tuned vectors (17 more minutes)")
     ap.add_argument("--params", default="/tmp/mcpwarden-tuned-encoder.pkl", help="tuned weights: reused if present")
     ap.add_argument("--budget", type=int, default=BUDGET,
-                    help=f"training tokens (default {BUDGET:,}, what ships; 10000000 takes every window)")
+                    help=f"training tokens (default {BUDGET:,}: every window, what ships)")
     ap.add_argument("--export", help="write the tuning quantize.py applies (encoder-tuning.npz) and score that")
+    ap.add_argument("--rank", type=int, default=RANK, help=f"rank of the exported matrices (default {RANK}, what ships)")
     args = ap.parse_args()
     p, eps, names = load_weights(args.registry_model)
     frozen = {k: jnp.asarray(v) for k, v in p.items() if k.startswith("embeddings.")}
@@ -342,15 +346,15 @@ def main():
                            "w2": jnp.asarray(arr["w2"], jnp.float32), "b2": jnp.asarray(arr["b2"], jnp.float32)}}
         # Without the one- and two-word strings (kind "word", stop 28) and
         # the SDK descriptions, clean or poisoned (source "desc-...", stop
-        # 29): they came after the tuning that ships, and are train.py's
-        # head's to learn.
+        # 29): they are train.py's head's to learn. Stop 30's tuning left
+        # them out as stop 27's did, so the two differ in budget only.
         train = [r for r in T.load("train", DATA) + T.load("train-extra", DATA)
                  if r["kind"] != "word" and not r["source"].startswith("desc-")]
         params = tune(examples(tok, train), params, frozen, eps, args.budget)
         with open(args.params, "wb") as f:
             pickle.dump(jax.tree_util.tree_map(np.asarray, params), f)
     if args.export:
-        export(args.export, p, names, {k: np.asarray(v) for k, v in params["enc"].items()})
+        export(args.export, p, names, {k: np.asarray(v) for k, v in params["enc"].items()}, args.rank)
         # Score what ships: the registry's weights plus the exported tuning.
         base = {names[k]: v for k, v in p.items() if k in params["enc"]}
         with np.load(args.export) as tuning:
