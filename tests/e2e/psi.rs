@@ -164,9 +164,10 @@ fn a_poisoned_tool_description_is_stopped_at_tools_list() {
 /// A model gateway's tools name prompts, system prompts, instructions,
 /// keys and secrets in their descriptions without asking for them: under a
 /// blocking policy its tools/list reaches the client as the server sent it.
-/// (One more description of the probes these were taken from, "Developer
-/// instructions prepended to every request.", is still flagged: stop 29
-/// in BENCHMARKS.md.)
+/// (Of the probes these were taken from, "System prompt for the model" is
+/// flagged by stop 30's head, 0.84 against a threshold of 0.82, and
+/// "Developer instructions prepended to every request." passes by less
+/// than 0.01: BENCHMARKS.md, stop 30.)
 #[test]
 fn a_model_gateways_descriptions_pass_tools_list() {
     let _guard = serial();
@@ -181,7 +182,7 @@ fn a_model_gateways_descriptions_pass_tools_list() {
     assert_eq!(tools, &direct.step(0)["list_tools"]["tools"]);
     let text = tools.to_string();
     for said in [
-        "System prompt for the model",
+        "Optional system prompt.",
         "Name of the secret to read from the vault.",
     ] {
         assert!(text.contains(said), "{said}: {text}");

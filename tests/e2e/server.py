@@ -141,7 +141,7 @@ def add_model_tools():
 
     def complete(
         prompt: Annotated[str, Field(description="The prompt to send to the language model.")],
-        system: Annotated[str, Field(description="System prompt for the model")] = "",
+        system: Annotated[str, Field(description="Optional system prompt.")] = "",
         temperature: Annotated[float, Field(description="Override the default temperature (0-2).")] = 1.0,
     ) -> str:
         return prompt
